@@ -1,0 +1,86 @@
+"""The device backend: inventory state from the device profile, and the host/domain name config."""
+from __future__ import annotations
+
+import logging
+
+from cryptography.hazmat.primitives import serialization
+
+from nc_server.backend import Backend, BackendError, ConfigDiff, Services, register
+
+from .profile import Profile, load_profile, save_profile
+
+log = logging.getLogger(__name__)
+
+NS = "urn:trustplane:yang:trustplane-device"
+SYSTEM = "/trustplane-device:device/system"
+DEFAULT_HOSTNAME = "trustplane"
+
+
+def _esc(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+class DeviceBackend(Backend):
+    def __init__(self, services: Services):
+        super().__init__(
+            name="device",
+            modules=("trustplane-device",),
+            state={"/trustplane-device:device/inventory": self.inventory},
+            config=(SYSTEM,),
+        )
+        self.profile: Profile = load_profile(services.state_dir)
+        self._inventory_xml: str | None = None
+
+    def inventory(self) -> str:
+        if self._inventory_xml is None:  # the profile does not change while serving
+            self._inventory_xml = self._render_inventory()
+        return self._inventory_xml
+
+    def _render_inventory(self) -> str:
+        p = self.profile
+        chassis = p.chassis
+        parts = [f'<device xmlns="{NS}"><inventory><chassis>',
+                 f"<product-id>{_esc(chassis['product-id'])}</product-id>",
+                 f"<serial-number>{_esc(chassis['serial-number'])}</serial-number>"]
+        if chassis.get("description"):
+            parts.append(f"<description>{_esc(chassis['description'])}</description>")
+        parts.append("</chassis>")
+        for node in p.nodes:
+            cert = node.idevid_cert()
+            pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+            parts.append(
+                f"<node><location>{_esc(node.location)}</location>"
+                f"<serial-number>{_esc(node.serial_number)}</serial-number>"
+                f"<product-id>{_esc(node.product_id)}</product-id><role>{node.role}</role>"
+                f"<idevid><subject>{_esc(cert.subject.rfc4514_string())}</subject>"
+                f"<issuer>{_esc(cert.issuer.rfc4514_string())}</issuer>"
+                f"<serial>{cert.serial_number:x}</serial>"
+                f"<not-after>{cert.not_valid_after_utc.isoformat()}</not-after>"
+                f"<certificate>{_esc(pem)}</certificate></idevid></node>")
+        parts.append("</inventory></device>")
+        return "".join(parts)
+
+    def apply(self, diff: ConfigDiff) -> None:
+        hostname = _leaf(diff.new, f"{SYSTEM}/hostname") or DEFAULT_HOSTNAME
+        domain = _leaf(diff.new, f"{SYSTEM}/domain-name") or ""
+        if (hostname, domain) == (self.profile.hostname, self.profile.domain_name):
+            return
+        old = (self.profile.hostname, self.profile.domain_name)
+        self.profile.hostname, self.profile.domain_name = hostname, domain
+        try:
+            save_profile(self.profile)
+        except OSError as exc:
+            self.profile.hostname, self.profile.domain_name = old
+            raise BackendError(f"cannot record the host name in the device profile: {exc.strerror}",
+                               app_tag="profile-write-failed") from None
+        log.info("hostname is now %s%s", hostname, f".{domain}" if domain else "")
+
+
+def _leaf(tree, path: str) -> str | None:
+    if tree is None:
+        return None
+    node = tree.find_path(path)
+    return None if node is None else str(node.value())
+
+
+register("device")(DeviceBackend)

@@ -1,0 +1,97 @@
+"""The seam between the protocol side and the domain backends.
+
+A backend declares its YANG modules, RPC/action handlers keyed by schema path,
+state providers keyed by subtree, and config hooks for the subtrees it owns.
+Backends register themselves here; nc_server never imports them by name.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+log = logging.getLogger(__name__)
+
+
+class BackendError(Exception):
+    """A domain failure. The server turns it into an rpc-error (error-type application)."""
+
+    def __init__(self, message: str, *, app_tag: str, tag: str = "operation-failed", path: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.app_tag = app_tag
+        self.tag = tag
+        self.path = path
+
+
+@dataclass
+class Change:
+    """One changed node in a commit: op is create, delete or replace (libyang diff terms)."""
+
+    op: str
+    path: str
+    value: str | None = None
+
+
+@dataclass
+class ConfigDiff:
+    changes: list[Change]
+    old: Any  # libyang tree before (read-only), or None
+    new: Any  # libyang tree after (read-only), or None
+
+    def under(self, prefix: str) -> list[Change]:
+        return [c for c in self.changes if c.path == prefix or c.path.startswith(prefix + "/")]
+
+    def reversed(self) -> "ConfigDiff":
+        inverse = {"create": "delete", "delete": "create", "replace": "replace"}
+        return ConfigDiff([Change(inverse.get(c.op, c.op), c.path, None) for c in reversed(self.changes)],
+                          self.new, self.old)
+
+
+@dataclass
+class Services:
+    """What the server lends to backends."""
+
+    state_dir: Path
+    devfs: Any
+    clock: Callable[[], Any]
+    notify: Callable[[str], None] = lambda xml: None  # an XML notification body
+
+
+Handler = Callable[..., Any | Awaitable[Any]]
+
+
+@dataclass
+class Backend:
+    name: str
+    modules: tuple[str, ...] = ()
+    rpcs: dict[str, Handler] = field(default_factory=dict)
+    # subtree path -> callable() returning XML text (no namespace-less elements)
+    state: dict[str, Callable[[], str]] = field(default_factory=dict)
+    # config subtrees this backend validates/applies
+    config: tuple[str, ...] = ()
+
+    def validate(self, diff: ConfigDiff) -> None:
+        """Raise BackendError to refuse a change. Must not change anything."""
+
+    def apply(self, diff: ConfigDiff) -> None:
+        """Make the change real. Raise BackendError to fail the commit."""
+
+    def close(self) -> None:
+        pass
+
+
+Factory = Callable[[Services], Backend]
+_registry: dict[str, Factory] = {}
+
+
+def register(name: str):
+    def deco(factory: Factory) -> Factory:
+        _registry[name] = factory
+        return factory
+    return deco
+
+
+def registered() -> dict[str, Factory]:
+    return dict(_registry)

@@ -1,0 +1,117 @@
+"""RFC 6241 §8.4 confirmed commit (:confirmed-commit:1.1) as a small state machine.
+
+The backup is taken at the first confirmed commit and kept through follow-up
+commits, so a rollback always returns to the configuration from before the
+first one. With persist, the pending state is saved to disk and survives a restart.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .datastore import atomic_write
+from .errors import RpcError
+
+log = logging.getLogger(__name__)
+DEFAULT_TIMEOUT = 600
+
+
+@dataclass
+class Pending:
+    backup_xml: str
+    deadline: float  # wall-clock time.time()
+    session_id: int
+    persist: str | None
+
+
+class ConfirmedCommit:
+    def __init__(self, state_path: Path | None, rollback):
+        """rollback(backup_xml, reason) restores running; called on timeout or session end."""
+        self.path = state_path
+        self._rollback = rollback
+        self.pending: Pending | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    # -- queries used by commit/cancel-commit --------------------------------
+    def check_access(self, session_id: int, persist_id: str | None, op: str) -> None:
+        """Raise unless this session (or holder of persist-id) may confirm/extend/cancel."""
+        p = self.pending
+        if p is None:
+            if persist_id is not None:
+                raise RpcError("invalid-value", "no confirmed commit is pending for this persist-id",
+                               path="/nc:commit/nc:persist-id" if op == "commit" else None)
+            return
+        if p.persist is not None:
+            if persist_id != p.persist:
+                raise RpcError("invalid-value" if persist_id is not None else "in-use",
+                               "a persistent confirmed commit is pending; give its persist-id")
+        elif persist_id is not None:
+            raise RpcError("invalid-value", "the pending confirmed commit has no persist-id")
+        elif session_id != p.session_id:
+            raise RpcError("in-use", f"a confirmed commit by session {p.session_id} is pending")
+
+    def begin(self, backup_xml: str | None, session_id: int, timeout: int, persist: str | None) -> None:
+        """A confirmed commit: start, or extend the pending one (keeping its backup)."""
+        if self.pending is None:
+            self.pending = Pending(backup_xml or "", 0.0, session_id, persist)
+        else:
+            self.pending.persist = persist
+            self.pending.session_id = session_id
+        self.pending.deadline = time.time() + timeout
+        self._arm()
+        self._save()
+
+    def confirm(self) -> None:
+        self._clear()
+
+    def cancel(self) -> str:
+        backup = self.pending.backup_xml
+        self._clear()
+        return backup
+
+    def session_ended(self, session_id: int) -> None:
+        p = self.pending
+        if p is not None and p.persist is None and p.session_id == session_id:
+            log.info("session %d ended with a confirmed commit pending: rolling back", session_id)
+            self._fire("session-end")
+
+    def restore(self) -> None:
+        """At start: re-arm a persisted confirmed commit, or roll back an unfinished one."""
+        if self.path is None or not self.path.exists():
+            return
+        data = json.loads(self.path.read_text())
+        self.pending = Pending(data["backup"], data["deadline"], 0, data.get("persist"))
+        if self.pending.persist is None:
+            self._fire("restart")
+        else:
+            self._arm()
+
+    # -- internals -----------------------------------------------------------
+    def _arm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        delay = max(0.0, self.pending.deadline - time.time())
+        self._timer = asyncio.get_event_loop().call_later(delay, self._fire, "timeout")
+
+    def _fire(self, reason: str) -> None:
+        backup = self.pending.backup_xml
+        self._clear()
+        self._rollback(backup, reason)
+
+    def _clear(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.pending = None
+        if self.path is not None and self.path.exists():
+            self.path.unlink()
+
+    def _save(self) -> None:
+        if self.path is not None:
+            p = self.pending
+            atomic_write(self.path, json.dumps(
+                {"backup": p.backup_xml, "deadline": p.deadline, "persist": p.persist}).encode())

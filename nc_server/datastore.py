@@ -1,0 +1,143 @@
+"""Datastores as libyang trees, with atomic persistence.
+
+The binding's merge/validate keep the caller's node pointer even when libyang
+inserts a new first sibling, so the tree operations here work on the raw
+`struct lyd_node **` and always hand back the current first sibling.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import libyang
+from _libyang import ffi, lib
+
+Tree = libyang.DNode | None
+
+
+def _wrap(ctx, cdata) -> Tree:
+    if cdata == ffi.NULL:
+        return None
+    first = lib.lyd_first_sibling(cdata)
+    return libyang.DNode.new(ctx, first)
+
+
+def free(tree: Tree) -> None:
+    if tree is not None and tree.cdata is not None:
+        lib.lyd_free_all(tree.cdata)
+        tree.cdata = None
+
+
+def duplicate(tree: Tree) -> Tree:
+    if tree is None:
+        return None
+    out = ffi.new("struct lyd_node **")
+    if lib.lyd_dup_siblings(tree.cdata, ffi.NULL, lib.LYD_DUP_RECURSIVE | lib.LYD_DUP_WITH_FLAGS, out) != lib.LY_SUCCESS:
+        raise tree.context.error("duplicate failed")
+    return _wrap(tree.context, out[0])
+
+
+def merge(ctx, target: Tree, source: Tree) -> Tree:
+    """Merge source siblings into target; source is left as it is."""
+    if source is None:
+        return target
+    node_p = ffi.new("struct lyd_node **")
+    node_p[0] = target.cdata if target is not None else ffi.NULL
+    if lib.lyd_merge_siblings(node_p, source.cdata, 0) != lib.LY_SUCCESS:
+        raise ctx.error("merge failed")
+    return _wrap(ctx, node_p[0])
+
+
+def validate(ctx, tree: Tree, *, no_state: bool = True) -> Tree:
+    """Validate the whole tree in place; adds implicit defaults. Raises YangError."""
+    node_p = ffi.new("struct lyd_node **")
+    node_p[0] = tree.cdata if tree is not None else ffi.NULL
+    flags = lib.LYD_VALIDATE_NO_STATE if no_state else 0
+    ret = lib.lyd_validate_all(node_p, ctx.cdata, flags, ffi.NULL)
+    if ret != lib.LY_SUCCESS:
+        raise ctx.error("validation failed")
+    return _wrap(ctx, node_p[0])
+
+
+def parse_config(ctx, xml: str | bytes, *, validate_now: bool) -> Tree:
+    """Parse config data (no state allowed, unknown nodes refused)."""
+    if not xml.strip():
+        return validate(ctx, None) if validate_now else None
+    if validate_now:
+        tree = ctx.parse_data_mem(xml, "xml", strict=True, no_state=True)
+        return _wrap(ctx, tree.cdata) if tree is not None else validate(ctx, None)
+    tree = ctx.parse_data_mem(xml, "xml", strict=True, no_state=True, parse_only=True)
+    return None if tree is None else _wrap(ctx, tree.cdata)
+
+
+def to_xml(tree: Tree, *, defaults: str = "explicit") -> str:
+    """Serialize siblings. defaults: explicit, report-all, trim."""
+    if tree is None:
+        return ""
+    flags = lib.LYD_PRINT_WITHSIBLINGS | lib.LYD_PRINT_SHRINK
+    flags |= {
+        "explicit": lib.LYD_PRINT_WD_EXPLICIT,
+        "report-all": lib.LYD_PRINT_WD_ALL,
+        "report-all-tagged": lib.LYD_PRINT_WD_ALL_TAG,
+        "trim": lib.LYD_PRINT_WD_TRIM,
+    }[defaults]
+    out = ffi.new("char **")
+    if lib.lyd_print_mem(out, tree.cdata, lib.LYD_XML, flags) != lib.LY_SUCCESS:
+        raise tree.context.error("print failed")
+    try:
+        return ffi.string(out[0]).decode() if out[0] != ffi.NULL else ""
+    finally:
+        lib.free(out[0])
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """temp file + fsync + rename + directory fsync: old or new content, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+class Datastore:
+    """One configuration datastore: a validated libyang tree, optionally persisted."""
+
+    def __init__(self, ctx, name: str, path: Path | None = None):
+        self.ctx = ctx
+        self.name = name
+        self.path = path
+        self.tree: Tree = None
+
+    def load(self) -> None:
+        xml = self.path.read_text() if self.path is not None and self.path.exists() else ""
+        self.replace(parse_config(self.ctx, xml, validate_now=True))
+
+    def replace(self, tree: Tree, *, persist: bool = False) -> None:
+        old, self.tree = self.tree, tree
+        if old is not None and (tree is None or old.cdata != tree.cdata):
+            free(old)
+        if persist:
+            self.persist()
+
+    def copy(self) -> Tree:
+        return duplicate(self.tree)
+
+    def persist(self) -> None:
+        if self.path is not None:
+            atomic_write(self.path, to_xml(self.tree).encode())

@@ -1,0 +1,296 @@
+"""edit-config (RFC 6241 §7.2) applied to a private copy of a libyang tree.
+
+Order of work:
+1. delete and remove are taken out of the request first (libyang would refuse
+   `<leaf nc:operation="delete"/>` on a typed leaf, whose empty value is invalid);
+   their paths come from the schema. They run first, in document order.
+2. The rest is parsed by libyang (types, unknown nodes, state data) and walked:
+   merge / replace / create / none, in document order.
+With no operation attribute and default-operation merge, the whole edit is one
+libyang merge: that is the fast path for bulk configuration.
+
+Errors go through `_fail`: rollback-on-error raises at once (the copy is thrown
+away), stop-on-error stops but keeps what was applied before the error,
+continue-on-error records the error and skips only the failing subtree.
+"""
+from __future__ import annotations
+
+from lxml import etree
+from _libyang import ffi, lib
+
+import libyang
+
+from . import datastore
+from .errors import NC_NS, RpcError, RpcErrors
+from .schema import to_rpc_errors
+
+OP_ATTR = f"{{{NC_NS}}}operation"
+OPERATIONS = ("merge", "replace", "create", "delete", "remove")
+_FIND_OPS = etree.XPath(".//*[@nc:operation]", namespaces={"nc": NC_NS})
+
+
+class _Stop(Exception):
+    pass
+
+
+def quote(value: str) -> str:
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise RpcError("invalid-value", "a key value holds both quote characters")
+
+
+def element_path(ctx, el: etree._Element, stop: etree._Element) -> str:
+    """The libyang data path of a request element, resolved against the schema."""
+    chain = []
+    node = el
+    while node is not None and node is not stop:
+        chain.append(node)
+        node = node.getparent()
+    parts = []
+    snode = ffi.NULL
+    for e in reversed(chain):
+        q = etree.QName(e)
+        mod = ctx.module_by_ns(q.namespace or "")
+        if mod is None:
+            raise RpcError("unknown-namespace", f"no module has namespace {q.namespace!r}",
+                           info=[("bad-element", q.localname), ("bad-namespace", q.namespace or "")])
+        child = lib.lys_find_child(snode, mod, q.localname.encode(), 0, 0, 0)
+        if child == ffi.NULL:
+            raise RpcError("unknown-element", f'unknown element "{q.localname}"',
+                           info=[("bad-element", q.localname)])
+        step = f"/{ffi.string(mod.name).decode()}:{q.localname}"
+        if child.nodetype == lib.LYS_LIST:
+            key = lib.lysc_node_child(child)
+            while key != ffi.NULL and key.flags & lib.LYS_KEY:
+                kname = ffi.string(key.name).decode()
+                kel = e.find(f"{{{q.namespace}}}{kname}")
+                if kel is None:
+                    raise RpcError("missing-element", f'list "{q.localname}" entry lacks its key "{kname}"',
+                                   info=[("bad-element", kname)])
+                step += f"[{kname}={quote((kel.text or '').strip())}]"
+                key = key.next
+        elif child.nodetype == lib.LYS_LEAFLIST and e is el:
+            step += f"[.={quote((e.text or '').strip())}]"
+        parts.append(step)
+        snode = child
+    return "".join(parts)
+
+
+class Edit:
+    def __init__(self, ctx, target: datastore.Tree, default_operation: str, error_option: str):
+        self.ctx = ctx
+        self.tree = target
+        self.default_operation = default_operation
+        self.error_option = error_option
+        self.errors: list[RpcError] = []
+        self._nested: set[int] = set()
+
+    # -- error policy -------------------------------------------------------
+    def _fail(self, err: RpcError) -> None:
+        self.errors.append(err)
+        if self.error_option != "continue-on-error":
+            raise _Stop()
+
+    # -- tree helpers -------------------------------------------------------
+    def _find(self, path: str):
+        if self.tree is None:
+            return None
+        out = ffi.new("struct lyd_node **")
+        if lib.lyd_find_path(self.tree.cdata, path.encode(), 0, out) != lib.LY_SUCCESS:
+            lib.ly_err_clean(self.ctx.cdata, ffi.NULL)
+            return None
+        return out[0]
+
+    def _free(self, node) -> None:
+        if self.tree is not None and node == self.tree.cdata:
+            nxt = node.next
+            self.tree = None if nxt == ffi.NULL else libyang.DNode.new(self.ctx, nxt)
+        lib.lyd_free_tree(node)
+
+    def _insert(self, node, recursive: bool) -> None:
+        """Merge one edit node (with its parents and keys) into the tree."""
+        flags = lib.LYD_DUP_WITH_PARENTS | lib.LYD_DUP_NO_META
+        if recursive:
+            flags |= lib.LYD_DUP_RECURSIVE
+        dup = ffi.new("struct lyd_node **")
+        if lib.lyd_dup_single(node, ffi.NULL, flags, dup) != lib.LY_SUCCESS:
+            raise self.ctx.error("duplicate failed")
+        root = dup[0]
+        while root.parent != ffi.NULL:
+            root = ffi.cast("struct lyd_node *", root.parent)
+        target = ffi.new("struct lyd_node **")
+        target[0] = self.tree.cdata if self.tree is not None else ffi.NULL
+        ret = lib.lyd_merge_siblings(target, root, lib.LYD_MERGE_DESTRUCT)
+        if ret != lib.LY_SUCCESS:
+            raise self.ctx.error("merge failed")
+        self.tree = libyang.DNode.new(self.ctx, lib.lyd_first_sibling(target[0]))
+
+    # -- phases -------------------------------------------------------------
+    def run(self, config: etree._Element) -> datastore.Tree:
+        try:
+            if self.default_operation == "replace":
+                datastore.free(self.tree)
+                self.tree = None
+            removals = self._take_removals(config)
+            for op, path in removals:
+                self._remove(op, path)
+            edit = self._parse(config)
+            if edit is None:
+                return self.tree
+            try:
+                if not removals and not _FIND_OPS(config) and self.default_operation != "none":
+                    # fast path: a single libyang merge, edit tree consumed
+                    target = ffi.new("struct lyd_node **")
+                    target[0] = self.tree.cdata if self.tree is not None else ffi.NULL
+                    if lib.lyd_merge_siblings(target, edit.cdata, lib.LYD_MERGE_DESTRUCT) != lib.LY_SUCCESS:
+                        raise self.ctx.error("merge failed")
+                    edit.cdata = None
+                    self.tree = libyang.DNode.new(self.ctx, lib.lyd_first_sibling(target[0]))
+                    return self.tree
+                self._mark_nested(edit)
+                inherited = "merge" if self.default_operation == "replace" else self.default_operation
+                node = edit.cdata
+                while node != ffi.NULL:
+                    self._walk(node, inherited)
+                    node = node.next
+            finally:
+                datastore.free(edit)
+        except _Stop:
+            pass
+        return self.tree
+
+    def _take_removals(self, config: etree._Element) -> list[tuple[str, str]]:
+        found = []
+        for el in _FIND_OPS(config):
+            op = el.get(OP_ATTR)
+            if op not in OPERATIONS:
+                raise RpcError("bad-attribute", f'invalid operation "{op}"', type="protocol",
+                               info=[("bad-attribute", "operation"), ("bad-element", etree.QName(el).localname)])
+            if op not in ("delete", "remove"):
+                continue
+            if any(a.get(OP_ATTR) in ("delete", "remove") for a in el.iterancestors() if a is not config):
+                el.getparent().remove(el)
+                continue
+            found.append((op, element_path(self.ctx, el, config), el))
+        for _op, _path, el in found:
+            if el.getparent() is not None:
+                el.getparent().remove(el)
+        return [(op, path) for op, path, _ in found]
+
+    def _remove(self, op: str, path: str) -> None:
+        node = self._find(path)
+        if node is None:
+            if op == "delete":
+                self._fail(RpcError("data-missing", f"{path} does not exist, so it cannot be deleted", path=path))
+            return
+        if node.schema.flags & lib.LYS_KEY:
+            self._fail(RpcError("bad-element", "a list key cannot be deleted on its own", path=path,
+                                info=[("bad-element", ffi.string(node.schema.name).decode())]))
+            return
+        self._free(node)
+
+    def _parse(self, config: etree._Element):
+        xml = b"".join(etree.tostring(c) for c in config if isinstance(c.tag, str))
+        if not xml:
+            return None
+        try:
+            return self.ctx.parse_data_mem(xml, "xml", strict=True, no_state=True, parse_only=True)
+        except libyang.LibyangError as exc:
+            err = to_rpc_errors(exc)
+            raise err
+
+    def _mark_nested(self, edit) -> None:
+        """Remember every node that has an operation attribute somewhere below it."""
+        stack = []
+        node = edit.cdata
+        while node != ffi.NULL:
+            stack.append(node)
+            node = node.next
+        while stack:
+            node = stack.pop()
+            if _own_op(node):
+                parent = node.parent
+                while parent != ffi.NULL:
+                    key = int(ffi.cast("uintptr_t", parent))
+                    if key in self._nested:
+                        break
+                    self._nested.add(key)
+                    parent = parent.parent
+            child = lib.lyd_child(node)
+            while child != ffi.NULL:
+                stack.append(child)
+                child = child.next
+
+    def _walk(self, node, inherited: str) -> None:
+        schema = node.schema
+        if schema.flags & lib.LYS_KEY:
+            return
+        op = _own_op(node) or inherited
+        nested = int(ffi.cast("uintptr_t", node)) in self._nested
+        path = _path(node)
+        existing = self._find(path)
+        if op == "create" and existing is not None:
+            self._fail(RpcError("data-exists", f"{path} already exists", path=path))
+            return
+        if op in ("create", "replace", "merge") and not nested:
+            if op == "replace" and existing is not None:
+                self._free(existing)
+            self._insert(node, recursive=True)
+            return
+        if op == "none":
+            if existing is None and schema.nodetype in (lib.LYS_LIST, lib.LYS_CONTAINER):
+                presence = schema.nodetype == lib.LYS_CONTAINER and schema.flags & lib.LYS_PRESENCE
+                if schema.nodetype == lib.LYS_LIST or presence:
+                    self._fail(RpcError("data-missing", f"{path} does not exist", path=path))
+                    return
+            child_op = "none"
+        else:
+            if op == "replace" and existing is not None:
+                self._free(existing)
+            self._insert(node, recursive=False)
+            child_op = "merge"
+        child = lib.lyd_child(node)
+        while child != ffi.NULL:
+            self._walk(child, child_op)
+            child = child.next
+
+
+def _own_op(node) -> str | None:
+    meta = node.meta
+    while meta != ffi.NULL:
+        if ffi.string(meta.name) == b"operation" and ffi.string(meta.annotation.module.name) == b"ietf-netconf":
+            return ffi.string(meta.value.enum_item.name).decode()
+        meta = meta.next
+    return None
+
+
+def _path(node) -> str:
+    raw = lib.lyd_path(node, lib.LYD_PATH_STD, ffi.NULL, 0)
+    try:
+        return ffi.string(raw).decode()
+    finally:
+        lib.free(raw)
+
+
+def apply_edit(ctx, target: datastore.Tree, config: etree._Element, *,
+               default_operation: str = "merge", error_option: str = "stop-on-error"):
+    """Apply an edit to `target` (consumed). Returns (new tree, errors).
+
+    On rollback-on-error with an error, the returned tree is None and must be ignored."""
+    edit = Edit(ctx, target, default_operation, error_option)
+    try:
+        tree = edit.run(config)
+    except RpcError:
+        datastore.free(edit.tree)
+        raise
+    except RpcErrors:
+        datastore.free(edit.tree)
+        raise
+    if edit.errors and error_option == "rollback-on-error":
+        datastore.free(tree)
+        if len(edit.errors) == 1:
+            raise edit.errors[0]
+        raise RpcErrors(edit.errors)
+    return tree, edit.errors

@@ -1,0 +1,388 @@
+"""RFC 6241 base operations. Each handler takes (session, operation element) and
+returns None (<ok/>), or the XML text to put inside <rpc-reply>."""
+from __future__ import annotations
+
+import logging
+import os
+import re
+
+import libyang
+from lxml import etree
+
+from . import datastore, filters
+from .edit import apply_edit
+from .errors import NC_NS, RpcError, RpcErrors
+from .schema import to_rpc_errors
+
+log = logging.getLogger(__name__)
+
+WD_NS = "urn:ietf:params:xml:ns:yang:ietf-netconf-with-defaults"
+WD_MODES = ("report-all", "report-all-tagged", "trim", "explicit")
+# The test suite sets this so every <get> reply is validated against the schema.
+VALIDATE_REPLIES = os.environ.get("TRUSTPLANE_VALIDATE_REPLIES") == "1"
+
+
+def _q(name: str) -> str:
+    return f"{{{NC_NS}}}{name}"
+
+
+def _params(op: etree._Element, allowed: dict[str, bool]) -> dict[str, etree._Element]:
+    """Children by local name. allowed: name -> mandatory. Unknown and missing ones are errors."""
+    found: dict[str, etree._Element] = {}
+    for child in op:
+        q = etree.QName(child)
+        name = q.localname
+        ns_ok = q.namespace == NC_NS or (name == "with-defaults" and q.namespace == WD_NS)
+        if name not in allowed or not ns_ok:
+            raise RpcError("unknown-element", f'unexpected parameter "{name}" in <{etree.QName(op).localname}>',
+                           type="protocol", info=[("bad-element", name)])
+        if name in found:
+            raise RpcError("bad-element", f'parameter "{name}" given twice', type="protocol",
+                           info=[("bad-element", name)])
+        found[name] = child
+    for name, mandatory in allowed.items():
+        if mandatory and name not in found:
+            raise RpcError("missing-element", f'<{etree.QName(op).localname}> needs the "{name}" parameter',
+                           type="protocol", info=[("bad-element", name)])
+    return found
+
+
+def _store_choice(el: etree._Element, allowed: tuple[str, ...], *, inline: bool = False):
+    """The datastore named inside <source>/<target>, or the inline <config> element."""
+    kids = [c for c in el if isinstance(c.tag, str)]
+    if len(kids) != 1:
+        raise RpcError("missing-element" if not kids else "bad-element",
+                       f"<{etree.QName(el).localname}> must name exactly one datastore",
+                       type="protocol", info=[("bad-element", etree.QName(el).localname)])
+    q = etree.QName(kids[0])
+    if q.namespace == NC_NS and q.localname == "config" and inline:
+        return kids[0]
+    if q.namespace == NC_NS and q.localname == "url":
+        raise RpcError("operation-not-supported", "the :url capability is not supported", type="protocol")
+    if q.namespace != NC_NS or q.localname not in allowed:
+        raise RpcError("invalid-value", f'"{q.localname}" is not a datastore allowed here ({", ".join(allowed)})',
+                       type="protocol", info=[("bad-element", q.localname)])
+    return q.localname
+
+
+def _with_defaults(params) -> str:
+    el = params.get("with-defaults")
+    if el is None:
+        return "explicit"
+    mode = (el.text or "").strip()
+    if mode not in WD_MODES:
+        raise RpcError("invalid-value", f'with-defaults "{mode}" is not one of {", ".join(WD_MODES)}',
+                       type="protocol", info=[("bad-element", "with-defaults")])
+    return mode
+
+
+def _filter(session, params) -> list[str] | None:
+    el = params.get("filter")
+    if el is None:
+        return None
+    kind = el.get("type", "subtree")
+    try:
+        if kind == "subtree":
+            return filters.subtree_to_xpaths(el, session.server.ctx)
+        if kind == "xpath":
+            select = el.get("select")
+            if select is None:
+                raise RpcError("missing-attribute", "an xpath filter needs a select attribute", type="protocol",
+                               info=[("bad-attribute", "select"), ("bad-element", "filter")])
+            return [filters.xpath_from_select(select, dict(el.nsmap), session.server.ctx)]
+    except filters.FilterError as exc:
+        raise RpcError(exc.tag, str(exc), type="protocol", info=[("bad-element", "filter")]) from None
+    raise RpcError("bad-attribute", f'filter type "{kind}" is not supported', type="protocol",
+                   info=[("bad-attribute", "type"), ("bad-element", "filter")])
+
+
+def _data_reply(session, tree, xpaths, mode: str, *, owned: bool) -> str:
+    try:
+        if xpaths is not None:
+            selected = filters.select(tree, xpaths, session.server.ctx)
+            if owned:
+                datastore.free(tree)
+            tree, owned = selected, True
+        body = datastore.to_xml(tree, defaults=mode)
+    finally:
+        if owned:
+            datastore.free(tree)
+    return f'<data xmlns="{NC_NS}">{body}</data>'
+
+
+def get_config(session, op):
+    params = _params(op, {"source": True, "filter": False, "with-defaults": False})
+    name = _store_choice(params["source"], ("running", "candidate", "startup"))
+    mode = _with_defaults(params)
+    xpaths = _filter(session, params)
+    return _data_reply(session, session.server.datastore(name).tree, xpaths, mode, owned=False)
+
+
+_PRED = re.compile(r"\[[^\]]*\]")
+
+
+def _wanted(provider_path: str, xpaths: list[str] | None) -> bool:
+    """Does any filter xpath select (part of) the provider's subtree?"""
+    if xpaths is None:
+        return True
+    want = [s.split(":")[-1] for s in provider_path.split("/") if s]
+    top_mod = provider_path.split("/")[1].split(":")[0]
+    for xp in xpaths:
+        if "//" in xp or "*" in xp or not xp.startswith("/") or "|" in xp:
+            return True
+        steps = [s for s in _PRED.sub("", xp).split("/") if s]
+        if not steps or ":" not in steps[0] or steps[0].split(":")[0] != top_mod:
+            continue
+        names = [s.split(":")[-1] for s in steps]
+        n = min(len(names), len(want))
+        if names[:n] == want[:n]:
+            return True
+    return False
+
+
+def get(session, op):
+    params = _params(op, {"filter": False, "with-defaults": False})
+    mode = _with_defaults(params)
+    xpaths = _filter(session, params)
+    server = session.server
+    tree = server.running.copy()
+    try:
+        for backend in server.backends:
+            for path, provider in backend.state.items():
+                if _wanted(path, xpaths):
+                    xml = provider()
+                    if xml:
+                        state = server.ctx.parse_data_mem(xml, "xml", strict=True, parse_only=True)
+                        try:
+                            tree = datastore.merge(server.ctx, tree, state)
+                        finally:
+                            datastore.free(state)
+        if VALIDATE_REPLIES:
+            tree = datastore.validate(server.ctx, tree, no_state=False)
+    except libyang.LibyangError as exc:
+        datastore.free(tree)
+        log.error("state data failed schema validation: %s", exc)
+        raise RpcError("operation-failed", "internal error: state data does not match its schema") from None
+    return _data_reply(session, tree, xpaths, mode, owned=True)
+
+
+def edit_config(session, op):
+    params = _params(op, {"target": True, "default-operation": False, "test-option": False,
+                          "error-option": False, "config": False, "url": False})
+    if "url" in params:
+        raise RpcError("operation-not-supported", "the :url capability is not supported", type="protocol")
+    if "config" not in params:
+        raise RpcError("missing-element", "<edit-config> needs <config>", type="protocol",
+                       info=[("bad-element", "config")])
+    name = _store_choice(params["target"], ("running", "candidate"))
+    default_op = _enum(params, "default-operation", ("merge", "replace", "none"), "merge")
+    test_option = _enum(params, "test-option", ("test-then-set", "set", "test-only"), "test-then-set")
+    error_option = _enum(params, "error-option", ("stop-on-error", "continue-on-error", "rollback-on-error"),
+                         "stop-on-error")
+    server = session.server
+    server.check_writable(name, session.id)
+    target = server.datastore(name)
+    new, errors = apply_edit(server.ctx, target.copy(), params["config"],
+                             default_operation=default_op, error_option=error_option)
+    if test_option == "test-only":
+        datastore.free(server.validate_tree(new))
+    elif name == "running":
+        server.commit_tree(new, server.running)
+        if not server.candidate_dirty:
+            server.candidate.replace(server.running.copy())
+    else:
+        if test_option == "test-then-set":
+            new = server.validate_tree(new)
+        server.candidate.replace(new)
+        server.candidate_dirty = True
+    if errors:
+        raise errors[0] if len(errors) == 1 else RpcErrors(errors)
+    return None
+
+
+def _enum(params, name: str, values: tuple[str, ...], default: str) -> str:
+    el = params.get(name)
+    if el is None:
+        return default
+    value = (el.text or "").strip()
+    if value not in values:
+        raise RpcError("invalid-value", f'{name} "{value}" is not one of {", ".join(values)}', type="protocol",
+                       info=[("bad-element", name)])
+    return value
+
+
+def _source_tree(session, source_el):
+    """A new tree for <source>: a copy of a datastore, or parsed inline <config>."""
+    server = session.server
+    src = _store_choice(source_el, ("running", "candidate", "startup"), inline=True)
+    if isinstance(src, str):
+        return src, server.datastore(src).copy()
+    xml = b"".join(etree.tostring(c) for c in src if isinstance(c.tag, str))
+    try:
+        return None, datastore.parse_config(server.ctx, xml, validate_now=False)
+    except libyang.LibyangError as exc:
+        raise to_rpc_errors(exc) from None
+
+
+def copy_config(session, op):
+    params = _params(op, {"target": True, "source": True, "with-defaults": False})
+    _with_defaults(params)  # only meaningful for a :url target; still checked
+    name = _store_choice(params["target"], ("running", "candidate", "startup"))
+    server = session.server
+    server.check_writable(name, session.id)
+    src_name, tree = _source_tree(session, params["source"])
+    if src_name == name:
+        datastore.free(tree)
+        raise RpcError("invalid-value", "source and target are the same datastore", type="protocol")
+    if name == "candidate":
+        server.candidate.replace(server.validate_tree(tree))
+        server.candidate_dirty = True
+    else:
+        server.commit_tree(tree, server.datastore(name))
+        if name == "running" and not server.candidate_dirty:
+            server.candidate.replace(server.running.copy())
+    return None
+
+
+def delete_config(session, op):
+    params = _params(op, {"target": True})
+    name = _store_choice(params["target"], ("running", "candidate", "startup"))
+    if name != "startup":
+        raise RpcError("invalid-value", f"the {name} datastore cannot be deleted", type="protocol",
+                       info=[("bad-element", name)])
+    session.server.check_writable(name, session.id)
+    session.server.startup.replace(None, persist=True)
+    return None
+
+
+def lock(session, op):
+    params = _params(op, {"target": True})
+    name = _store_choice(params["target"], ("running", "candidate", "startup"))
+    server = session.server
+    holder = server.locks.get(name)
+    if holder is not None:
+        raise RpcError("lock-denied", f"the {name} datastore is already locked by session {holder}",
+                       type="protocol", info=[("session-id", str(holder))])
+    if name == "candidate" and server.candidate_dirty:
+        raise RpcError("lock-denied", "the candidate has uncommitted changes; commit or discard them first",
+                       type="protocol", info=[("session-id", "0")])
+    server.locks[name] = session.id
+    return None
+
+
+def unlock(session, op):
+    params = _params(op, {"target": True})
+    name = _store_choice(params["target"], ("running", "candidate", "startup"))
+    server = session.server
+    holder = server.locks.get(name)
+    if holder != session.id:
+        why = "is not locked" if holder is None else f"is locked by session {holder}"
+        raise RpcError("operation-failed", f"the {name} datastore {why}", type="protocol")
+    del server.locks[name]
+    if name == "candidate":
+        server.discard_candidate()  # RFC 6241 §8.3.5.2
+    return None
+
+
+def validate(session, op):
+    params = _params(op, {"source": True})
+    _name, tree = _source_tree(session, params["source"])
+    server = session.server
+    tree = server.validate_tree(tree)
+    datastore.free(tree)
+    return None
+
+
+def commit(session, op):
+    params = _params(op, {"confirmed": False, "confirm-timeout": False, "persist": False, "persist-id": False})
+    server = session.server
+    server.check_writable("running", session.id)
+    server.check_writable("candidate", session.id)
+    confirmed = "confirmed" in params
+    persist_id = _text(params.get("persist-id"))
+    if not confirmed and ("confirm-timeout" in params or "persist" in params):
+        raise RpcError("invalid-value", "confirm-timeout and persist need <confirmed/>", type="protocol")
+    timeout = 600
+    if "confirm-timeout" in params:
+        text = _text(params["confirm-timeout"])
+        if not text.isdigit() or not 0 < int(text) <= 0xFFFFFFFF:
+            raise RpcError("invalid-value", f'confirm-timeout "{text}" is not a positive number of seconds',
+                           type="protocol", info=[("bad-element", "confirm-timeout")])
+        timeout = int(text)
+    server.confirmed.check_access(session.id, persist_id, "commit")
+    backup = None
+    if confirmed and server.confirmed.pending is None:
+        backup = datastore.to_xml(server.running.tree)
+    server.commit_tree(server.candidate.copy(), server.running)
+    server.candidate_dirty = False
+    if confirmed:
+        persist = _text(params["persist"]) if "persist" in params else None
+        server.confirmed.begin(backup, session.id, timeout, persist)
+    elif server.confirmed.pending is not None:
+        server.confirmed.confirm()
+    return None
+
+
+def cancel_commit(session, op):
+    params = _params(op, {"persist-id": False})
+    server = session.server
+    if server.confirmed.pending is None:
+        raise RpcError("operation-failed", "no confirmed commit is pending", type="protocol")
+    server.confirmed.check_access(session.id, _text(params.get("persist-id")), "cancel-commit")
+    backup = server.confirmed.cancel()
+    tree = datastore.parse_config(server.ctx, backup, validate_now=False)
+    server.commit_tree(tree, server.running)
+    server.discard_candidate()
+    return None
+
+
+def discard_changes(session, op):
+    _params(op, {})
+    session.server.check_writable("candidate", session.id)
+    session.server.discard_candidate()
+    return None
+
+
+def close_session(session, op):
+    _params(op, {})
+    session.closing = True
+    return None
+
+
+def kill_session(session, op):
+    params = _params(op, {"session-id": True})
+    text = _text(params["session-id"])
+    if not text.isdigit():
+        raise RpcError("invalid-value", f'session-id "{text}" is not a number', type="protocol",
+                       info=[("bad-element", "session-id")])
+    sid = int(text)
+    if sid == session.id:
+        raise RpcError("invalid-value", "a session cannot kill itself; use <close-session>", type="protocol",
+                       info=[("bad-element", "session-id")])
+    victim = session.server.sessions.get(sid)
+    if victim is None:
+        raise RpcError("invalid-value", f"no session {sid}", type="protocol", info=[("bad-element", "session-id")])
+    log.info("session %d killed by session %d", sid, session.id)
+    victim.kill(f"killed by session {session.id}", killed_by=session.id)
+    return None
+
+
+def _text(el) -> str | None:
+    return None if el is None else (el.text or "").strip()
+
+
+OPERATIONS = {
+    "get": get,
+    "get-config": get_config,
+    "edit-config": edit_config,
+    "copy-config": copy_config,
+    "delete-config": delete_config,
+    "lock": lock,
+    "unlock": unlock,
+    "validate": validate,
+    "commit": commit,
+    "cancel-commit": cancel_commit,
+    "discard-changes": discard_changes,
+    "close-session": close_session,
+    "kill-session": kill_session,
+}

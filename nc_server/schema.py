@@ -1,0 +1,157 @@
+"""The libyang context: built once at start from yang/ and the IETF modules pyang ships.
+
+libyang 2.1.30 keeps no data path in its stored error items, but hands it to the
+log callback, so errors are collected from there and paired with the stored items.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import libyang
+from _libyang import ffi, lib
+
+from .errors import RpcError, RpcErrors
+
+log = logging.getLogger(__name__)
+
+YANG_DIR = Path(__file__).resolve().parent.parent / "yang"
+IETF_DIR = Path(sys.prefix) / "share" / "yang" / "modules" / "ietf"
+
+# Loaded whatever the backends declare: the base protocol needs them.
+BASE_MODULES = ("ietf-netconf", "ietf-netconf-with-defaults")
+
+
+@dataclass
+class YangErrorItem:
+    vecode: int
+    message: str
+    path: str | None
+    app_tag: str | None
+
+
+class YangError(libyang.LibyangError):
+    def __init__(self, msg: str, items: list[YangErrorItem]):
+        super().__init__(msg)
+        self.items = items
+
+
+_LOCATION = re.compile(r'Data location "([^"]+)"')
+
+
+class _PathCapture(logging.Handler):
+    """Remembers the data path libyang logs with each message."""
+
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.paths: dict[str, str] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if len(record.args or ()) == 2:
+            msg, where = record.args
+            if len(self.paths) > 64:
+                self.paths.clear()
+            if m := _LOCATION.search(where or ""):
+                self.paths[msg] = m.group(1)
+
+
+_capture = _PathCapture()
+logging.getLogger("libyang").addHandler(_capture)
+logging.getLogger("libyang").propagate = False
+libyang.configure_logging(True, logging.ERROR)
+
+
+class YangContext(libyang.Context):
+    """libyang.Context whose errors keep their structure (vecode, path, app-tag)."""
+
+    _by_ns: dict[str, object] | None = None
+
+    def module_by_ns(self, ns: str):
+        """The implemented `struct lys_module *` with this namespace, or None."""
+        if self._by_ns is None:
+            self._by_ns = {}
+            idx = ffi.new("uint32_t *")
+            mod = lib.ly_ctx_get_module_iter(self.cdata, idx)
+            while mod != ffi.NULL:
+                if mod.implemented:
+                    self._by_ns[ffi.string(mod.ns).decode()] = mod
+                mod = lib.ly_ctx_get_module_iter(self.cdata, idx)
+        return self._by_ns.get(ns)
+
+    def error(self, msg: str, *args) -> YangError:
+        items = []
+        if self.cdata:
+            err = lib.ly_err_first(self.cdata)
+            while err:
+                text = ffi.string(err.msg).decode() if err.msg else ""
+                items.append(
+                    YangErrorItem(
+                        err.vecode,
+                        text,
+                        _capture.paths.get(text),
+                        ffi.string(err.apptag).decode() if err.apptag else None,
+                    )
+                )
+                err = err.next
+            lib.ly_err_clean(self.cdata, ffi.NULL)
+        _capture.paths.clear()
+        text = msg % args if args else msg
+        if items:
+            text += ": " + "; ".join(i.message for i in items)
+        return YangError(text, items)
+
+
+def build_context(modules: list[str], extra_dirs: list[Path] = ()) -> YangContext:
+    search = [str(YANG_DIR), *map(str, extra_dirs), str(IETF_DIR)]
+    # the binding would also search $YANGPATH: the server decides where modules come from
+    saved = {k: os.environ.pop(k) for k in ("YANGPATH", "YANG_MODPATH") if k in os.environ}
+    try:
+        ctx = YangContext(":".join(search), disable_searchdir_cwd=True)
+    finally:
+        os.environ.update(saved)
+    for name in (*BASE_MODULES, *modules):
+        mod = ctx.load_module(name)
+        mod.feature_enable_all()
+    return ctx
+
+
+_NOT_CHILD = re.compile(r'Node "([^"]+)" not found')
+_NO_NS = re.compile(r'No module with namespace "([^"]+)"')
+
+
+def to_rpc_errors(exc: libyang.LibyangError, *, default_tag: str = "invalid-value") -> RpcError | RpcErrors:
+    """Map a libyang failure to RFC 6241 / RFC 7950 §15 rpc-errors."""
+    items = getattr(exc, "items", None) or [YangErrorItem(lib.LYVE_OTHER, str(exc), None, None)]
+    errors = [_one(item, default_tag) for item in items]
+    return errors[0] if len(errors) == 1 else RpcErrors(errors)
+
+
+def _one(item: YangErrorItem, default_tag: str) -> RpcError:
+    msg, app, path = item.message, item.app_tag, item.path
+    if m := _NO_NS.search(msg):
+        return RpcError("unknown-namespace", msg, path=path,
+                        info=[("bad-element", "?"), ("bad-namespace", m.group(1))])
+    if m := _NOT_CHILD.search(msg):
+        return RpcError("unknown-element", msg, path=path, info=[("bad-element", m.group(1))])
+    if app == "instance-required":
+        return RpcError("data-missing", msg, app_tag=app, path=path)
+    if app in ("data-not-unique", "too-many-elements", "too-few-elements"):
+        return RpcError("operation-failed", msg, app_tag=app, path=path)
+    if msg.startswith("Mandatory node") or msg.startswith("Mandatory choice"):
+        return RpcError("data-missing", msg, app_tag="missing-choice" if "choice" in msg else None, path=path)
+    if "missing its key" in msg:
+        return RpcError("missing-element", msg, path=path)
+    if msg.startswith("Duplicate instance") or msg.startswith("Data for both cases"):
+        return RpcError("bad-element", msg, path=path)
+    if msg.startswith("When condition"):
+        return RpcError("unknown-element", msg, path=path)
+    if item.vecode == lib.LYVE_DATA and app:
+        # must / custom error-app-tag from the module
+        return RpcError("operation-failed", msg, app_tag=app, path=path)
+    if msg.startswith("Must condition"):
+        return RpcError("operation-failed", msg, app_tag="must-violation", path=path)
+    return RpcError(default_tag, msg, path=path)

@@ -1,0 +1,229 @@
+"""Server-wide state: the schema context, datastores, locks, sessions, backends and commit."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import libyang
+from _libyang import ffi, lib
+
+from . import datastore
+from .backend import Backend, BackendError, Change, ConfigDiff, Services
+from .confirmed_commit import ConfirmedCommit
+from .errors import RpcError
+from .framing import DEFAULT_MAX_MESSAGE
+from .schema import build_context, to_rpc_errors
+
+log = logging.getLogger(__name__)
+
+BASE_CAPABILITIES = (
+    "urn:ietf:params:netconf:base:1.0",
+    "urn:ietf:params:netconf:base:1.1",
+    "urn:ietf:params:netconf:capability:writable-running:1.0",
+    "urn:ietf:params:netconf:capability:candidate:1.0",
+    "urn:ietf:params:netconf:capability:confirmed-commit:1.1",
+    "urn:ietf:params:netconf:capability:rollback-on-error:1.0",
+    "urn:ietf:params:netconf:capability:validate:1.1",
+    "urn:ietf:params:netconf:capability:startup:1.0",
+    "urn:ietf:params:netconf:capability:xpath:1.0",
+)
+
+
+@dataclass
+class Limits:
+    max_message: int = DEFAULT_MAX_MESSAGE
+    hello_timeout: float = 60.0
+    idle_timeout: float = 3600.0
+    max_sessions: int = 64
+
+
+class Server:
+    def __init__(self, state_dir: Path, backends: list[Backend], services: Services,
+                 limits: Limits | None = None, extra_yang_dirs: list[Path] = ()):
+        self.state_dir = state_dir
+        self.services = services
+        self.limits = limits or Limits()
+        self.backends = backends
+        modules = [m for b in backends for m in b.modules]
+        self.ctx = build_context(modules, list(extra_yang_dirs))
+        self.rpc_handlers = {path: (b, h) for b in backends for path, h in b.rpcs.items()}
+        ds_dir = state_dir / "datastore"
+        self.running = datastore.Datastore(self.ctx, "running", ds_dir / "running.xml")
+        self.startup = datastore.Datastore(self.ctx, "startup", ds_dir / "startup.xml")
+        self.candidate = datastore.Datastore(self.ctx, "candidate")
+        self.candidate_dirty = False
+        self.locks: dict[str, int] = {}
+        self.sessions: dict = {}
+        self._next_sid = 1
+        self.confirmed = ConfirmedCommit(ds_dir / "confirmed-commit.json", self._confirmed_rollback)
+        self.capabilities = list(BASE_CAPABILITIES) + self._module_capabilities()
+
+    # -- start / stop --------------------------------------------------------
+    def load(self) -> None:
+        self.startup.load()
+        if self.running.path.exists() or not self.startup.path.exists():
+            self.running.load()
+        else:
+            # first start after a startup was saved: boot from it (RFC 6241 §8.7)
+            self.running.replace(self.startup.copy(), persist=True)
+        self.candidate.replace(self.running.copy())
+        self._apply_to_backends(ConfigDiff(self._changes(None, self.running.tree), None, self.running.tree))
+
+    def restore_confirmed(self) -> None:
+        self.confirmed.restore()
+
+    def close(self) -> None:
+        for b in self.backends:
+            b.close()
+        self.running.persist()
+
+    def new_session_id(self) -> int:
+        sid = self._next_sid
+        self._next_sid += 1
+        return sid
+
+    # -- capabilities --------------------------------------------------------
+    def _module_capabilities(self) -> list[str]:
+        caps = []
+        idx = ffi.new("uint32_t *")
+        mod = lib.ly_ctx_get_module_iter(self.ctx.cdata, idx)
+        while mod != ffi.NULL:
+            if mod.implemented:
+                name = ffi.string(mod.name).decode()
+                uri = f"{ffi.string(mod.ns).decode()}?module={name}"
+                if mod.revision != ffi.NULL:
+                    uri += f"&revision={ffi.string(mod.revision).decode()}"
+                feats = self.ctx.get_module(name).features()
+                enabled = [f.name() for f in feats if f.state()]
+                if enabled:
+                    uri += "&features=" + ",".join(enabled)
+                caps.append(uri)
+            mod = lib.ly_ctx_get_module_iter(self.ctx.cdata, idx)
+        return caps
+
+    # -- datastores ----------------------------------------------------------
+    def datastore(self, name: str) -> datastore.Datastore:
+        return {"running": self.running, "candidate": self.candidate, "startup": self.startup}[name]
+
+    def check_writable(self, name: str, sid: int) -> None:
+        holder = self.locks.get(name)
+        if holder is not None and holder != sid:
+            raise RpcError("in-use", f"the {name} datastore is locked by session {holder}",
+                           info=[("session-id", str(holder))])
+
+    def validate_tree(self, tree: datastore.Tree) -> datastore.Tree:
+        try:
+            return datastore.validate(self.ctx, tree)
+        except libyang.LibyangError as exc:
+            raise to_rpc_errors(exc, default_tag="operation-failed") from None
+
+    def _changes(self, old: datastore.Tree, new: datastore.Tree) -> list[Change]:
+        out = ffi.new("struct lyd_node **")
+        ret = lib.lyd_diff_siblings(old.cdata if old is not None else ffi.NULL,
+                                    new.cdata if new is not None else ffi.NULL, 0, out)
+        if ret != lib.LY_SUCCESS:
+            raise self.ctx.error("diff failed")
+        changes: list[Change] = []
+        if out[0] == ffi.NULL:
+            return changes
+        diff = libyang.DNode.new(self.ctx, out[0])
+        try:
+            for root in _siblings(diff):
+                _collect(root, "none", changes)
+        finally:
+            datastore.free(diff)
+        return changes
+
+    def commit_tree(self, new: datastore.Tree, target: datastore.Datastore) -> None:
+        """The config pipeline: validate, backends validate + apply, then swap and persist.
+
+        `new` is consumed. If anything refuses, `target` is unchanged."""
+        try:
+            new = self.validate_tree(new)
+            if target is not self.running:
+                target.replace(new, persist=True)
+                return
+            changes = self._changes(self.running.tree, new)
+            diff = ConfigDiff(changes, self.running.tree, new)
+            for b in self.backends:
+                if _touches(b, diff):
+                    b.validate(diff)
+            self._apply_to_backends(diff)
+        except BackendError as exc:
+            datastore.free(new)
+            raise RpcError(exc.tag, exc.message, app_tag=exc.app_tag, path=exc.path) from None
+        except BaseException:
+            datastore.free(new)
+            raise
+        self.running.replace(new, persist=True)
+
+    def _apply_to_backends(self, diff: ConfigDiff) -> None:
+        done = []
+        for b in self.backends:
+            if not _touches(b, diff):
+                continue
+            try:
+                b.apply(diff)
+            except BackendError:
+                for prev in reversed(done):
+                    try:
+                        prev.apply(diff.reversed())
+                    except Exception:
+                        log.exception("backend %s could not undo an applied change", prev.name)
+                raise
+            done.append(b)
+
+    def _confirmed_rollback(self, backup_xml: str, reason: str) -> None:
+        log.warning("confirmed commit rolled back (%s)", reason)
+        tree = datastore.parse_config(self.ctx, backup_xml, validate_now=False)
+        self.commit_tree(tree, self.running)
+        if not self.candidate_dirty:
+            self.candidate.replace(self.running.copy())
+
+    def end_session(self, sid: int) -> None:
+        for name, holder in list(self.locks.items()):
+            if holder == sid:
+                del self.locks[name]
+                if name == "candidate":
+                    self.discard_candidate()
+        self.confirmed.session_ended(sid)
+        self.sessions.pop(sid, None)
+
+    def discard_candidate(self) -> None:
+        self.candidate.replace(self.running.copy())
+        self.candidate_dirty = False
+
+
+def _siblings(node):
+    cur = node.cdata
+    while cur != ffi.NULL:
+        yield cur
+        cur = cur.next
+
+
+def _collect(node, inherited: str, out: list[Change]) -> None:
+    op = inherited
+    meta = node.meta
+    while meta != ffi.NULL:
+        if ffi.string(meta.name) == b"operation":
+            op = ffi.string(meta.value.enum_item.name).decode() if meta.value.enum_item else op
+        meta = meta.next
+    if op in ("create", "delete", "replace"):
+        raw = lib.lyd_path(node, lib.LYD_PATH_STD, ffi.NULL, 0)
+        path = ffi.string(raw).decode()
+        lib.free(raw)
+        value = None
+        if node.schema.nodetype & (lib.LYS_LEAF | lib.LYS_LEAFLIST):
+            value = ffi.string(lib.lyd_get_value(node)).decode()
+        out.append(Change(op, path, value))
+        if op in ("create", "delete"):
+            return  # the subtree goes with it
+    child = lib.lyd_child(node)
+    while child != ffi.NULL:
+        _collect(child, op if op == "none" else "none", out)
+        child = child.next
+
+
+def _touches(backend: Backend, diff: ConfigDiff) -> bool:
+    return any(diff.under(p) for p in backend.config)

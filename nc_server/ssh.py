@@ -1,0 +1,100 @@
+"""SSH transport (RFC 6242) on asyncssh: the netconf subsystem, plus SFTP/SCP for the device filesystem."""
+from __future__ import annotations
+
+import logging
+
+import asyncssh
+
+from .devfs import sftp_factory
+from .session import Session
+from .users import LoginLimiter, UserDB
+
+log = logging.getLogger(__name__)
+
+
+class _Auth(asyncssh.SSHServer):
+    """Password and public-key login, with failed attempts bounded per connection and per source."""
+
+    def __init__(self, users: UserDB, limiter: LoginLimiter):
+        self.users = users
+        self.limiter = limiter
+        self.conn: asyncssh.SSHServerConnection | None = None
+        self.source = "?"
+
+    def connection_made(self, conn):
+        self.conn = conn
+        peer = conn.get_extra_info("peername") or ("?", 0)
+        self.source = str(peer[0])
+        if not self.limiter.allow_connection(self.source):
+            log.warning("refusing %s: too many failed logins", self.source)
+            conn.close()
+
+    def connection_lost(self, exc):
+        self.limiter.forget(id(self))
+
+    def begin_auth(self, username):
+        keys = self.users.authorized_keys(username) if self.users.exists(username) else []
+        if keys:
+            try:
+                self.conn.set_authorized_keys(asyncssh.import_authorized_keys("\n".join(keys)))
+            except (ValueError, asyncssh.KeyImportError):
+                log.warning("unreadable authorized keys for user %s", username)
+        return True
+
+    def password_auth_supported(self):
+        return True
+
+    def validate_password(self, username, password):
+        if self.users.check_password(username, password):
+            self.limiter.record_success(id(self))
+            return True
+        self._failed(username)
+        return False
+
+    def public_key_auth_supported(self):
+        return True
+
+    def _failed(self, username: str) -> None:
+        log.warning("failed login for %r from %s", username, self.source)
+        if not self.limiter.record_failure(id(self), self.source):
+            log.warning("closing connection from %s: too many failed logins", self.source)
+            self.conn.close()
+
+
+async def listen(server, host: str, port: int, host_key_path, users: UserDB, devfs):
+    limiter = LoginLimiter()
+
+    async def process(proc: asyncssh.SSHServerProcess):
+        if proc.subsystem != "netconf":
+            proc.stderr.write(b"only the netconf subsystem is available\n")
+            proc.exit(1)
+            return
+        peer = proc.get_extra_info("peername") or ("?", 0)
+        username = proc.get_extra_info("username")
+
+        async def read():
+            try:
+                return await proc.stdin.read(1 << 16)
+            except (asyncssh.BreakReceived, asyncssh.TerminalSizeChanged):
+                return b""
+
+        def close():
+            if not proc.is_closing():
+                proc.exit(0)
+
+        session = Session(server, username, str(peer[0]), "netconf-ssh", read, proc.stdout.write,
+                          proc.stdout.drain, close)
+        await session.run()
+
+    return await asyncssh.listen(
+        host, port,
+        server_factory=lambda: _Auth(users, limiter),
+        server_host_keys=[str(host_key_path)],
+        process_factory=process,
+        encoding=None,
+        line_editor=False,
+        sftp_factory=sftp_factory(devfs),
+        allow_scp=True,
+        login_timeout=30,
+        keepalive_interval=0,
+    )

@@ -1,0 +1,90 @@
+"""Shared fixtures: a real `trustplane serve` process on loopback, and ncclient sessions to it."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from ncclient import manager
+
+PASSWORD = "test-admin-pw"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """`trustplane serve` in a subprocess, started and stopped by the tests."""
+
+    def __init__(self, state_dir: Path, *extra: str):
+        self.state_dir = state_dir
+        self.extra = extra
+        self.host = "127.0.0.1"
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        self.log_path = state_dir.parent / f"{state_dir.name}.log"
+
+    def start(self) -> "ServerProcess":
+        env = dict(os.environ, TRUSTPLANE_ADMIN_PASSWORD=PASSWORD, TRUSTPLANE_VALIDATE_REPLIES="1")
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "trustplane.cli", "serve", "--state-dir", str(self.state_dir),
+             "--port", str(self.port), *self.extra],
+            stdout=subprocess.PIPE, stderr=self._log, env=env, cwd=ROOT)
+        line = self.proc.stdout.readline().decode()
+        if not line.startswith("trustplane: listening on"):
+            self.proc.kill()
+            raise RuntimeError(f"server did not start: {line!r}\n{self.log_path.read_text()}")
+        self.listen_line = line
+        return self
+
+    def stop(self, sig=signal.SIGTERM) -> int:
+        if self.proc is None:
+            return 0
+        self.proc.send_signal(sig)
+        try:
+            rc = self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+        self.proc = None
+        self._log.close()
+        return rc
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def connect(self, **kw):
+        params = dict(host=self.host, port=self.port, username="admin", password=PASSWORD,
+                      hostkey_verify=False, look_for_keys=False, allow_agent=False, timeout=30)
+        params.update(kw)
+        return manager.connect(**params)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = ServerProcess(tmp_path_factory.mktemp("srv") / "state").start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def fresh_server(tmp_path):
+    srv = ServerProcess(tmp_path / "state").start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def nc(server):
+    with server.connect() as m:
+        yield m

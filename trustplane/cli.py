@@ -1,0 +1,128 @@
+"""`trustplane` command line: the composition root that wires nc_server to the backends."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import asyncssh
+
+import backends  # noqa: F401  (registers the backends)
+from backends.device.profile import ProfileError, init_state_dir
+from nc_server.backend import Services, registered
+from nc_server.devfs import DeviceFS
+from nc_server.server import Limits, Server
+from nc_server.ssh import listen
+from nc_server.users import UserDB
+
+log = logging.getLogger("trustplane")
+
+DEFAULT_STATE = Path.home() / ".trustplane" / "device"
+
+
+def lab_dir_for(state_dir: Path) -> Path:
+    return state_dir.with_name(state_dir.name + "-lab")
+
+
+def initialise(state_dir: Path, lab_dir: Path, nodes=None, anchors=()) -> None:
+    """Create a state directory: profile and IDevIDs, SSH host key, admin user, filesystem."""
+    init_state_dir(state_dir, lab_dir, nodes=nodes, manufacturer_anchors=list(anchors),
+                   now=datetime.now(timezone.utc))
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    key_path = state_dir / "ssh_host_ed25519_key"
+    key.write_private_key(str(key_path))
+    os.chmod(key_path, 0o600)
+    users = UserDB(state_dir / "users.json")
+    password = os.environ.get("TRUSTPLANE_ADMIN_PASSWORD")
+    if not password:
+        password = secrets.token_urlsafe(12)
+        print(f"trustplane: created user admin with password {password} (shown only once)",
+              file=sys.stderr, flush=True)
+    users.add_user("admin", password=password)
+    DeviceFS(state_dir / "fs")
+
+
+async def serve(args) -> int:
+    state_dir: Path = args.state_dir
+    if not (state_dir / "device.json").exists():
+        initialise(state_dir, args.lab_dir or lab_dir_for(state_dir))
+    users = UserDB(state_dir / "users.json")
+    users.load()
+    devfs = DeviceFS(state_dir / "fs")
+    services = Services(state_dir=state_dir, devfs=devfs, clock=lambda: datetime.now(timezone.utc))
+    instances = [factory(services) for factory in registered().values()]
+    limits = Limits(max_message=args.max_message, hello_timeout=args.hello_timeout,
+                    idle_timeout=args.idle_timeout, max_sessions=args.max_sessions)
+    server = Server(state_dir, instances, services, limits)
+    server.load()
+    server.restore_confirmed()
+    acceptor = await listen(server, args.host, args.port, state_dir / "ssh_host_ed25519_key", users, devfs)
+    port = acceptor.get_port()
+    print(f"trustplane: listening on {args.host}:{port}", flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    acceptor.close()
+    for session in list(server.sessions.values()):
+        session.kill("server shutdown")
+    await acceptor.wait_closed()
+    server.close()
+    return 0
+
+
+def _node(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected LOCATION=SERIAL, got {text!r}")
+    loc, serial = text.split("=", 1)
+    return loc, serial
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="trustplane", description="NETCONF server for a device's trust plane")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_serve = sub.add_parser("serve", help="run the NETCONF server")
+    p_serve.add_argument("--state-dir", type=Path, default=DEFAULT_STATE)
+    p_serve.add_argument("--lab-dir", type=Path, default=None,
+                         help="where a first start puts the manufacturer CA key (default: STATE-DIR-lab)")
+    p_serve.add_argument("--host", default="127.0.0.1")
+    p_serve.add_argument("--port", type=int, default=8830)
+    p_serve.add_argument("--max-message", type=int, default=32 * 1024 * 1024, help="bytes per message")
+    p_serve.add_argument("--hello-timeout", type=float, default=60.0, help="seconds")
+    p_serve.add_argument("--idle-timeout", type=float, default=3600.0, help="seconds")
+    p_serve.add_argument("--max-sessions", type=int, default=64)
+    p_serve.add_argument("--log-level", default="INFO")
+
+    p_init = sub.add_parser("init", help="create a state directory without prompting")
+    p_init.add_argument("--state-dir", type=Path, required=True)
+    p_init.add_argument("--lab-dir", type=Path, default=None)
+    p_init.add_argument("--node", type=_node, action="append", metavar="LOCATION=SERIAL")
+    p_init.add_argument("--manufacturer-anchor", type=Path, action="append", default=[], metavar="CERT.pem")
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=getattr(args, "log_level", "INFO").upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "init":
+            initialise(args.state_dir, args.lab_dir or lab_dir_for(args.state_dir), args.node,
+                       args.manufacturer_anchor)
+            print(f"trustplane: initialised {args.state_dir}")
+            return 0
+        return asyncio.run(serve(args))
+    except ProfileError as exc:
+        print(f"trustplane: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
