@@ -89,7 +89,7 @@ def _filter(session, params) -> list[str] | None:
             if select is None:
                 raise RpcError("missing-attribute", "an xpath filter needs a select attribute", type="protocol",
                                info=[("bad-attribute", "select"), ("bad-element", "filter")])
-            return [filters.xpath_from_select(select, dict(el.nsmap), session.server.ctx)]
+            return filters.xpaths_from_select(select, dict(el.nsmap), session.server.ctx)
     except filters.FilterError as exc:
         raise RpcError(exc.tag, str(exc), type="protocol", info=[("bad-element", "filter")]) from None
     raise RpcError("bad-attribute", f'filter type "{kind}" is not supported', type="protocol",

@@ -12,7 +12,7 @@ import pytest
 from lxml import etree
 
 from nc_server import filters
-from nc_server.filters import FilterError, select, subtree_to_xpaths, xpath_from_select
+from nc_server.filters import FilterError, select, subtree_to_xpaths, xpaths_from_select
 
 YANG = Path(__file__).resolve().parent / "yang"
 NC = "urn:ietf:params:xml:ns:netconf:base:1.0"
@@ -377,7 +377,7 @@ def test_values_with_quotes(data, ctx):
 
 def xp(select_: str, ctx, **ns) -> str:
     nsmap = {"t": FT, "a": AUG, **ns}
-    return xpath_from_select(select_, nsmap, ctx)
+    return " | ".join(xpaths_from_select(select_, nsmap, ctx))
 
 
 def test_xpath_prefixes_become_module_names(data, ctx):
@@ -385,8 +385,8 @@ def test_xpath_prefixes_become_module_names(data, ctx):
         "/filter-test:top/filter-test:item[filter-test:name='a']/filter-test:val"
     assert xp("/t:top/t:item/a:extra", ctx) == "/filter-test:top/filter-test:item/filter-test-aug:extra"
     # the filter element's own prefixes, whatever they are
-    assert xpath_from_select("/x:top/y:note", {"x": FT, "y": AUG, None: NC}, ctx) == \
-        "/filter-test:top/filter-test-aug:note"
+    assert xpaths_from_select("/x:top/y:note", {"x": FT, "y": AUG, None: NC}, ctx) == [
+        "/filter-test:top/filter-test-aug:note"]
     out = select(data, [xp("/t:top/t:item[t:name='a']/t:val", ctx)], ctx)
     assert canon(printed(out)) == canon(top("<item><name>a</name><val>1</val></item>"))
     out.free()
@@ -407,6 +407,8 @@ def test_xpath_axes_functions_operators_kept(ctx):
         "/descendant-or-self::node()"
     assert xp("//t:item[t:val > 1 and t:val mod 2 = 0] | /a:top/*", ctx) == \
         "//filter-test:item[filter-test:val > 1 and filter-test:val mod 2 = 0] | /filter-test-aug:top/*"
+    # a union nested in parentheses stays one expression
+    assert xp("(/t:top/t:name | /a:top)", ctx) == "(/filter-test:top/filter-test:name | /filter-test-aug:top)"
     assert xp("/t:top/t:item[t:val*2 = 4]", ctx) == "/filter-test:top/filter-test:item[filter-test:val*2 = 4]"
     assert xp("/t:top/t:item[count(t:flags) = 2]/t:name", ctx) == \
         "/filter-test:top/filter-test:item[count(filter-test:flags) = 2]/filter-test:name"
@@ -429,12 +431,23 @@ def test_xpath_unknown_prefix(ctx):
     assert exc.value.tag == "invalid-value"
     assert "zz" in str(exc.value)
     with pytest.raises(FilterError) as exc:
-        xpath_from_select("/n:top", {"n": "urn:nowhere"}, ctx)
+        xpaths_from_select("/n:top", {"n": "urn:nowhere"}, ctx)
     assert exc.value.tag == "invalid-value"
 
 
+def test_xpath_and_or_predicates_on_absent_data_select_nothing(ctx):
+    tree = ctx.parse_data_mem(f'<top xmlns="{AUG}"><note>n</note></top>', "xml", strict=True, parse_only=True)
+    for expr in ("//t:item[t:val > 1 and t:val < 5]", "/t:top/t:item[t:val = 1 or t:val = 2]/t:name"):
+        assert select(tree, xpaths_from_select(expr, {"t": FT, "a": AUG}, ctx), ctx) is None, expr
+    out = select(tree, xpaths_from_select("//t:item[t:val > 1 and t:val < 5] | /a:top", {"t": FT, "a": AUG}, ctx), ctx)
+    assert canon(printed(out)) == canon(f'<top xmlns="{AUG}"><note>n</note></top>')
+    out.free()
+    tree.free()
+
+
 def test_xpath_invalid_expressions(ctx):
-    for bad in ("/t:top/t:item[", "/t:top/", "count(/t:top/t:item)", "/t:top/t:name = 'x'", "/t:top/#",
+    for bad in ("/t:top/t:item[", "/t:top/", "count(/t:top/t:item)", "/t:top/t:name = 'x'",
+                "/t:top/t:item[t:val > 1] and /t:top", "'x'", "1 + 1", "$v", "string(/t:top/t:name)", "/t:top/#",
                 "/t:top/t:item[no-such-function(1)]"):
         with pytest.raises(FilterError) as exc:
             xp(bad, ctx)
@@ -442,7 +455,8 @@ def test_xpath_invalid_expressions(ctx):
 
 
 def test_xpath_select_state_and_augments(data, ctx):
-    out = select(data, [xp("/t:top/t:state/t:session[t:peer='p1'] | //a:note", ctx)], ctx)
+    out = select(data, xpaths_from_select("/t:top/t:state/t:session[t:peer='p1'] | //a:note",
+                                          {"t": FT, "a": AUG}, ctx), ctx)
     assert canon(printed(out)) == canon(
         top("<state><session><id>1</id><peer>p1</peer></session></state>")
         + f'<top xmlns="{AUG}"><note>hello</note></top>')
