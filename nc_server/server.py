@@ -46,6 +46,9 @@ class Server:
         self.limits = limits or Limits()
         self.backends = backends
         modules = [m for b in backends for m in b.modules]
+        # modules found in extra directories are served as plain configuration
+        modules += sorted({f.name.split("@")[0].removesuffix(".yang")
+                           for d in extra_yang_dirs for f in Path(d).glob("*.yang")})
         self.ctx = build_context(modules, list(extra_yang_dirs))
         self.rpc_handlers = {path: (b, h) for b in backends for path, h in b.rpcs.items()}
         ds_dir = state_dir / "datastore"

@@ -11,9 +11,13 @@ from pathlib import Path
 
 import pytest
 from ncclient import manager
+from ncclient.xml_ import to_ele
 
 PASSWORD = "test-admin-pw"
 ROOT = Path(__file__).resolve().parent.parent
+CONFIG_TEST_YANG = ROOT / "tests" / "yang-config"
+CT = "urn:trustplane:test:config-test"
+NC = "urn:ietf:params:xml:ns:netconf:base:1.0"
 
 
 def free_port() -> int:
@@ -27,7 +31,7 @@ class ServerProcess:
 
     def __init__(self, state_dir: Path, *extra: str):
         self.state_dir = state_dir
-        self.extra = extra
+        self.extra = ("--yang-dir", str(CONFIG_TEST_YANG), *extra)
         self.host = "127.0.0.1"
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
@@ -86,5 +90,13 @@ def fresh_server(tmp_path):
 
 @pytest.fixture
 def nc(server):
+    """A session on the shared server, which starts from an empty running datastore."""
     with server.connect() as m:
+        m.dispatch(to_ele(f'<copy-config xmlns="{NC}"><target><running/></target>'
+                          f"<source><config/></source></copy-config>"))
         yield m
+
+
+def rpc(m, xml: str):
+    """Send one operation given as XML text."""
+    return m.dispatch(to_ele(xml))

@@ -59,7 +59,7 @@ async def serve(args) -> int:
     instances = [factory(services) for factory in registered().values()]
     limits = Limits(max_message=args.max_message, hello_timeout=args.hello_timeout,
                     idle_timeout=args.idle_timeout, max_sessions=args.max_sessions)
-    server = Server(state_dir, instances, services, limits)
+    server = Server(state_dir, instances, services, limits, extra_yang_dirs=args.yang_dir)
     server.load()
     server.restore_confirmed()
     acceptor = await listen(server, args.host, args.port, state_dir / "ssh_host_ed25519_key", users, devfs)
@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     p_serve.add_argument("--hello-timeout", type=float, default=60.0, help="seconds")
     p_serve.add_argument("--idle-timeout", type=float, default=3600.0, help="seconds")
     p_serve.add_argument("--max-sessions", type=int, default=64)
+    p_serve.add_argument("--yang-dir", type=Path, action="append", default=[],
+                         help="also serve every module in this directory, as configuration without a backend")
     p_serve.add_argument("--log-level", default="INFO")
 
     p_init = sub.add_parser("init", help="create a state directory without prompting")

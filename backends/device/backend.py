@@ -1,11 +1,13 @@
 """The device backend: inventory state from the device profile, and the host/domain name config."""
 from __future__ import annotations
 
+import hashlib
 import logging
 
 from cryptography.hazmat.primitives import serialization
 
 from nc_server.backend import Backend, BackendError, ConfigDiff, Services, register
+from nc_server.devfs import DevFSError
 
 from .profile import Profile, load_profile, save_profile
 
@@ -27,7 +29,9 @@ class DeviceBackend(Backend):
             modules=("trustplane-device",),
             state={"/trustplane-device:device/inventory": self.inventory},
             config=(SYSTEM,),
+            rpcs={"/trustplane-device:file-checksum": self.file_checksum},
         )
+        self.devfs = services.devfs
         self.profile: Profile = load_profile(services.state_dir)
         self._inventory_xml: str | None = None
 
@@ -59,6 +63,18 @@ class DeviceBackend(Backend):
                 f"<certificate>{_esc(pem)}</certificate></idevid></node>")
         parts.append("</inventory></device>")
         return "".join(parts)
+
+    def file_checksum(self, session, params: dict) -> str:
+        path = params["path"]
+        try:
+            data = self.devfs.read_bytes(path)
+            canonical = self.devfs.device_path(self.devfs.resolve(path))
+        except DevFSError as exc:
+            tag = "data-missing" if exc.code == "file-not-found" else "invalid-value"
+            raise BackendError(exc.message, app_tag=exc.code, tag=tag) from None
+        digest = hashlib.new(params.get("algorithm", "sha256"), data).hexdigest()
+        return (f'<path xmlns="{NS}">{_esc(canonical)}</path><size xmlns="{NS}">{len(data)}</size>'
+                f'<checksum xmlns="{NS}">{digest}</checksum>')
 
     def apply(self, diff: ConfigDiff) -> None:
         hostname = _leaf(diff.new, f"{SYSTEM}/hostname") or DEFAULT_HOSTNAME

@@ -1,0 +1,266 @@
+"""The session layer over a raw SSH channel: hello, framing, message-id and
+attributes, malformed and hostile XML, timeouts. The client is asyncssh with
+hand-written bytes, so nothing smooths over what the server sends."""
+import asyncio
+import re
+
+import asyncssh
+import pytest
+from lxml import etree
+
+from conftest import NC, PASSWORD, ServerProcess
+
+BASE10 = "urn:ietf:params:netconf:base:1.0"
+BASE11 = "urn:ietf:params:netconf:base:1.1"
+
+
+def hello(*caps: str) -> bytes:
+    body = "".join(f"<capability>{c}</capability>" for c in caps)
+    return f'<hello xmlns="{NC}"><capabilities>{body}</capabilities></hello>]]>]]>'.encode()
+
+
+def chunk(msg: str | bytes) -> bytes:
+    data = msg.encode() if isinstance(msg, str) else msg
+    return b"\n#%d\n" % len(data) + data + b"\n##\n"
+
+
+class Raw:
+    """One netconf subsystem channel with a byte-level reader."""
+
+    def __init__(self, srv: ServerProcess):
+        self.srv = srv
+
+    async def __aenter__(self):
+        self.conn = await asyncssh.connect(self.srv.host, self.srv.port, username="admin", password=PASSWORD,
+                                           known_hosts=None, client_keys=None)
+        self.writer, self.reader, _ = await self.conn.open_session(subsystem="netconf", encoding=None)
+        self.buf = b""
+        self.server_hello = await self.read_until(b"]]>]]>")
+        return self
+
+    async def __aexit__(self, *exc):
+        self.conn.close()
+        await self.conn.wait_closed()
+
+    async def read_until(self, marker: bytes, timeout=10.0) -> bytes:
+        while marker not in self.buf:
+            data = await asyncio.wait_for(self.reader.read(65536), timeout)
+            if not data:
+                raise EOFError(self.buf)
+            self.buf += data
+        msg, self.buf = self.buf.split(marker, 1)
+        return msg
+
+    async def read_chunked(self) -> bytes:
+        out = b""
+        while True:
+            while not re.match(rb"\n#(\d+|#)\n", self.buf):
+                data = await asyncio.wait_for(self.reader.read(65536), 10)
+                if not data:
+                    raise EOFError(self.buf)
+                self.buf += data
+            m = re.match(rb"\n#(\d+|#)\n", self.buf)
+            self.buf = self.buf[m.end():]
+            if m.group(1) == b"#":
+                return out
+            size = int(m.group(1))
+            while len(self.buf) < size:
+                self.buf += await asyncio.wait_for(self.reader.read(65536), 10)
+            out, self.buf = out + self.buf[:size], self.buf[size:]
+
+    async def closed(self, timeout=10.0) -> bool:
+        """True when the server closes the channel."""
+        try:
+            while True:
+                data = await asyncio.wait_for(self.reader.read(65536), timeout)
+                if not data:
+                    return True
+                self.buf += data
+        except asyncio.TimeoutError:
+            return False
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def parse(msg: bytes):
+    return etree.fromstring(msg)
+
+
+def error_of(reply):
+    err = reply.find(f"{{{NC}}}rpc-error")
+    assert err is not None, etree.tostring(reply)
+    return {etree.QName(c).localname: c for c in err}
+
+
+def test_server_hello(server):
+    async def go():
+        async with Raw(server) as s:
+            h = parse(s.server_hello)
+            caps = [c.text for c in h.iter(f"{{{NC}}}capability")]
+            for c in (BASE10, BASE11, "urn:ietf:params:netconf:capability:writable-running:1.0",
+                      "urn:ietf:params:netconf:capability:candidate:1.0",
+                      "urn:ietf:params:netconf:capability:confirmed-commit:1.1",
+                      "urn:ietf:params:netconf:capability:rollback-on-error:1.0",
+                      "urn:ietf:params:netconf:capability:validate:1.1",
+                      "urn:ietf:params:netconf:capability:startup:1.0",
+                      "urn:ietf:params:netconf:capability:xpath:1.0"):
+                assert c in caps
+            assert any(c.startswith("urn:trustplane:yang:trustplane-device?module=trustplane-device&revision=")
+                       for c in caps)
+            assert int(h.findtext(f"{{{NC}}}session-id")) > 0
+    run(go())
+
+
+def test_base10_end_of_message_framing(server):
+    async def go():
+        async with Raw(server) as s:
+            s.writer.write(hello(BASE10))
+            s.writer.write(f'<rpc message-id="7" xmlns="{NC}"><get-config><source><running/></source>'
+                           "</get-config></rpc>]]>]]>".encode())
+            reply = parse(await s.read_until(b"]]>]]>"))
+            assert reply.tag == f"{{{NC}}}rpc-reply" and reply.get("message-id") == "7"
+            assert reply.find(f"{{{NC}}}data") is not None
+    run(go())
+
+
+def test_chunked_framing_and_attribute_echo(server):
+    async def go():
+        async with Raw(server) as s:
+            s.writer.write(hello(BASE10, BASE11))
+            rpc = (f'<rpc message-id="m-1" xmlns="{NC}" xmlns:ex="urn:example" ex:user-attr="x" other="y">'
+                   "<get-config><source><running/></source></get-config></rpc>")
+            wire = chunk(rpc)
+            for i in range(0, len(wire), 7):  # headers split across writes
+                s.writer.write(wire[i:i + 7])
+                await asyncio.sleep(0)
+            reply = parse(await s.read_chunked())
+            assert reply.get("message-id") == "m-1"
+            assert reply.get("{urn:example}user-attr") == "x"
+            assert reply.get("other") == "y"
+    run(go())
+
+
+@pytest.mark.parametrize("body,tag", [
+    (f'<rpc xmlns="{NC}"><get/></rpc>', "missing-attribute"),
+    (f'<rpc message-id="1" xmlns="{NC}"><frobnicate/></rpc>', "operation-not-supported"),
+    (f'<rpc message-id="1" xmlns="{NC}"><get><bogus/></get></rpc>', "unknown-element"),
+    (f'<rpc message-id="1" xmlns="{NC}"><x:op xmlns:x="urn:nowhere"/></rpc>', "operation-not-supported"),
+    (f'<rpc message-id="1" xmlns="{NC}"><get></rpc>', "malformed-message"),
+    ("<notxml", "malformed-message"),
+    (f'<rpc message-id="1" xmlns="{NC}"/>', "missing-element"),
+])
+def test_bad_rpcs_get_errors_and_the_session_goes_on(server, body, tag):
+    async def go():
+        async with Raw(server) as s:
+            s.writer.write(hello(BASE11))
+            s.writer.write(chunk(body))
+            reply = parse(await s.read_chunked())
+            err = error_of(reply)
+            assert err["error-tag"].text == tag
+            assert err["error-severity"].text == "error"
+            assert err["error-type"].text in ("rpc", "protocol", "application")
+            assert "Traceback" not in etree.tostring(reply).decode()
+            s.writer.write(chunk(f'<rpc message-id="2" xmlns="{NC}"><get-config><source><running/></source>'
+                                 "</get-config></rpc>"))
+            assert parse(await s.read_chunked()).get("message-id") == "2"
+    run(go())
+
+
+BILLION_LAUGHS = """<?xml version="1.0"?>
+<!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
+<!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">
+<!ENTITY lol4 "&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;">
+<!ENTITY lol9 "&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;">]>
+<rpc message-id="1" xmlns="urn:ietf:params:xml:ns:netconf:base:1.0"><get-config><source><running/></source>
+<filter type="xpath" select="&lol9;"/></get-config></rpc>"""
+
+EXTERNAL_ENTITY = """<?xml version="1.0"?>
+<!DOCTYPE r [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>
+<rpc message-id="1" xmlns="urn:ietf:params:xml:ns:netconf:base:1.0"><get-config><source><running/></source>
+<filter type="xpath" select="&xxe;"/></get-config></rpc>"""
+
+
+@pytest.mark.parametrize("doc", [BILLION_LAUGHS, EXTERNAL_ENTITY])
+def test_hostile_xml_is_malformed_message(server, doc):
+    async def go():
+        async with Raw(server) as s:
+            s.writer.write(hello(BASE11))
+            s.writer.write(chunk(doc))
+            reply = await s.read_chunked()
+            assert b"root:" not in reply and b"lollol" not in reply
+            assert error_of(parse(reply))["error-tag"].text == "malformed-message"
+    run(go())
+
+
+def test_bad_chunk_header_closes_only_that_session(server):
+    async def go():
+        async with Raw(server) as good, Raw(server) as bad:
+            good.writer.write(hello(BASE11))
+            bad.writer.write(hello(BASE11))
+            bad.writer.write(b"\n#0\n")
+            assert await bad.closed()
+            good.writer.write(chunk(f'<rpc message-id="1" xmlns="{NC}"><get-config><source><running/>'
+                                    "</source></get-config></rpc>"))
+            assert parse(await good.read_chunked()).get("message-id") == "1"
+    run(go())
+    assert "framing error" in server.log()
+
+
+def test_oversized_message_closes_the_session(tmp_path):
+    srv = ServerProcess(tmp_path / "state", "--max-message", "4096").start()
+    try:
+        async def go():
+            async with Raw(srv) as s:
+                s.writer.write(hello(BASE11))
+                s.writer.write(b"\n#5000\n")
+                assert await s.closed()
+        run(go())
+        assert "larger than 4096" in srv.log()
+    finally:
+        srv.stop()
+
+
+def test_hello_timeout(tmp_path):
+    srv = ServerProcess(tmp_path / "state", "--hello-timeout", "1").start()
+    try:
+        async def go():
+            async with Raw(srv) as s:
+                assert await s.closed(timeout=5)
+        run(go())
+        assert "hello timeout" in srv.log()
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("client_hello", [
+    f'<hello xmlns="{NC}"><capabilities><capability>{BASE11}</capability></capabilities>'
+    "<session-id>4</session-id></hello>]]>]]>".encode(),
+    hello("urn:example:base:9"),
+    b"<rpc/>]]>]]>",
+])
+def test_bad_client_hello_closes(server, client_hello):
+    async def go():
+        async with Raw(server) as s:
+            s.writer.write(client_hello)
+            assert await s.closed()
+    run(go())
+
+
+def test_only_the_netconf_subsystem(server):
+    async def go():
+        async with asyncssh.connect(server.host, server.port, username="admin", password=PASSWORD,
+                                    known_hosts=None, client_keys=None) as conn:
+            result = await conn.run("id", check=False)
+            assert result.exit_status != 0
+            assert b"netconf" in (result.stderr or b"") or "netconf" in str(result.stderr)
+    run(go())
+
+
+def test_wrong_password_is_refused(server):
+    async def go():
+        with pytest.raises(asyncssh.PermissionDenied):
+            await asyncssh.connect(server.host, server.port, username="admin", password="nope",
+                                   known_hosts=None, client_keys=None)
+    run(go())
