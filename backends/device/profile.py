@@ -1,0 +1,251 @@
+"""The device profile: `STATE_DIR/device.json`, a human-editable JSON file.
+
+    {
+      "hostname": "trustplane",
+      "domain-name": "",
+      "chassis": {"product-id": "8201-32FH", "serial-number": "FOC3047ABCD", "description": "..."},
+      "nodes": [
+        {"location": "0/RP0/CPU0", "serial-number": "FOC3047A1B2", "product-id": "8201-32FH",
+         "role": "active", "idevid-cert": "idevid/0_RP0_CPU0.pem", "idevid-key": "idevid/0_RP0_CPU0.key"}
+      ],
+      "manufacturer-anchors": ["anchors/manufacturer-ca.pem"]
+    }
+
+File paths are relative to the state directory and must stay inside it. Roles are
+active, standby or none, with at most one active node. The manufacturer CA's
+private key lives only in the lab directory, never in the state directory.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from cryptography import x509
+
+from backends.engine.identity import (IdentityError, cert_pem, issue_idevid, key_pem, load_cert_pem,
+                                      load_certs_pem, load_key_pem, make_manufacturer_ca)
+from backends.engine.serials import is_valid_serial, make_serial
+from nc_server.datastore import atomic_write
+
+PROFILE = "device.json"
+PRODUCT_ID = "8201-32FH"
+DEFAULT_NODES = ("0/RP0/CPU0", "0/RP1/CPU0")
+ROLES = ("active", "standby", "none")
+_LOCATION = re.compile(r"^\d+/(RP\d+|RSP\d+|LC\d+|\d+)/CPU\d+$")
+_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+
+
+class ProfileError(Exception):
+    pass
+
+
+@dataclass
+class Node:
+    location: str
+    serial_number: str
+    product_id: str
+    role: str
+    idevid_cert_path: Path
+    idevid_key_path: Path
+    _cert: x509.Certificate | None = field(default=None, repr=False, compare=False)
+
+    def idevid_cert(self) -> x509.Certificate:
+        if self._cert is None:
+            self._cert = load_cert_pem(self.idevid_cert_path.read_bytes())
+        return self._cert
+
+    def idevid_key(self):
+        """The IDevID private key, for the engine's own use (signing as the device)."""
+        return load_key_pem(self.idevid_key_path.read_bytes())
+
+
+@dataclass
+class Profile:
+    path: Path
+    hostname: str
+    domain_name: str
+    chassis: dict
+    nodes: list[Node]
+    anchor_paths: list[Path]
+
+    def manufacturer_anchors(self) -> list[x509.Certificate]:
+        return [c for p in self.anchor_paths for c in load_certs_pem(p.read_bytes())]
+
+    def node(self, location: str) -> Node | None:
+        return next((n for n in self.nodes if n.location == location), None)
+
+
+def _valid_hostname(name: str) -> bool:
+    return 0 < len(name) <= 253 and all(_LABEL.match(label) for label in name.split("."))
+
+
+def load_profile(state_dir: Path) -> Profile:
+    path = Path(state_dir) / PROFILE
+    root = os.path.realpath(state_dir)
+
+    def fail(msg: str):
+        raise ProfileError(f"{path}: {msg}")
+
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        fail("no such file (run `trustplane init`)")
+    except (OSError, ValueError) as exc:
+        fail(f"not readable JSON: {exc}")
+    if not isinstance(data, dict):
+        fail("the top level must be an object")
+
+    def get(obj: dict, key: str, kind, where: str):
+        if key not in obj:
+            fail(f'{where}: "{key}" is missing')
+        if not isinstance(obj[key], kind):
+            fail(f'{where}: "{key}" must be a {kind.__name__ if isinstance(kind, type) else "string"}')
+        return obj[key]
+
+    def file_in_state(rel, where: str, pem_check) -> Path:
+        if not isinstance(rel, str) or not rel:
+            fail(f"{where}: must be a file path")
+        full = os.path.realpath(os.path.join(root, rel))
+        if not full.startswith(root + os.sep):
+            fail(f'{where}: "{rel}" is outside the state directory')
+        try:
+            pem_check(Path(full).read_bytes())
+        except OSError as exc:
+            fail(f'{where}: cannot read "{rel}": {exc.strerror}')
+        except IdentityError as exc:
+            fail(f'{where}: "{rel}": {exc}')
+        return Path(full)
+
+    hostname = get(data, "hostname", str, "profile")
+    if not _valid_hostname(hostname):
+        fail(f'"hostname": "{hostname}" is not a valid host name (RFC 1123)')
+    domain = data.get("domain-name", "")
+    if not isinstance(domain, str) or (domain and not _valid_hostname(domain)):
+        fail(f'"domain-name": "{domain}" is not a valid domain name')
+    chassis = get(data, "chassis", dict, "profile")
+    for key in ("product-id", "serial-number"):
+        get(chassis, key, str, "chassis")
+    if not is_valid_serial(chassis["serial-number"]):
+        fail(f'chassis: serial-number "{chassis["serial-number"]}" is not in LLLYYWWSSSS form')
+
+    raw_nodes = get(data, "nodes", list, "profile")
+    if not raw_nodes:
+        fail('"nodes" is empty: a device needs at least one node')
+    nodes: list[Node] = []
+    for i, raw in enumerate(raw_nodes):
+        where = f"nodes[{i}]"
+        if not isinstance(raw, dict):
+            fail(f"{where}: must be an object")
+        loc = get(raw, "location", str, where)
+        if not _LOCATION.match(loc):
+            fail(f'{where}: location "{loc}" is not of the form 0/RP0/CPU0')
+        if any(n.location == loc for n in nodes):
+            fail(f'{where}: location "{loc}" appears twice')
+        serial = get(raw, "serial-number", str, where)
+        if not is_valid_serial(serial):
+            fail(f'{where}: serial-number "{serial}" is not in LLLYYWWSSSS form')
+        role = get(raw, "role", str, where)
+        if role not in ROLES:
+            fail(f'{where}: role "{role}" is not one of {", ".join(ROLES)}')
+        cert = file_in_state(raw.get("idevid-cert"), f"{where}: idevid-cert", load_cert_pem)
+        key = file_in_state(raw.get("idevid-key"), f"{where}: idevid-key", load_key_pem)
+        nodes.append(Node(loc, serial, raw.get("product-id", chassis["product-id"]), role, cert, key))
+    if sum(n.role == "active" for n in nodes) > 1:
+        fail("more than one node has the role active")
+
+    anchors = data.get("manufacturer-anchors", [])
+    if not isinstance(anchors, list):
+        fail('"manufacturer-anchors" must be a list of file paths')
+    anchor_paths = [file_in_state(a, f"manufacturer-anchors[{i}]", load_certs_pem) for i, a in enumerate(anchors)]
+    return Profile(path, hostname, domain, chassis, nodes, anchor_paths)
+
+
+def save_profile(profile: Profile) -> None:
+    root = profile.path.parent
+    data = {
+        "hostname": profile.hostname,
+        "domain-name": profile.domain_name,
+        "chassis": profile.chassis,
+        "nodes": [{"location": n.location, "serial-number": n.serial_number, "product-id": n.product_id,
+                   "role": n.role, "idevid-cert": os.path.relpath(n.idevid_cert_path, root),
+                   "idevid-key": os.path.relpath(n.idevid_key_path, root)} for n in profile.nodes],
+        "manufacturer-anchors": [os.path.relpath(p, root) for p in profile.anchor_paths],
+    }
+    atomic_write(profile.path, (json.dumps(data, indent=2) + "\n").encode(), mode=0o644)
+
+
+def _lab_ca(lab_dir: Path, now: datetime):
+    """The lab's manufacturer CA: reused when the lab has one, so one manufacturer can make many devices."""
+    key_path, cert_path = lab_dir / "manufacturer-ca.key", lab_dir / "manufacturer-ca.pem"
+    if key_path.exists() and cert_path.exists():
+        try:
+            return load_key_pem(key_path.read_bytes()), load_cert_pem(cert_path.read_bytes())
+        except IdentityError as exc:
+            raise ProfileError(f"{lab_dir}: unreadable manufacturer CA: {exc}") from None
+    key, cert = make_manufacturer_ca(now)
+    lab_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    atomic_write(key_path, key_pem(key), mode=0o600)
+    atomic_write(cert_path, cert_pem(cert).encode(), mode=0o644)
+    return key, cert
+
+
+def init_state_dir(state_dir: Path, lab_dir: Path, nodes: list[tuple[str, str]] | None = None,
+                   manufacturer_anchors=(), hostname: str = "trustplane", *, now: datetime) -> Profile:
+    state_dir, lab_dir = Path(state_dir), Path(lab_dir)
+    if (state_dir / PROFILE).exists():
+        raise ProfileError(f"{state_dir / PROFILE} already exists")
+    if os.path.realpath(lab_dir).startswith(os.path.realpath(state_dir) + os.sep):
+        raise ProfileError(f"the lab directory {lab_dir} must not be inside the state directory")
+    wanted = list(nodes) if nodes else [(loc, make_serial(now)) for loc in DEFAULT_NODES]
+    seen = set()
+    for loc, serial in wanted:
+        if not _LOCATION.match(loc):
+            raise ProfileError(f'node location "{loc}" is not of the form 0/RP0/CPU0')
+        if not is_valid_serial(serial):
+            raise ProfileError(f'node {loc}: serial number "{serial}" is not in LLLYYWWSSSS form')
+        if loc in seen:
+            raise ProfileError(f'node location "{loc}" given twice')
+        seen.add(loc)
+    extra = []
+    for anchor in manufacturer_anchors:
+        try:
+            load_certs_pem(Path(anchor).read_bytes())
+        except (OSError, IdentityError) as exc:
+            raise ProfileError(f"manufacturer anchor {anchor}: {getattr(exc, 'strerror', None) or exc}") from None
+        extra.append(Path(anchor))
+
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    ca_key, ca_cert = _lab_ca(lab_dir, now)
+    (state_dir / "anchors").mkdir(exist_ok=True)
+    (state_dir / "idevid").mkdir(mode=0o700, exist_ok=True)
+    anchors = ["anchors/manufacturer-ca.pem"]
+    atomic_write(state_dir / anchors[0], cert_pem(ca_cert).encode(), mode=0o644)
+    for i, src in enumerate(extra):
+        rel = f"anchors/extra-{i}-{src.name}"
+        shutil.copyfile(src, state_dir / rel)
+        anchors.append(rel)
+
+    node_entries = []
+    for i, (loc, serial) in enumerate(wanted):
+        key, cert = issue_idevid(ca_key, ca_cert, serial, PRODUCT_ID, now)
+        stem = "idevid/" + loc.replace("/", "_")
+        atomic_write(state_dir / f"{stem}.key", key_pem(key), mode=0o600)
+        atomic_write(state_dir / f"{stem}.pem", cert_pem(cert).encode(), mode=0o644)
+        node_entries.append({"location": loc, "serial-number": serial, "product-id": PRODUCT_ID,
+                             "role": "active" if i == 0 else "standby",
+                             "idevid-cert": f"{stem}.pem", "idevid-key": f"{stem}.key"})
+    data = {
+        "hostname": hostname,
+        "domain-name": "",
+        "chassis": {"product-id": PRODUCT_ID, "serial-number": make_serial(now),
+                    "description": "trustplane simulated router"},
+        "nodes": node_entries,
+        "manufacturer-anchors": anchors,
+    }
+    atomic_write(state_dir / PROFILE, (json.dumps(data, indent=2) + "\n").encode(), mode=0o644)
+    return load_profile(state_dir)
