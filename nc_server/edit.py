@@ -15,6 +15,9 @@ continue-on-error records the error and skips only the failing subtree.
 """
 from __future__ import annotations
 
+import re
+
+import cffi
 from lxml import etree
 from _libyang import ffi, lib
 
@@ -26,7 +29,15 @@ from .schema import to_rpc_errors
 
 OP_ATTR = f"{{{NC_NS}}}operation"
 OPERATIONS = ("merge", "replace", "create", "delete", "remove")
+YANG_NS = "urn:ietf:params:xml:ns:yang:1"
 _FIND_OPS = etree.XPath(".//*[@nc:operation]", namespaces={"nc": NC_NS})
+_FIND_INSERT = etree.XPath(".//*[@yang:insert]", namespaces={"yang": YANG_NS})
+_KEY_PRED = re.compile(r"""\[\s*(?:[\w.-]+:)?([\w.-]+)\s*=\s*('[^']*'|"[^"]*")\s*\]""")
+
+# the binding does not expose libyang's sibling insertion; call it through the ABI
+_abi = cffi.FFI()
+_abi.cdef("int lyd_insert_before(void *sibling, void *node); int lyd_insert_after(void *sibling, void *node);")
+_ly = _abi.dlopen("libyang.so.2")
 
 
 class _Stop(Exception):
@@ -50,6 +61,7 @@ def element_path(ctx, el: etree._Element, stop: etree._Element) -> str:
         node = node.getparent()
     parts = []
     snode = ffi.NULL
+    parent_mod = None
     for e in reversed(chain):
         q = etree.QName(e)
         mod = ctx.module_by_ns(q.namespace or "")
@@ -60,7 +72,8 @@ def element_path(ctx, el: etree._Element, stop: etree._Element) -> str:
         if child == ffi.NULL:
             raise RpcError("unknown-element", f'unknown element "{q.localname}"',
                            info=[("bad-element", q.localname)])
-        step = f"/{ffi.string(mod.name).decode()}:{q.localname}"
+        step = f"/{q.localname}" if mod == parent_mod else f"/{ffi.string(mod.name).decode()}:{q.localname}"
+        parent_mod = mod
         if child.nodetype == lib.LYS_LIST:
             key = lib.lysc_node_child(child)
             while key != ffi.NULL and key.flags & lib.LYS_KEY:
@@ -95,13 +108,15 @@ class Edit:
 
     # -- tree helpers -------------------------------------------------------
     def _find(self, path: str):
+        """The node at path, unless it is absent or only an implicit default
+        (with basic-mode explicit, those do not exist for create and delete)."""
         if self.tree is None:
             return None
         out = ffi.new("struct lyd_node **")
         if lib.lyd_find_path(self.tree.cdata, path.encode(), 0, out) != lib.LY_SUCCESS:
             lib.ly_err_clean(self.ctx.cdata, ffi.NULL)
             return None
-        return out[0]
+        return None if out[0].flags & lib.LYD_DEFAULT else out[0]
 
     def _free(self, node) -> None:
         if self.tree is not None and node == self.tree.cdata:
@@ -140,7 +155,8 @@ class Edit:
             if edit is None:
                 return self.tree
             try:
-                if not removals and not _FIND_OPS(config) and self.default_operation != "none":
+                if not removals and not _FIND_OPS(config) and not _FIND_INSERT(config) \
+                        and self.default_operation != "none":
                     # fast path: a single libyang merge, edit tree consumed
                     target = ffi.new("struct lyd_node **")
                     target[0] = self.tree.cdata if self.tree is not None else ffi.NULL
@@ -202,7 +218,7 @@ class Edit:
             raise err
 
     def _mark_nested(self, edit) -> None:
-        """Remember every node that has an operation attribute somewhere below it."""
+        """Remember every node with an operation or insert attribute somewhere below it."""
         stack = []
         node = edit.cdata
         while node != ffi.NULL:
@@ -210,7 +226,7 @@ class Edit:
             node = node.next
         while stack:
             node = stack.pop()
-            if _own_op(node):
+            if _own_op(node) or _enum_meta(node, b"yang", b"insert"):
                 parent = node.parent
                 while parent != ffi.NULL:
                     key = int(ffi.cast("uintptr_t", parent))
@@ -238,6 +254,7 @@ class Edit:
             if op == "replace" and existing is not None:
                 self._free(existing)
             self._insert(node, recursive=True)
+            self._order(node, path)
             return
         if op == "none":
             if existing is None and schema.nodetype in (lib.LYS_LIST, lib.LYS_CONTAINER):
@@ -250,20 +267,81 @@ class Edit:
             if op == "replace" and existing is not None:
                 self._free(existing)
             self._insert(node, recursive=False)
+            self._order(node, path)
             child_op = "merge"
         child = lib.lyd_child(node)
         while child != ffi.NULL:
             self._walk(child, child_op)
             child = child.next
 
+    def _order(self, edit_node, path: str) -> None:
+        """Place a user-ordered list entry or leaf-list value as its yang:insert says (RFC 7950 §7.8.6)."""
+        insert = _enum_meta(edit_node, b"yang", b"insert")
+        if insert is None or not edit_node.schema.flags & lib.LYS_ORDBY_USER:
+            return
+        node = self._find(path)
+        schema = node.schema
+        if insert in ("first", "last"):
+            peers = [n for n in _siblings_of(node) if n.schema == schema]
+            anchor, before = (peers[0], True) if insert == "first" else (peers[-1], False)
+        else:
+            name = ffi.string(schema.name).decode()
+            if schema.nodetype == lib.LYS_LIST:
+                attr = "key"
+                spec = _text_meta(self.ctx, edit_node, b"yang", b"key") or ""
+                preds = "".join(f"[{k}={v}]" for k, v in _KEY_PRED.findall(spec))
+            else:
+                attr = "value"
+                spec = _text_meta(self.ctx, edit_node, b"yang", b"value")
+                preds = f"[.={quote(spec)}]" if spec is not None else ""
+            parent = _path(ffi.cast("struct lyd_node *", node.parent)) if node.parent != ffi.NULL else ""
+            mod = ffi.string(schema.module.name).decode()
+            anchor = self._find(f"{parent}/{mod}:{name}{preds}") if preds else None
+            if anchor is None:
+                self._fail(RpcError("bad-attribute", f'yang:{attr} "{spec}" names no existing {name} to insert '
+                                    f"{insert}", app_tag="missing-instance", path=path,
+                                    info=[("bad-attribute", attr), ("bad-element", name)]))
+                return
+            before = insert == "before"
+        if anchor == node:
+            return
+        move = _ly.lyd_insert_before if before else _ly.lyd_insert_after
+        if move(_abi.cast("void *", int(ffi.cast("uintptr_t", anchor))),
+                _abi.cast("void *", int(ffi.cast("uintptr_t", node)))) != lib.LY_SUCCESS:
+            raise self.ctx.error("cannot move the entry")
+        if node.parent == ffi.NULL:
+            self.tree = libyang.DNode.new(self.ctx, lib.lyd_first_sibling(node))
 
-def _own_op(node) -> str | None:
+
+def _siblings_of(node):
+    cur = lib.lyd_first_sibling(node)
+    while cur != ffi.NULL:
+        yield cur
+        cur = cur.next
+
+
+def _find_meta(node, module: bytes, name: bytes):
     meta = node.meta
     while meta != ffi.NULL:
-        if ffi.string(meta.name) == b"operation" and ffi.string(meta.annotation.module.name) == b"ietf-netconf":
-            return ffi.string(meta.value.enum_item.name).decode()
+        if ffi.string(meta.name) == name and ffi.string(meta.annotation.module.name) == module:
+            return meta
         meta = meta.next
     return None
+
+
+def _enum_meta(node, module: bytes, name: bytes) -> str | None:
+    meta = _find_meta(node, module, name)
+    return None if meta is None else ffi.string(meta.value.enum_item.name).decode()
+
+
+def _text_meta(ctx, node, module: bytes, name: bytes) -> str | None:
+    meta = _find_meta(node, module, name)
+    return None if meta is None else ffi.string(lib.lyd_value_get_canonical(ctx.cdata,
+                                                                           ffi.addressof(meta.value))).decode()
+
+
+def _own_op(node) -> str | None:
+    return _enum_meta(node, b"ietf-netconf", b"operation")
 
 
 def _path(node) -> str:

@@ -41,6 +41,8 @@ class YangError(libyang.LibyangError):
 
 
 _LOCATION = re.compile(r'Data location "([^"]+)"')
+# libyang 2.1 reports some errors (a missing mandatory node) with the schema path only
+_SCHEMA_LOCATION = re.compile(r'Schema location "([^"]+)"')
 
 
 class _PathCapture(logging.Handler):
@@ -55,7 +57,7 @@ class _PathCapture(logging.Handler):
             msg, where = record.args
             if len(self.paths) > 64:
                 self.paths.clear()
-            if m := _LOCATION.search(where or ""):
+            if m := _LOCATION.search(where or "") or _SCHEMA_LOCATION.search(where or ""):
                 self.paths[msg] = m.group(1)
 
 
