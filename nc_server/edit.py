@@ -250,11 +250,15 @@ class Edit:
         if op == "create" and existing is not None:
             self._fail(RpcError("data-exists", f"{path} already exists", path=path))
             return
+        spec = self._insert_spec(node, path) if op != "none" else None
+        if spec is False:
+            return
         if op in ("create", "replace", "merge") and not nested:
             if op == "replace" and existing is not None:
                 self._free(existing)
             self._insert(node, recursive=True)
-            self._order(node, path)
+            if spec:
+                self._move(path, spec)
             return
         if op == "none":
             if existing is None and schema.nodetype in (lib.LYS_LIST, lib.LYS_CONTAINER):
@@ -267,45 +271,53 @@ class Edit:
             if op == "replace" and existing is not None:
                 self._free(existing)
             self._insert(node, recursive=False)
-            self._order(node, path)
+            if spec:
+                self._move(path, spec)
             child_op = "merge"
         child = lib.lyd_child(node)
         while child != ffi.NULL:
             self._walk(child, child_op)
             child = child.next
 
-    def _order(self, edit_node, path: str) -> None:
-        """Place a user-ordered list entry or leaf-list value as its yang:insert says (RFC 7950 §7.8.6)."""
+    def _insert_spec(self, edit_node, path: str):
+        """(insert, anchor path) from yang:insert on a user-ordered entry (RFC 7950 §7.8.6),
+        None without one, False when the anchor does not exist (the error is recorded)."""
         insert = _enum_meta(edit_node, b"yang", b"insert")
-        if insert is None or not edit_node.schema.flags & lib.LYS_ORDBY_USER:
-            return
-        node = self._find(path)
-        schema = node.schema
+        schema = edit_node.schema
+        if insert is None or not schema.flags & lib.LYS_ORDBY_USER:
+            return None
         if insert in ("first", "last"):
-            peers = [n for n in _siblings_of(node) if n.schema == schema]
-            anchor, before = (peers[0], True) if insert == "first" else (peers[-1], False)
+            return insert, None
+        name = ffi.string(schema.name).decode()
+        if schema.nodetype == lib.LYS_LIST:
+            attr = "key"
+            spec = _text_meta(self.ctx, edit_node, b"yang", b"key") or ""
+            preds = "".join(f"[{k}={v}]" for k, v in _KEY_PRED.findall(spec))
         else:
-            name = ffi.string(schema.name).decode()
-            if schema.nodetype == lib.LYS_LIST:
-                attr = "key"
-                spec = _text_meta(self.ctx, edit_node, b"yang", b"key") or ""
-                preds = "".join(f"[{k}={v}]" for k, v in _KEY_PRED.findall(spec))
-            else:
-                attr = "value"
-                spec = _text_meta(self.ctx, edit_node, b"yang", b"value")
-                preds = f"[.={quote(spec)}]" if spec is not None else ""
-            parent = _path(ffi.cast("struct lyd_node *", node.parent)) if node.parent != ffi.NULL else ""
-            mod = ffi.string(schema.module.name).decode()
-            anchor = self._find(f"{parent}/{mod}:{name}{preds}") if preds else None
-            if anchor is None:
-                self._fail(RpcError("bad-attribute", f'yang:{attr} "{spec}" names no existing {name} to insert '
-                                    f"{insert}", app_tag="missing-instance", path=path,
-                                    info=[("bad-attribute", attr), ("bad-element", name)]))
-                return
-            before = insert == "before"
+            attr = "value"
+            spec = _text_meta(self.ctx, edit_node, b"yang", b"value")
+            preds = f"[.={quote(spec)}]" if spec is not None else ""
+        parent = edit_node.parent
+        anchor = _path(ffi.cast("struct lyd_node *", parent)) if parent != ffi.NULL else ""
+        anchor += f"/{ffi.string(schema.module.name).decode()}:{name}{preds}"
+        if not preds or self._find(anchor) is None:
+            self._fail(RpcError("bad-attribute", f'yang:{attr} "{spec}" names no existing {name} to insert '
+                                f"{insert}", app_tag="missing-instance", path=path,
+                                info=[("bad-attribute", attr), ("bad-element", name)]))
+            return False
+        return insert, anchor
+
+    def _move(self, path: str, spec) -> None:
+        insert, anchor_path = spec
+        node = self._find(path)
+        if anchor_path is None:
+            peers = [n for n in _siblings_of(node) if n.schema == node.schema]
+            anchor = peers[0] if insert == "first" else peers[-1]
+        else:
+            anchor = self._find(anchor_path)
         if anchor == node:
             return
-        move = _ly.lyd_insert_before if before else _ly.lyd_insert_after
+        move = _ly.lyd_insert_before if insert in ("first", "before") else _ly.lyd_insert_after
         if move(_abi.cast("void *", int(ffi.cast("uintptr_t", anchor))),
                 _abi.cast("void *", int(ffi.cast("uintptr_t", node)))) != lib.LY_SUCCESS:
             raise self.ctx.error("cannot move the entry")
