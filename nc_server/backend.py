@@ -41,7 +41,10 @@ class ConfigDiff:
     new: Any  # libyang tree after (read-only), or None
 
     def under(self, prefix: str) -> list[Change]:
-        return [c for c in self.changes if c.path == prefix or c.path.startswith(prefix + "/")]
+        """Changes inside prefix, or to an ancestor of it (a created or deleted
+        subtree is one change at its top)."""
+        return [c for c in self.changes
+                if c.path == prefix or c.path.startswith(prefix + "/") or prefix.startswith(c.path + "/")]
 
     def reversed(self) -> "ConfigDiff":
         inverse = {"create": "delete", "delete": "create", "replace": "replace"}

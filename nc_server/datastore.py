@@ -50,10 +50,13 @@ def merge(ctx, target: Tree, source: Tree) -> Tree:
 
 
 def validate(ctx, tree: Tree, *, no_state: bool = True) -> Tree:
-    """Validate the whole tree in place; adds implicit defaults. Raises YangError."""
+    """Validate the whole tree in place; adds implicit defaults. Raises YangError.
+
+    With state (a <get> reply) only the modules that have data are validated:
+    a reply need not carry every module's mandatory state."""
     node_p = ffi.new("struct lyd_node **")
     node_p[0] = tree.cdata if tree is not None else ffi.NULL
-    flags = lib.LYD_VALIDATE_NO_STATE if no_state else 0
+    flags = lib.LYD_VALIDATE_NO_STATE if no_state else lib.LYD_VALIDATE_PRESENT
     ret = lib.lyd_validate_all(node_p, ctx.cdata, flags, ffi.NULL)
     if ret != lib.LY_SUCCESS:
         raise ctx.error("validation failed")

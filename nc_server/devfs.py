@@ -67,10 +67,11 @@ class DeviceFS:
             fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW)
         except OSError as exc:
             raise DevFSError("file-not-found", f"{path!r}: {exc.strerror}") from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise DevFSError("not-a-file", f"{path!r} is not a regular file")
         with os.fdopen(fd, "rb") as f:
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise DevFSError("not-a-file", f"{path!r} is not a regular file")
             if st.st_size > max_size:
                 raise DevFSError("file-too-large", f"{path!r} is larger than {max_size} bytes")
             data = f.read(max_size + 1)
@@ -88,7 +89,7 @@ class DeviceFS:
 def sftp_factory(devfs: DeviceFS):
     """An asyncssh SFTP server class confined to the device filesystem (SCP uses it too)."""
     root = str(devfs.root)
-    real_root = os.path.realpath(root)
+    real_root = os.fsencode(os.path.realpath(root))
 
     class DeviceSFTPServer(asyncssh.SFTPServer):
         def __init__(self, chan):
@@ -97,7 +98,7 @@ def sftp_factory(devfs: DeviceFS):
         def map_path(self, path: bytes) -> bytes:
             mapped = super().map_path(path)
             real = os.path.realpath(mapped)
-            if real != real_root and not real.startswith(real_root + os.sep):
+            if real != real_root and not real.startswith(real_root + b"/"):
                 raise asyncssh.SFTPPermissionDenied("path leads out of the device filesystem")
             return mapped
 

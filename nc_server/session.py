@@ -157,7 +157,10 @@ class Session:
                 info=[("bad-attribute", "message-id"), ("bad-element", "rpc")])])
         ops = [c for c in root if isinstance(c.tag, str)]
         try:
-            if len(ops) != 1:
+            if not ops:
+                raise RpcError("missing-element", "<rpc> holds no operation", type="rpc",
+                               info=[("bad-element", "rpc")])
+            if len(ops) > 1:
                 raise RpcError("malformed-message", f"<rpc> must hold exactly one operation, not {len(ops)}",
                                type="rpc")
             body = await self._dispatch(msg, ops[0])

@@ -45,9 +45,9 @@ def test_subtree_filter_selection_and_content_match(nc):
 
 def test_empty_filter_selects_nothing(nc):
     nc.edit_config(target="running", config=name_cfg("x"))
-    reply = nc.get_config(source="running", filter=("subtree", ""))
-    data = etree.fromstring(reply.data_xml.encode())
-    assert len(data) == 0
+    reply = rpc(nc, f'<get-config xmlns="{NC}"><source><running/></source><filter type="subtree"/></get-config>')
+    data = etree.fromstring(reply.xml.encode()).find(f"{{{NC}}}data")
+    assert data is not None and len(data) == 0
 
 
 def test_xpath_filter(nc):
