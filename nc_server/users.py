@@ -43,6 +43,8 @@ def hash_password(password: str) -> str:
 def verify_password(password: str, stored: str) -> bool:
     """Check against our scrypt form or a SHA-crypt `$5$`/`$6$` hash (RFC 7317 crypt-hash).
     A malformed stored value never matches."""
+    if not isinstance(stored, str):
+        return False
     try:
         if stored.startswith("$scrypt$"):
             _, _, params, salt, digest = stored.split("$")
