@@ -305,7 +305,9 @@ def xpaths_from_select(select: str, nsmap: dict[str | None, str], ctx) -> list[s
     Prefixes are XML namespace prefixes from nsmap (the filter element's .nsmap);
     they become module names. String literals, axes and function names are kept.
     Relative location paths at the top level (context: the root, RFC 6241 §8.9)
-    are made absolute. Raises FilterError('invalid-value') for an unknown prefix,
+    are made absolute. An unprefixed first step names the one module with a
+    top-level node of that name (later unprefixed steps inherit it, as in
+    libyang), so `/device/inventory` works as netconf-console users expect. Raises FilterError('invalid-value') for an unknown prefix,
     a namespace no module implements, or an expression libyang rejects or that
     is not a node-set.
     """
@@ -316,6 +318,7 @@ def xpaths_from_select(select: str, nsmap: dict[str | None, str], ctx) -> list[s
     prev = None  # previous significant token (operator names and '*' classified)
     depth = 0  # predicate nesting: inside [...] the context node is no longer the root
     parens = 0
+    first_step = False  # the next name test is the first step of a path from the root
     for i, (kind, text, m) in enumerate(tokens):
         if kind == "ws":
             out.append(text)
@@ -336,19 +339,27 @@ def xpaths_from_select(select: str, nsmap: dict[str | None, str], ctx) -> list[s
                     raise FilterError("invalid-value", f'no module implements namespace "{ns}" (xpath filter)')
                 out.append(f"{root}{mod}:{m.group('local')}")
             prev = "qname"
+            first_step = False
         elif kind == "name":
             if not operand and text in _OPERATOR_NAMES:
                 out.append(text)
                 prev = text
                 continue
             function = _next_significant(tokens, i) == "(" and text not in _NODE_TYPES
+            nxt = _next_significant(tokens, i)
+            if (first_step or starts_path) and not function and nxt != "::" and text not in _NODE_TYPES:
+                text = f"{_top_module(schema, text)}:{text}"
             out.append(text if function else root + text)  # a name test, node type test or axis
             prev = "name"
+            first_step = False
         elif kind == "op":
             if text == "*" and operand:  # wildcard name test
                 out.append(root + text)
                 prev = "name"
+                first_step = False
                 continue
+            if text in ("/", "//"):
+                first_step = text == "/" and operand and prev not in _NOT_A_START and depth == 0
             if text == "|" and depth == 0 and parens == 0:
                 parts.append("".join(out).strip())
                 out = []
@@ -376,6 +387,14 @@ def xpaths_from_select(select: str, nsmap: dict[str | None, str], ctx) -> list[s
     for xpath in parts:
         _check(xpath, ctx)
     return parts
+
+
+def _top_module(schema: _Schema, name: str) -> str:
+    mods = {_s(n.module.name) for n in schema.children(None).get(name, [])}
+    if len(mods) != 1:
+        where = "no module" if not mods else f"several modules ({', '.join(sorted(mods))})"
+        raise FilterError("invalid-value", f'xpath filter: {where} with a top-level node "{name}"; use a prefix')
+    return mods.pop()
 
 
 def _tokenize(expr: str) -> list[tuple[str, str, re.Match]]:

@@ -558,3 +558,19 @@ def test_large_list_one_entry(ctx):
         print(f"one entry of {n}: {elapsed * 1000:.2f} ms")
     finally:
         tree.free()
+
+
+def test_xpath_unprefixed_first_step_names_its_module(data, ctx):
+    # "top" exists in both test modules: ambiguous without a prefix
+    with pytest.raises(FilterError) as exc:
+        xp("/top/name", ctx)
+    assert "several modules (filter-test, filter-test-aug)" in str(exc.value)
+    with pytest.raises(FilterError) as exc:
+        xp("/nowhere", ctx)
+    assert 'no module with a top-level node "nowhere"' in str(exc.value)
+    assert xp("/top-leaf | top-ll", ctx) == "/filter-test:top-leaf | /filter-test:top-ll"
+    # unprefixed later steps inherit the module of the step before, as in libyang
+    assert xp("/t:top/item[name='a']/val", ctx) == "/filter-test:top/item[name='a']/val"
+    out = select(data, [xp("/t:top/item[name='a']/val", ctx)], ctx)
+    assert canon(printed(out)) == canon(top("<item><name>a</name><val>1</val></item>"))
+    out.free()
