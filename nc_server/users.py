@@ -157,10 +157,16 @@ class UserDB:
     # spent on unknown users so timing does not tell which names exist
     _DUMMY = hash_password(secrets.token_hex(8))
 
+    MAX_CACHED = 1024
+
     def __init__(self, path: Path):
         self.path = Path(path)
         self._users: dict[str, dict] = {}
         self._stamp: tuple | None = None
+        # A verified login is remembered as a keyed MAC of the password, so automation
+        # that connects often pays the slow hash once; a changed stored hash forgets it.
+        self._mac_key = secrets.token_bytes(32)
+        self._verified: dict[str, tuple[str, bytes]] = {}
 
     def load(self) -> None:
         try:
@@ -222,7 +228,16 @@ class UserDB:
         if not isinstance(stored, str):
             verify_password(password, self._DUMMY)
             return False
-        return verify_password(password, stored)
+        mac = hmac.new(self._mac_key, password.encode(), hashlib.sha256).digest()
+        cached = self._verified.get(name)
+        if cached is not None and cached[0] == stored and hmac.compare_digest(cached[1], mac):
+            return True
+        if not verify_password(password, stored):
+            return False
+        if len(self._verified) >= self.MAX_CACHED:
+            self._verified.clear()
+        self._verified[name] = (stored, mac)
+        return True
 
     def authorized_keys(self, name: str) -> list[str]:
         self._fresh()

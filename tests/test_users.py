@@ -98,3 +98,19 @@ def test_limiter_tracks_a_bounded_number_of_sources():
     for i in range(LoginLimiter.MAX_SOURCES + 50):
         lim.record_failure(i, f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}")
     assert len(lim._sources) == LoginLimiter.MAX_SOURCES
+
+
+def test_verified_login_is_remembered_until_the_hash_changes(tmp_path, monkeypatch):
+    import nc_server.users as users
+    db = UserDB(tmp_path / "users.json")
+    db.add_user("admin", password="pw1")
+    calls = []
+    real = users.verify_password
+    monkeypatch.setattr(users, "verify_password", lambda p, s: calls.append(1) or real(p, s))
+    assert db.check_password("admin", "pw1") and db.check_password("admin", "pw1")
+    assert len(calls) == 1
+    assert not db.check_password("admin", "wrong")  # a wrong password still takes the slow path
+    assert len(calls) == 2
+    db.set_password("admin", "pw2")
+    assert not db.check_password("admin", "pw1")
+    assert db.check_password("admin", "pw2")
