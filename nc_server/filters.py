@@ -77,7 +77,7 @@ def quote(value: str) -> str:
 
 
 class _Schema:
-    """Schema lookups for one filter: modules by namespace, children by name."""
+    """Schema lookups: modules by namespace, children by name."""
 
     def __init__(self, ctx):
         self.ctx = ctx
@@ -127,6 +127,14 @@ class _Schema:
     def module_name(self, ns: str | None) -> str | None:
         mod = self.by_ns.get(ns) if ns is not None else None
         return _s(mod.name) if mod is not None else None
+
+
+def _schema_for(ctx) -> _Schema:
+    """The context's schema lookups, built once: the context never changes after start."""
+    schema = getattr(ctx, "_filter_schema", None)
+    if schema is None:
+        schema = ctx._filter_schema = _Schema(ctx)
+    return schema
 
 
 def _keys(snode) -> list:
@@ -197,7 +205,7 @@ def subtree_to_xpaths(filter_el: etree._Element, ctx) -> list[str]:
     ancestors and the keys of ancestor list entries, see `select`). An empty
     filter selects nothing: [].
     """
-    schema = _Schema(ctx)
+    schema = _schema_for(ctx)
     out: list[str] = []
     for el in _elements(filter_el):
         for snode in schema.match(el, None):
@@ -311,7 +319,7 @@ def xpaths_from_select(select: str, nsmap: dict[str | None, str], ctx) -> list[s
     a namespace no module implements, or an expression libyang rejects or that
     is not a node-set.
     """
-    schema = _Schema(ctx)
+    schema = _schema_for(ctx)
     tokens = _tokenize(select)
     parts: list[str] = []
     out: list[str] = []
