@@ -4,9 +4,12 @@ and SCP, restart persistence and a crash in the middle of a commit."""
 import asyncio
 import hashlib
 import json
+import os
+import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import asyncssh
@@ -14,7 +17,7 @@ import pytest
 from lxml import etree
 from ncclient.operations.rpc import RPCError
 
-from conftest import CT, NC, PASSWORD, ServerProcess, rpc
+from conftest import CT, NC, PASSWORD, ROOT, ServerProcess, rpc
 
 DEV = "urn:trustplane:yang:trustplane-device"
 D = {"d": DEV}
@@ -189,3 +192,28 @@ def test_kill_during_commit_leaves_old_or_new(tmp_path):
             assert data.findtext(f".//{{{CT}}}name") == "old"
     finally:
         srv.stop()
+
+
+def test_first_start_prints_the_generated_password_once(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TRUSTPLANE_ADMIN_PASSWORD"}
+    state = tmp_path / "state"
+    cmd = [sys.executable, "-m", "trustplane.cli", "serve", "--state-dir", str(state), "--port", "0"]
+    password = None
+    for first in (True, False):
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            line = proc.stdout.readline()
+            assert line.startswith("trustplane: listening on 127.0.0.1:"), line
+            if not first:  # the printed password logs in
+                srv = ServerProcess(state)
+                srv.port = int(line.rsplit(":", 1)[1])
+                with srv.connect(password=password) as m:
+                    assert m.session_id
+        finally:
+            proc.terminate()
+            _, err = proc.communicate(timeout=15)
+        assert proc.returncode == 0
+        said = re.findall(r"created user admin with password (\S+)", err)
+        assert len(said) == (1 if first else 0)
+        password = password or said[0]
+    assert password not in (state / "users.json").read_text()

@@ -265,3 +265,19 @@ def test_wrong_password_is_refused(server):
             await asyncssh.connect(server.host, server.port, username="admin", password="nope",
                                    known_hosts=None, client_keys=None)
     run(go())
+
+
+def test_session_limit(tmp_path):
+    srv = ServerProcess(tmp_path / "state", "--max-sessions", "1").start()
+    try:
+        async def go():
+            async with Raw(srv):
+                conn = await asyncssh.connect(srv.host, srv.port, username="admin", password=PASSWORD,
+                                              known_hosts=None, client_keys=None)
+                writer, reader, _ = await conn.open_session(subsystem="netconf", encoding=None)
+                assert await asyncio.wait_for(reader.read(65536), 10) == b""  # no hello: refused
+                conn.close()
+        run(go())
+        assert "1 sessions open" in srv.log()
+    finally:
+        srv.stop()

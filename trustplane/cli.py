@@ -63,13 +63,12 @@ async def serve(args) -> int:
     server.load()
     server.restore_confirmed()
     acceptor = await listen(server, args.host, args.port, state_dir / "ssh_host_ed25519_key", users, devfs)
-    port = acceptor.get_port()
-    print(f"trustplane: listening on {args.host}:{port}", flush=True)
-
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # only now: whoever reads this line may send SIGTERM at once
+    print(f"trustplane: listening on {args.host}:{acceptor.get_port()}", flush=True)
     await stop.wait()
     log.info("shutting down")
     acceptor.close()
