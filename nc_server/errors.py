@@ -1,6 +1,8 @@
 """RFC 6241 Appendix A rpc-errors, and their XML form."""
 from __future__ import annotations
 
+import re
+
 from lxml import etree
 
 NC_NS = "urn:ietf:params:xml:ns:netconf:base:1.0"
@@ -56,17 +58,21 @@ class RpcError(Exception):
         self.info = info or []
         self.severity = severity
 
-    def to_xml(self) -> etree._Element:
+    def to_xml(self, namespace_of=lambda module: None) -> etree._Element:
+        """namespace_of(module name) -> namespace binds the error-path's prefixes
+        (module names) on the error-path element, so the path is a valid XPath."""
         err = etree.Element(f"{{{NC_NS}}}rpc-error", nsmap={None: NC_NS})
         for name, value in (
             ("error-type", self.type),
             ("error-tag", self.tag),
             ("error-severity", self.severity),
             ("error-app-tag", self.app_tag),
-            ("error-path", self.path),
         ):
             if value is not None:
                 etree.SubElement(err, f"{{{NC_NS}}}{name}").text = value
+        if self.path is not None:
+            prefixes = {p: ns for p in _PREFIX.findall(self.path) if (ns := namespace_of(p))}
+            etree.SubElement(err, f"{{{NC_NS}}}error-path", nsmap=prefixes).text = self.path
         msg = etree.SubElement(err, f"{{{NC_NS}}}error-message")
         msg.set("{http://www.w3.org/XML/1998/namespace}lang", "en")
         msg.text = self.message
@@ -78,6 +84,10 @@ class RpcError(Exception):
 
     def __repr__(self) -> str:
         return f"RpcError({self.tag!r}, {self.message!r}, app_tag={self.app_tag!r}, path={self.path!r})"
+
+
+# a module-name prefix in a libyang path, outside quoted key values
+_PREFIX = re.compile(r"(?<![\w.'\"-])([A-Za-z_][\w.-]*):(?=[A-Za-z_*])")
 
 
 class RpcErrors(Exception):
