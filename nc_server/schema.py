@@ -71,6 +71,7 @@ class YangContext(libyang.Context):
     """libyang.Context whose errors keep their structure (vecode, path, app-tag)."""
 
     _by_ns: dict[str, object] | None = None
+    _ns_by_name: dict[str, str] | None = None
 
     def module_by_ns(self, ns: str):
         """The implemented `struct lys_module *` with this namespace, or None."""
@@ -83,6 +84,13 @@ class YangContext(libyang.Context):
                     self._by_ns[ffi.string(mod.ns).decode()] = mod
                 mod = lib.ly_ctx_get_module_iter(self.cdata, idx)
         return self._by_ns.get(ns)
+
+    def namespace_of(self, module: str) -> str | None:
+        """The namespace of an implemented module, by name."""
+        if self._ns_by_name is None:
+            self.module_by_ns("")
+            self._ns_by_name = {ffi.string(m.name).decode(): ns for ns, m in self._by_ns.items()}
+        return self._ns_by_name.get(module)
 
     def error(self, msg: str, *args) -> YangError:
         items = []

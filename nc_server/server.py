@@ -62,12 +62,6 @@ class Server:
         self.confirmed = ConfirmedCommit(ds_dir / "confirmed-commit.json", self._confirmed_rollback)
         self.capabilities = list(BASE_CAPABILITIES) + self._module_capabilities()
 
-    def namespace_of(self, module: str) -> str | None:
-        try:
-            return self.ctx.get_module(module).ns()
-        except libyang.LibyangError:
-            return None
-
     # -- start / stop --------------------------------------------------------
     def load(self) -> None:
         self.startup.load()

@@ -264,7 +264,7 @@ class Session:
         if errors:
             self.out_rpc_errors += 1
             for e in errors:
-                reply.append(e.to_xml(self.server.namespace_of))
+                reply.append(e.to_xml(self.server.ctx.namespace_of))
         elif body is None:
             etree.SubElement(reply, f"{{{NC_NS}}}ok")
         else:

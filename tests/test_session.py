@@ -281,3 +281,18 @@ def test_session_limit(tmp_path):
         assert "1 sessions open" in srv.log()
     finally:
         srv.stop()
+
+
+def test_error_path_prefixes_are_bound(server):
+    ct = "urn:trustplane:test:config-test"
+
+    async def go():
+        async with Raw(server) as s:
+            s.writer.write(hello(BASE11))
+            s.writer.write(chunk(f'<rpc message-id="1" xmlns="{NC}"><edit-config><target><running/></target>'
+                                 f'<config><settings xmlns="{ct}"><mtu>1</mtu></settings></config>'
+                                 "</edit-config></rpc>"))
+            path = error_of(parse(await s.read_chunked()))["error-path"]
+            assert path.text == "/config-test:settings/mtu"
+            assert path.nsmap["config-test"] == ct
+    run(go())
