@@ -22,6 +22,12 @@ def _serial() -> int:
     return secrets.randbits(63) | 1
 
 
+def _key_usage(**wanted: bool) -> x509.KeyUsage:
+    names = ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
+             "key_agreement", "key_cert_sign", "crl_sign", "encipher_only", "decipher_only")
+    return x509.KeyUsage(**{n: wanted.get(n, False) for n in names})
+
+
 def make_manufacturer_ca(now: datetime, name: str = "trustplane Lab Manufacturing Root CA"):
     key = ec.generate_private_key(ec.SECP384R1())
     subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "trustplane"),
@@ -31,10 +37,7 @@ def make_manufacturer_ca(now: datetime, name: str = "trustplane Lab Manufacturin
             .public_key(key.public_key()).serial_number(_serial())
             .not_valid_before(now - timedelta(hours=1)).not_valid_after(now + timedelta(days=20 * 365))
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
-                                         key_encipherment=False, data_encipherment=False, key_agreement=False,
-                                         key_cert_sign=True, crl_sign=True, encipher_only=False,
-                                         decipher_only=False), critical=True)
+            .add_extension(_key_usage(key_cert_sign=True, crl_sign=True), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(key, hashes.SHA384()))
     return key, cert
@@ -54,10 +57,7 @@ def issue_idevid(ca_key, ca_cert: x509.Certificate, serial_number: str, product_
             .public_key(key.public_key()).serial_number(_serial())
             .not_valid_before(now - timedelta(hours=1)).not_valid_after(NO_EXPIRY)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
-                                         key_encipherment=True, data_encipherment=False, key_agreement=False,
-                                         key_cert_sign=False, crl_sign=False, encipher_only=False,
-                                         decipher_only=False), critical=True)
+            .add_extension(_key_usage(digital_signature=True, key_encipherment=True), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
                            critical=False)
