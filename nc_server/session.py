@@ -100,8 +100,9 @@ class Session:
             if msg is not None:
                 return msg
             try:
-                data = await asyncio.wait_for(self._read(), timeout)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(timeout):  # unlike wait_for, no task per read
+                    data = await self._read()
+            except TimeoutError:
                 self.end_reason = "timeout"
                 raise SessionEnd(f"{what} timeout after {timeout:g}s") from None
             if not data:

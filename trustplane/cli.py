@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import secrets
@@ -62,6 +63,8 @@ async def serve(args) -> int:
     server = Server(state_dir, instances, services, limits, extra_yang_dirs=args.yang_dir)
     server.load()
     server.restore_confirmed()
+    # what start-up built lives as long as the server: keep it out of every GC pass
+    gc.freeze()
     acceptor = await listen(server, args.host, args.port, state_dir / "ssh_host_ed25519_key", users, devfs)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
