@@ -1,6 +1,6 @@
 # make run   - set up and run the server on the default state directory
 # make test  - set up and run the test suite
-# make bench - set up and run the benchmark
+# make bench - set up and run the benchmark (BENCH_ARGS=--quick for a short run)
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
@@ -25,7 +25,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	./scripts/setup-system netconfd openssh-server
-	$(VENV)/bin/python bench/bench.py
+	$(VENV)/bin/python bench/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info
