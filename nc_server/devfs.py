@@ -90,6 +90,7 @@ def sftp_factory(devfs: DeviceFS):
     """An asyncssh SFTP server class confined to the device filesystem (SCP uses it too)."""
     root = str(devfs.root)
     real_root = os.fsencode(os.path.realpath(root))
+    devices = {os.fsencode(d) for d in DEVICES}
 
     class DeviceSFTPServer(asyncssh.SFTPServer):
         def __init__(self, chan):
@@ -98,8 +99,12 @@ def sftp_factory(devfs: DeviceFS):
         def map_path(self, path: bytes) -> bytes:
             mapped = super().map_path(path)
             real = os.path.realpath(mapped)
-            if real != real_root and not real.startswith(real_root + b"/"):
+            if real == real_root:
+                return mapped  # "/" lists the devices
+            if not real.startswith(real_root + b"/"):
                 raise asyncssh.SFTPPermissionDenied("path leads out of the device filesystem")
+            if real[len(real_root) + 1:].split(b"/")[0] not in devices:
+                raise asyncssh.SFTPNoSuchFile(f"not on a device ({', '.join(DEVICES)})")
             return mapped
 
         def symlink(self, oldpath, newpath):

@@ -94,9 +94,19 @@ def test_sftp_upload_then_checksum_rpc(server, nc, tmp_path):
         async with asyncssh.connect(server.host, server.port, username="admin", password=PASSWORD,
                                     known_hosts=None, client_keys=None) as conn:
             async with conn.start_sftp_client() as sftp:
+                assert sorted(await sftp.listdir("/")) == [".", "..", "disk0:", "harddisk:"]
                 await sftp.makedirs("/disk0:/ovs", exist_ok=True)
                 async with sftp.open("/disk0:/ovs/voucher.vcj", "wb") as f:
                     await f.write(payload)
+                # nothing outside the devices, and no way out of them
+                for bad in ("/elsewhere.bin", "/disk0:/../../device.json", "/../users.json"):
+                    with pytest.raises(asyncssh.SFTPError):
+                        async with sftp.open(bad, "wb") as f:
+                            await f.write(b"x")
+                with pytest.raises(asyncssh.SFTPError):
+                    await sftp.symlink("/disk0:/ovs/voucher.vcj", "/disk0:/link")
+                with pytest.raises(asyncssh.SFTPError):
+                    await sftp.mkdir("/newdevice:")
     asyncio.run(upload())
     reply = rpc(nc, f'<file-checksum xmlns="{DEV}"><path>/disk0:/ovs/voucher.vcj</path></file-checksum>')
     out = etree.fromstring(reply.xml.encode())
