@@ -59,7 +59,6 @@ class Services:
     state_dir: Path
     devfs: Any
     clock: Callable[[], Any]
-    notify: Callable[[str], None] = lambda xml: None  # an XML notification body
 
 
 Handler = Callable[..., Any | Awaitable[Any]]

@@ -363,7 +363,7 @@ def kill_session(session, op):
     if victim is None:
         raise RpcError("invalid-value", f"no session {sid}", type="protocol", info=[("bad-element", "session-id")])
     log.info("session %d killed by session %d", sid, session.id)
-    victim.kill(f"killed by session {session.id}", killed_by=session.id)
+    victim.kill(f"killed by session {session.id}")
     return None
 
 

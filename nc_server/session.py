@@ -43,9 +43,8 @@ class Session:
         self.chunked = False
         self.closing = False
         self.client_capabilities: list[str] = []
-        self.in_rpcs = self.in_bad_rpcs = self.out_rpc_errors = self.out_notifications = 0
+        self.in_rpcs = self.in_bad_rpcs = self.out_rpc_errors = 0
         self.end_reason = "closed"
-        self.killed_by: int | None = None
 
     # -- lifecycle ----------------------------------------------------------
     async def run(self) -> None:
@@ -83,9 +82,9 @@ class Session:
             self._close()
             log.info("session %d ended (%s)", self.id, self.end_reason)
 
-    def kill(self, why: str, killed_by: int | None = None) -> None:
+    def kill(self, why: str) -> None:
+        log.warning("session %d: %s", self.id, why)
         self.end_reason = "killed"
-        self.killed_by = killed_by
         self.closing = True
         self.server.end_session(self.id)
         self._close()
