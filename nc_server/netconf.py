@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 
 import libyang
 from lxml import etree
@@ -147,16 +148,17 @@ def get(session, op):
     server = session.server
     tree = server.running.copy()
     try:
-        for backend in server.backends:
-            for path, provider in backend.state.items():
-                if _wanted(path, xpaths):
-                    xml = provider()
-                    if xml:
-                        state = server.ctx.parse_data_mem(xml, "xml", strict=True, parse_only=True)
-                        try:
-                            tree = datastore.merge(server.ctx, tree, state)
-                        finally:
-                            datastore.free(state)
+        called = set()  # one provider may serve several subtrees
+        for path, provider in server.state_providers.items():
+            if _wanted(path, xpaths) and provider not in called:
+                called.add(provider)
+                xml = provider()
+                if xml:
+                    state = server.ctx.parse_data_mem(xml, "xml", strict=True, parse_only=True)
+                    try:
+                        tree = datastore.merge(server.ctx, tree, state)
+                    finally:
+                        datastore.free(state)
         if VALIDATE_REPLIES:
             tree = datastore.validate(server.ctx, tree, no_state=False)
     except libyang.LibyangError as exc:
@@ -267,6 +269,7 @@ def lock(session, op):
         raise RpcError("lock-denied", "the candidate has uncommitted changes; commit or discard them first",
                        type="protocol", info=[("session-id", "0")])
     server.locks[name] = session.id
+    server.lock_times[name] = time.time()
     return None
 
 
@@ -279,6 +282,7 @@ def unlock(session, op):
         why = "is not locked" if holder is None else f"is locked by session {holder}"
         raise RpcError("operation-failed", f"the {name} datastore {why}", type="protocol")
     del server.locks[name]
+    del server.lock_times[name]
     if name == "candidate":
         server.discard_candidate()  # RFC 6241 §8.3.5.2
     return None

@@ -23,7 +23,10 @@ YANG_DIR = Path(__file__).resolve().parent.parent / "yang"
 IETF_DIR = Path(sys.prefix) / "share" / "yang" / "modules" / "ietf"
 
 # Loaded whatever the backends declare: the base protocol needs them.
-BASE_MODULES = ("ietf-netconf", "ietf-netconf-with-defaults")
+BASE_MODULES = ("ietf-netconf", "ietf-netconf-with-defaults", "ietf-netconf-monitoring")
+# the features of modules whose features the server does not all implement (no :url)
+FEATURES = {"ietf-netconf": ("writable-running", "candidate", "confirmed-commit", "rollback-on-error",
+                             "validate", "startup", "xpath")}
 
 
 @dataclass
@@ -125,7 +128,12 @@ def build_context(modules: list[str], extra_dirs: list[Path] = ()) -> YangContex
         os.environ.update(saved)
     for name in (*BASE_MODULES, *modules):
         mod = ctx.load_module(name)
-        mod.feature_enable_all()
+        if name not in FEATURES:
+            mod.feature_enable_all()
+            continue
+        names = [ffi.new("char[]", f.encode()) for f in FEATURES[name]]
+        if lib.lys_set_implemented(mod.cdata, ffi.new("char *[]", [*names, ffi.NULL])) != lib.LY_SUCCESS:
+            raise ctx.error(f"cannot enable the features of {name}")
     return ctx
 
 

@@ -2,18 +2,20 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import libyang
 from _libyang import ffi, lib
 
-from . import datastore
+from . import datastore, netconf_monitoring
 from .backend import Backend, BackendError, Change, ConfigDiff, Services
 from .confirmed_commit import ConfirmedCommit
 from .errors import RpcError
 from .framing import DEFAULT_MAX_MESSAGE
 from .schema import build_context, to_rpc_errors
+from .yang_library import MODULES_STATE, YANG_LIBRARY, YangLibrary
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +53,30 @@ class Server:
                            for d in extra_yang_dirs for f in Path(d).glob("*.yang")})
         self.ctx = build_context(modules, list(extra_yang_dirs))
         self.rpc_handlers = {path: (b, h) for b in backends for path, h in b.rpcs.items()}
+        self.rpc_handlers[netconf_monitoring.GET_SCHEMA] = (
+            None, lambda session, params: netconf_monitoring.get_schema(self, params))
         ds_dir = state_dir / "datastore"
         self.running = datastore.Datastore(self.ctx, "running", ds_dir / "running.xml")
         self.startup = datastore.Datastore(self.ctx, "startup", ds_dir / "startup.xml")
         self.candidate = datastore.Datastore(self.ctx, "candidate")
         self.candidate_dirty = False
         self.locks: dict[str, int] = {}
+        self.lock_times: dict[str, float] = {}
         self.sessions: dict = {}
         self._next_sid = 1
         self.confirmed = ConfirmedCommit(ds_dir / "confirmed-commit.json", self._confirmed_rollback)
-        self.capabilities = list(BASE_CAPABILITIES) + self._module_capabilities()
+        self.stats = netconf_monitoring.Statistics(time.time())
+        self.schemas = netconf_monitoring.Schemas(self.ctx)
+        self.yang_library = YangLibrary(self.ctx)
+        self.capabilities = [*BASE_CAPABILITIES, *self.yang_library.capabilities(), *self._module_capabilities()]
+        # state providers by subtree: the server's own, then the backends'
+        self.state_providers = {
+            netconf_monitoring.STATE: lambda: netconf_monitoring.state(self),
+            YANG_LIBRARY: self.yang_library.state,
+            MODULES_STATE: self.yang_library.state,
+        }
+        for b in backends:
+            self.state_providers.update(b.state)
 
     # -- start / stop --------------------------------------------------------
     def load(self) -> None:
@@ -188,6 +204,7 @@ class Server:
         for name, holder in list(self.locks.items()):
             if holder == sid:
                 del self.locks[name]
+                self.lock_times.pop(name, None)
                 if name == "candidate":
                     self.discard_candidate()
         self.confirmed.session_ended(sid)

@@ -18,6 +18,7 @@ from . import netconf, xmlsafe
 from .backend import BackendError
 from .errors import NC_NS, RpcError, RpcErrors
 from .framing import Decoder, FramingError, encode
+from .netconf_monitoring import DROPPED
 from .schema import to_rpc_errors
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class Session:
             self._close()
             return
         server.sessions[self.id] = self
+        server.stats.in_sessions += 1
         log.info("session %d started: user %s from %s", self.id, self.username, self.source)
         try:
             self._send(self._hello_bytes())
@@ -71,6 +73,8 @@ class Session:
             self.end_reason = "bad-message"
             log.warning("session %d: framing error, closing: %s", self.id, exc)
         except SessionEnd as exc:
+            if self.end_reason == "bad-hello":
+                self.server.stats.in_bad_hellos += 1
             log.warning("session %d: %s", self.id, exc)
         except (ConnectionError, asyncio.IncompleteReadError, BrokenPipeError):
             self.end_reason = "dropped"
@@ -78,9 +82,17 @@ class Session:
             self.end_reason = "other"
             log.exception("session %d: internal error, closing", self.id)
         finally:
+            if self.end_reason in DROPPED:
+                self.server.stats.dropped_sessions += 1
             self.server.end_session(self.id)
             self._close()
             log.info("session %d ended (%s)", self.id, self.end_reason)
+
+    def _count(self, counter: str) -> None:
+        """Per-session and server-wide counters (RFC 6022)."""
+        setattr(self, counter, getattr(self, counter) + 1)
+        stats = self.server.stats
+        setattr(stats, counter, getattr(stats, counter) + 1)
 
     def kill(self, why: str) -> None:
         log.warning("session %d: %s", self.id, why)
@@ -140,18 +152,18 @@ class Session:
 
     # -- rpc ----------------------------------------------------------------
     async def handle(self, msg: bytes) -> bytes | None:
-        self.in_rpcs += 1
+        self._count("in_rpcs")
         try:
             root = xmlsafe.parse(msg)
         except RpcError as exc:
-            self.in_bad_rpcs += 1
+            self._count("in_bad_rpcs")
             return self._reply(None, None, [exc])
         if root.tag != f"{{{NC_NS}}}rpc":
-            self.in_bad_rpcs += 1
+            self._count("in_bad_rpcs")
             return self._reply(None, None, [RpcError(
                 "malformed-message", f"expected <rpc>, got <{etree.QName(root).localname}>", type="rpc")])
         if root.get("message-id") is None:
-            self.in_bad_rpcs += 1
+            self._count("in_bad_rpcs")
             return self._reply(root, None, [RpcError(
                 "missing-attribute", "<rpc> has no message-id attribute", type="rpc",
                 info=[("bad-attribute", "message-id"), ("bad-element", "rpc")])])
@@ -262,7 +274,7 @@ class Session:
             for k, v in rpc.attrib.items():
                 reply.set(k, v)
         if errors:
-            self.out_rpc_errors += 1
+            self._count("out_rpc_errors")
             for e in errors:
                 reply.append(e.to_xml(self.server.ctx.namespace_of))
         elif body is None:

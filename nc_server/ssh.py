@@ -79,8 +79,8 @@ async def listen(server, host: str, port: int, host_key_path, users: UserDB, dev
         async def read():
             try:
                 return await proc.stdin.read(1 << 16)
-            except (asyncssh.BreakReceived, asyncssh.TerminalSizeChanged):
-                return b""
+            except (asyncssh.BreakReceived, asyncssh.TerminalSizeChanged, asyncssh.ConnectionLost):
+                return b""  # treated as the end of input
 
         def close():
             if not proc.is_closing():
