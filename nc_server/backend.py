@@ -59,6 +59,8 @@ class Services:
     state_dir: Path
     devfs: Any
     clock: Callable[[], Any]
+    # raise a notification: one XML element of a notification the backend's modules define
+    notify: Callable[[str], None] | None = None
 
 
 Handler = Callable[..., Any | Awaitable[Any]]

@@ -10,7 +10,7 @@ import time
 import libyang
 from lxml import etree
 
-from . import datastore, filters
+from . import datastore, filters, notifications
 from .edit import apply_edit
 from .errors import NC_NS, RpcError, RpcErrors
 from .schema import to_rpc_errors
@@ -189,7 +189,7 @@ def edit_config(session, op):
     if test_option == "test-only":
         datastore.free(server.validate_tree(new))
     elif name == "running":
-        server.commit_tree(new, server.running)
+        server.commit_tree(new, server.running, session)
         if not server.candidate_dirty:
             server.candidate.replace(server.running.copy())
     else:
@@ -240,7 +240,7 @@ def copy_config(session, op):
         server.candidate.replace(server.validate_tree(tree))
         server.candidate_dirty = True
     else:
-        server.commit_tree(tree, server.datastore(name))
+        server.commit_tree(tree, server.datastore(name), session)
         if name == "running" and not server.candidate_dirty:
             server.candidate.replace(server.running.copy())
     return None
@@ -253,7 +253,7 @@ def delete_config(session, op):
         raise RpcError("invalid-value", f"the {name} datastore cannot be deleted", type="protocol",
                        info=[("bad-element", name)])
     session.server.check_writable(name, session.id)
-    session.server.startup.replace(None, persist=True)
+    session.server.commit_tree(None, session.server.startup, session)
     return None
 
 
@@ -314,16 +314,19 @@ def commit(session, op):
                            type="protocol", info=[("bad-element", "confirm-timeout")])
         timeout = int(text)
     server.confirmed.check_access(session.id, persist_id, "commit")
+    pending = server.confirmed.pending is not None
     backup = None
-    if confirmed and server.confirmed.pending is None:
+    if confirmed and not pending:
         backup = datastore.to_xml(server.running.tree)
-    server.commit_tree(server.candidate.copy(), server.running)
+    server.commit_tree(server.candidate.copy(), server.running, session)
     server.candidate_dirty = False
     if confirmed:
         persist = _text(params["persist"]) if "persist" in params else None
         server.confirmed.begin(backup, session.id, timeout, persist)
-    elif server.confirmed.pending is not None:
+        server.notify(notifications.confirmed_commit(session, "extend" if pending else "start", timeout))
+    elif pending:
         server.confirmed.confirm()
+        server.notify(notifications.confirmed_commit(session, "complete", None))
     return None
 
 
@@ -334,8 +337,9 @@ def cancel_commit(session, op):
         raise RpcError("operation-failed", "no confirmed commit is pending", type="protocol")
     server.confirmed.check_access(session.id, _text(params.get("persist-id")), "cancel-commit")
     backup = server.confirmed.cancel()
+    server.notify(notifications.confirmed_commit(session, "cancel", None))
     tree = datastore.parse_config(server.ctx, backup, validate_now=False)
-    server.commit_tree(tree, server.running)
+    server.commit_tree(tree, server.running, session)
     server.discard_candidate()
     return None
 
@@ -367,7 +371,7 @@ def kill_session(session, op):
     if victim is None:
         raise RpcError("invalid-value", f"no session {sid}", type="protocol", info=[("bad-element", "session-id")])
     log.info("session %d killed by session %d", sid, session.id)
-    victim.kill(f"killed by session {session.id}")
+    victim.kill(f"killed by session {session.id}", killed_by=session.id)
     return None
 
 

@@ -23,7 +23,7 @@ class Statistics:
     def __init__(self, start: float):
         self.start = start
         self.in_bad_hellos = self.in_sessions = self.dropped_sessions = 0
-        self.in_rpcs = self.in_bad_rpcs = self.out_rpc_errors = 0
+        self.in_rpcs = self.in_bad_rpcs = self.out_rpc_errors = self.out_notifications = 0
 
 
 class Schemas:
@@ -94,14 +94,14 @@ def state(server) -> str:
         f"<username>{escape(s.username)}</username><source-host>{escape(s.source)}</source-host>"
         f"<login-time>{timestamp(s.login_time)}</login-time><in-rpcs>{s.in_rpcs}</in-rpcs>"
         f"<in-bad-rpcs>{s.in_bad_rpcs}</in-bad-rpcs><out-rpc-errors>{s.out_rpc_errors}</out-rpc-errors>"
-        "<out-notifications>0</out-notifications></session>"
+        f"<out-notifications>{s.out_notifications}</out-notifications></session>"
         for s in server.sessions.values())
     st = server.stats
     stats = (f"<statistics><netconf-start-time>{timestamp(st.start)}</netconf-start-time>"
              f"<in-bad-hellos>{st.in_bad_hellos}</in-bad-hellos><in-sessions>{st.in_sessions}</in-sessions>"
              f"<dropped-sessions>{st.dropped_sessions}</dropped-sessions><in-rpcs>{st.in_rpcs}</in-rpcs>"
              f"<in-bad-rpcs>{st.in_bad_rpcs}</in-bad-rpcs><out-rpc-errors>{st.out_rpc_errors}</out-rpc-errors>"
-             "<out-notifications>0</out-notifications></statistics>")
+             f"<out-notifications>{st.out_notifications}</out-notifications></statistics>")
     return (f'<netconf-state xmlns="{NS}" xmlns:ncm="{NS}"><capabilities>{caps}</capabilities>'
             f"<datastores>{''.join(stores)}</datastores><schemas>{server.schemas.xml()}</schemas>"
             f"<sessions>{sessions}</sessions>{stats}</netconf-state>")

@@ -23,7 +23,8 @@ YANG_DIR = Path(__file__).resolve().parent.parent / "yang"
 IETF_DIR = Path(sys.prefix) / "share" / "yang" / "modules" / "ietf"
 
 # Loaded whatever the backends declare: the base protocol needs them.
-BASE_MODULES = ("ietf-netconf", "ietf-netconf-with-defaults", "ietf-netconf-monitoring")
+BASE_MODULES = ("ietf-netconf", "ietf-netconf-with-defaults", "ietf-netconf-monitoring", "notifications",
+                "nc-notifications", "ietf-netconf-notifications")
 # the features of modules whose features the server does not all implement (no :url)
 FEATURES = {"ietf-netconf": ("writable-running", "candidate", "confirmed-commit", "rollback-on-error",
                              "validate", "startup", "xpath")}

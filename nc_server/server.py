@@ -9,7 +9,7 @@ from pathlib import Path
 import libyang
 from _libyang import ffi, lib
 
-from . import datastore, netconf_monitoring
+from . import datastore, netconf_monitoring, notifications
 from .backend import Backend, BackendError, Change, ConfigDiff, Services
 from .confirmed_commit import ConfirmedCommit
 from .errors import RpcError
@@ -29,6 +29,8 @@ BASE_CAPABILITIES = (
     "urn:ietf:params:netconf:capability:validate:1.1",
     "urn:ietf:params:netconf:capability:startup:1.0",
     "urn:ietf:params:netconf:capability:xpath:1.0",
+    "urn:ietf:params:netconf:capability:notification:1.0",
+    "urn:ietf:params:netconf:capability:interleave:1.0",
     "urn:ietf:params:netconf:capability:with-defaults:1.0?basic-mode=explicit"
     "&also-supported=report-all,report-all-tagged,trim",
 )
@@ -44,7 +46,9 @@ class Limits:
 
 class Server:
     def __init__(self, state_dir: Path, backends: list[Backend], services: Services,
-                 limits: Limits | None = None, extra_yang_dirs: list[Path] = ()):
+                 limits: Limits | None = None, extra_yang_dirs: list[Path] = (),
+                 replay_size: int = notifications.DEFAULT_REPLAY_SIZE,
+                 notification_queue: int = notifications.DEFAULT_QUEUE_SIZE):
         self.state_dir = state_dir
         self.services = services
         self.limits = limits or Limits()
@@ -67,6 +71,9 @@ class Server:
         self.sessions: dict = {}
         self._next_sid = 1
         self.confirmed = ConfirmedCommit(ds_dir / "confirmed-commit.json", self._confirmed_rollback)
+        self.notifications = notifications.Notifications(self, state_dir / "notifications", replay_size,
+                                                         notification_queue)
+        services.notify = self.notify
         self.stats = netconf_monitoring.Statistics(time.time())
         self.schemas = netconf_monitoring.Schemas(self.ctx)
         self.yang_library = YangLibrary(self.ctx)
@@ -76,6 +83,7 @@ class Server:
             netconf_monitoring.STATE: lambda: netconf_monitoring.state(self),
             YANG_LIBRARY: self.yang_library.state,
             MODULES_STATE: self.yang_library.state,
+            notifications.STREAMS_PATH: self.notifications.streams_xml,
         }
         for b in backends:
             self.state_providers.update(b.state)
@@ -156,28 +164,37 @@ class Server:
             datastore.free(diff)
         return changes
 
-    def commit_tree(self, new: datastore.Tree, target: datastore.Datastore) -> None:
-        """The config pipeline: validate, backends validate + apply, then swap and persist.
+    def commit_tree(self, new: datastore.Tree, target: datastore.Datastore, session=None) -> None:
+        """The config pipeline: validate, backends validate + apply, then swap, persist
+        and announce (netconf-config-change, by `session` or else the server).
 
         `new` is consumed. If anything refuses, `target` is unchanged."""
         try:
             new = self.validate_tree(new)
-            if target is not self.running:
-                target.replace(new, persist=True)
-                return
-            changes = self._changes(self.running.tree, new)
-            diff = ConfigDiff(changes, self.running.tree, new)
-            for b in self.backends:
-                if _touches(b, diff):
-                    b.validate(diff)
-            self._apply_to_backends(diff)
+            changes = self._changes(target.tree, new)
+            if target is self.running:
+                diff = ConfigDiff(changes, self.running.tree, new)
+                for b in self.backends:
+                    if _touches(b, diff):
+                        b.validate(diff)
+                self._apply_to_backends(diff)
         except BackendError as exc:
             datastore.free(new)
             raise RpcError(exc.tag, exc.message, app_tag=exc.app_tag, path=exc.path) from None
         except BaseException:
             datastore.free(new)
             raise
-        self.running.replace(new, persist=True)
+        target.replace(new, persist=True)
+        if changes:
+            edits = []
+            for c in changes:
+                text, mods = notifications.xml_instance_id(c.path)
+                edits.append((text, c.op, {m: self.ctx.namespace_of(m) for m in mods}))
+            self.notify(notifications.config_change(session, target.name, edits))
+
+    def notify(self, body: str) -> None:
+        """Raise a notification (one element, validated against its schema first)."""
+        self.notifications.publish(body)
 
     def _apply_to_backends(self, diff: ConfigDiff) -> None:
         done = []
@@ -197,6 +214,8 @@ class Server:
 
     def _confirmed_rollback(self, backup_xml: str, reason: str) -> None:
         log.warning("confirmed commit rolled back (%s)", reason)
+        if reason in ("timeout", "session-end"):
+            self.notify(notifications.confirmed_commit(None, "timeout" if reason == "timeout" else "cancel", None))
         tree = datastore.parse_config(self.ctx, backup_xml, validate_now=False)
         self.commit_tree(tree, self.running)
         if not self.candidate_dirty:
@@ -210,6 +229,7 @@ class Server:
                 if name == "candidate":
                     self.discard_candidate()
         self.confirmed.session_ended(sid)
+        self.notifications.session_ended(sid)
         self.sessions.pop(sid, None)
 
     def discard_candidate(self) -> None:

@@ -14,7 +14,7 @@ import libyang
 from _libyang import ffi, lib
 from lxml import etree
 
-from . import netconf, xmlsafe
+from . import netconf, notifications, xmlsafe
 from .backend import BackendError
 from .errors import NC_NS, RpcError, RpcErrors
 from .framing import Decoder, FramingError, encode
@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 BASE_10 = "urn:ietf:params:netconf:base:1.0"
 BASE_11 = "urn:ietf:params:netconf:base:1.1"
+# termination-reason values of netconf-session-end (RFC 6470)
+END_REASONS = ("closed", "killed", "dropped", "timeout", "bad-hello", "other")
 
 
 class SessionEnd(Exception):
@@ -44,8 +46,10 @@ class Session:
         self.chunked = False
         self.closing = False
         self.client_capabilities: list[str] = []
-        self.in_rpcs = self.in_bad_rpcs = self.out_rpc_errors = 0
+        self.in_rpcs = self.in_bad_rpcs = self.out_rpc_errors = self.out_notifications = 0
         self.end_reason = "closed"
+        self.killed_by: int | None = None
+        self.started = False  # hello done
 
     # -- lifecycle ----------------------------------------------------------
     async def run(self) -> None:
@@ -60,10 +64,13 @@ class Session:
         try:
             self._send(self._hello_bytes())
             await self._hello()
+            self.started = True
+            server.notify(notifications.session_start(self))
             while not self.closing:
                 msg = await self._message(self.server.limits.idle_timeout, "idle")
                 if msg is None:
-                    self.end_reason = "dropped"
+                    if not self.closing:  # the peer went away without close-session
+                        self.end_reason = "dropped"
                     break
                 reply = await self.handle(msg)
                 if reply is not None:
@@ -85,6 +92,9 @@ class Session:
             if self.end_reason in DROPPED:
                 self.server.stats.dropped_sessions += 1
             self.server.end_session(self.id)
+            if self.started:
+                reason = self.end_reason if self.end_reason in END_REASONS else "other"
+                self.server.notify(notifications.session_end(self, reason, self.killed_by))
             self._close()
             log.info("session %d ended (%s)", self.id, self.end_reason)
 
@@ -94,9 +104,17 @@ class Session:
         stats = self.server.stats
         setattr(stats, counter, getattr(stats, counter) + 1)
 
-    def kill(self, why: str) -> None:
+    def send_notification(self, t: float, body: str) -> None:
+        self._send(notifications.envelope(t, body))
+        self._count("out_notifications")
+
+    async def drain(self) -> None:
+        await self._drain()
+
+    def kill(self, why: str, killed_by: int | None = None) -> None:
         log.warning("session %d: %s", self.id, why)
-        self.end_reason = "killed"
+        self.killed_by = killed_by
+        self.end_reason = "killed" if killed_by is not None else "other"
         self.closing = True
         self.server.end_session(self.id)
         self._close()
@@ -189,6 +207,9 @@ class Session:
 
     async def _dispatch(self, msg: bytes, op: etree._Element):
         q = etree.QName(op)
+        if q.namespace == notifications.NOTIF_NS and q.localname == "create-subscription":
+            self.server.notifications.subscribe(self, op)
+            return None
         if q.namespace == NC_NS:
             handler = netconf.OPERATIONS.get(q.localname)
             if handler is None:

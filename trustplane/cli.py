@@ -60,7 +60,8 @@ async def serve(args) -> int:
     instances = [factory(services) for factory in registered().values()]
     limits = Limits(max_message=args.max_message, hello_timeout=args.hello_timeout,
                     idle_timeout=args.idle_timeout, max_sessions=args.max_sessions)
-    server = Server(state_dir, instances, services, limits, extra_yang_dirs=args.yang_dir)
+    server = Server(state_dir, instances, services, limits, extra_yang_dirs=args.yang_dir,
+                    replay_size=args.replay_size, notification_queue=args.notification_queue)
     server.load()
     server.restore_confirmed()
     # what start-up built lives as long as the server: keep it out of every GC pass
@@ -103,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     p_serve.add_argument("--hello-timeout", type=float, default=60.0, help="seconds")
     p_serve.add_argument("--idle-timeout", type=float, default=3600.0, help="seconds")
     p_serve.add_argument("--max-sessions", type=int, default=64)
+    p_serve.add_argument("--replay-size", type=int, default=1000,
+                         help="notifications kept for replay; the oldest are dropped first")
+    p_serve.add_argument("--notification-queue", type=int, default=1000,
+                         help="notifications a subscriber may fall behind before its session is closed")
     p_serve.add_argument("--yang-dir", type=Path, action="append", default=[],
                          help="also serve every module in this directory, as configuration without a backend")
     p_serve.add_argument("--log-level", default="INFO")

@@ -1,0 +1,192 @@
+"""RFC 5277 notifications and the RFC 6470 base events over SSH with ncclient:
+live delivery, filters, replay (also across a restart), the bounded log,
+interleaved RPCs, errors and a subscriber that stops reading."""
+import asyncio
+import time
+from datetime import datetime, timedelta, timezone
+
+import asyncssh
+import pytest
+from lxml import etree
+from ncclient.operations.rpc import RPCError
+
+from conftest import CT, NC, PASSWORD, ServerProcess, rpc
+
+NOTIF = "urn:ietf:params:xml:ns:netconf:notification:1.0"
+NCN = "urn:ietf:params:xml:ns:yang:ietf-netconf-notifications"
+MANAGE = "urn:ietf:params:xml:ns:netmod:notification"
+PAST = "2000-01-01T00:00:00Z"
+
+
+def iso(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def name_cfg(name: str) -> str:
+    return f'<config xmlns="{NC}"><settings xmlns="{CT}"><name>{name}</name></settings></config>'
+
+
+def take(m, timeout=5.0, quiet=1.0) -> list[etree._Element]:
+    """Every notification that arrives until none comes for `quiet` seconds
+    (`timeout` for the first)."""
+    out = []
+    while (n := m.take_notification(timeout=timeout)) is not None:
+        out.append(etree.fromstring(n.notification_xml.encode()))
+        timeout = quiet
+    return out
+
+
+def body(n: etree._Element) -> etree._Element:
+    return [c for c in n if etree.QName(c).localname != "eventTime"][0]
+
+
+def kinds(notes) -> list[str]:
+    return [etree.QName(body(n)).localname for n in notes]
+
+
+def test_live_events(server, nc):
+    with server.connect() as watcher:
+        watcher.create_subscription()
+        with server.connect() as other:
+            other.edit_config(target="running", config=name_cfg("live"))
+            other.edit_config(target="candidate", config=name_cfg("conf"))
+            rpc(other, f'<commit xmlns="{NC}"><confirmed/><confirm-timeout>60</confirm-timeout></commit>')
+            other.commit()
+            sid = other.session_id
+        notes = take(watcher)
+        # the confirming commit changes nothing, so it raises no config change
+        assert kinds(notes) == ["netconf-session-start", "netconf-config-change", "netconf-config-change",
+                                "netconf-confirmed-commit", "netconf-confirmed-commit", "netconf-session-end"]
+        change = body(notes[1])
+        assert change.findtext(f"{{{NCN}}}datastore") == "running"
+        assert change.findtext(f"{{{NCN}}}changed-by/{{{NCN}}}session-id") == str(sid)
+        target = change.find(f"{{{NCN}}}edit/{{{NCN}}}target")
+        assert target.text == "/config-test:settings"  # the container was created with its leaf
+        assert target.nsmap["config-test"] == CT
+        assert change.findtext(f"{{{NCN}}}edit/{{{NCN}}}operation") == "create"
+        assert body(notes[3]).findtext(f"{{{NCN}}}confirm-event") == "start"
+        assert body(notes[3]).findtext(f"{{{NCN}}}timeout") == "60"
+        assert body(notes[4]).findtext(f"{{{NCN}}}confirm-event") == "complete"
+        assert body(notes[5]).findtext(f"{{{NCN}}}termination-reason") == "closed"
+        # event times are increasing
+        times = [n.findtext(f"{{{NOTIF}}}eventTime") for n in notes]
+        assert times == sorted(times)
+        # RPCs keep working on a subscribed session
+        assert watcher.get_config(source="running").ok
+
+
+def test_kill_and_timeout_events(server, nc):
+    with server.connect() as watcher:
+        watcher.create_subscription()
+        victim = server.connect()
+        nc.kill_session(victim.session_id)
+        nc.edit_config(target="candidate", config=name_cfg("tmp"))
+        rpc(nc, f'<commit xmlns="{NC}"><confirmed/><confirm-timeout>1</confirm-timeout></commit>')
+        notes = take(watcher, quiet=4)  # the confirmed commit times out after 1 s
+        ends = [body(n) for n in notes if etree.QName(body(n)).localname == "netconf-session-end"]
+        assert ends[0].findtext(f"{{{NCN}}}termination-reason") == "killed"
+        assert ends[0].findtext(f"{{{NCN}}}killed-by") == str(nc.session_id)
+        events = [body(n).findtext(f"{{{NCN}}}confirm-event") for n in notes
+                  if etree.QName(body(n)).localname == "netconf-confirmed-commit"]
+        assert events == ["start", "timeout"]
+
+
+def test_filters(server, nc):
+    with server.connect() as sub_tree, server.connect() as sub_xpath:
+        sub_tree.create_subscription(filter=("subtree", f'<netconf-config-change xmlns="{NCN}"/>'))
+        rpc(sub_xpath, f'<create-subscription xmlns="{NOTIF}"><filter type="xpath" xmlns:n="{NCN}" '
+                       "select=\"/n:netconf-session-start[n:username='admin']\"/></create-subscription>")
+        nc.edit_config(target="running", config=name_cfg("filtered"))
+        server.connect().close_session()
+        assert kinds(take(sub_tree)) == ["netconf-config-change"]
+        assert kinds(take(sub_xpath)) == ["netconf-session-start"]
+
+
+def test_replay_window_and_completion(server, nc):
+    start = datetime.now(timezone.utc) - timedelta(seconds=1)
+    nc.edit_config(target="running", config=name_cfg("replayed"))
+    time.sleep(1.1)
+    stop = datetime.now(timezone.utc)
+    with server.connect() as m:
+        m.create_subscription(filter=("subtree", f'<netconf-config-change xmlns="{NCN}"/>'),
+                              start_time=iso(start), stop_time=iso(stop))
+        notes = take(m)
+        assert kinds(notes)[-2:] == ["replayComplete", "notificationComplete"]
+        assert "netconf-config-change" in kinds(notes)
+        # the subscription has ended: a new one is allowed
+        m.create_subscription()
+
+
+@pytest.mark.parametrize("params,tag", [
+    ("<stream>OTHER</stream>", "invalid-value"),
+    (f"<stopTime>{PAST}</stopTime>", "missing-element"),
+    ("<startTime>2999-01-01T00:00:00Z</startTime>", "bad-element"),
+    (f"<startTime>2020-01-02T00:00:00Z</startTime><stopTime>{PAST}</stopTime>", "bad-element"),
+    ("<startTime>yesterday</startTime>", "invalid-value"),
+    ('<filter type="regex"/>', "bad-attribute"),
+    ('<filter type="xpath" select="/(("/>', "invalid-value"),
+    ("<bogus/>", "unknown-element"),
+])
+def test_subscription_errors(nc, params, tag):
+    with pytest.raises(RPCError) as exc:
+        rpc(nc, f'<create-subscription xmlns="{NOTIF}">{params}</create-subscription>')
+    assert exc.value.tag == tag
+
+
+def test_one_subscription_per_session(nc):
+    nc.create_subscription()
+    with pytest.raises(RPCError) as exc:
+        nc.create_subscription()
+    assert exc.value.tag == "in-use"
+
+
+def test_replay_survives_restart_and_log_is_bounded(tmp_path):
+    srv = ServerProcess(tmp_path / "state", "--replay-size", "5").start()
+    try:
+        with srv.connect() as m:
+            for i in range(4):
+                m.edit_config(target="running", config=name_cfg(f"n{i}"))
+        srv.stop()
+        srv.start()
+        with srv.connect() as m:
+            m.create_subscription(start_time=PAST)
+            notes = take(m)
+            # 1 start + 4 changes + 1 end + 1 start (this session) = 7 logged, 5 kept
+            assert kinds(notes)[:-1] == ["netconf-config-change", "netconf-config-change",
+                                         "netconf-config-change", "netconf-session-end",
+                                         "netconf-session-start"]
+            assert kinds(notes)[-1] == "replayComplete"
+            streams = etree.fromstring(m.get(filter=("subtree", f'<netconf xmlns="{MANAGE}"/>')).data_xml.encode())
+            assert streams.findtext(f".//{{{MANAGE}}}replayLogAgedTime")
+            assert streams.findtext(f".//{{{MANAGE}}}replaySupport") == "true"
+    finally:
+        srv.stop()
+
+
+def test_a_subscriber_that_stops_reading_is_closed(tmp_path):
+    srv = ServerProcess(tmp_path / "state", "--notification-queue", "20").start()
+    try:
+        async def stalled():
+            conn = await asyncssh.connect(srv.host, srv.port, username="admin", password=PASSWORD,
+                                          known_hosts=None, client_keys=None)
+            writer, reader, _ = await conn.open_session(subsystem="netconf", encoding=None,
+                                                        window=4096, max_pktsize=4096)
+            writer.write(f'<hello xmlns="{NC}"><capabilities><capability>urn:ietf:params:netconf:base:1.0'
+                         "</capability></capabilities></hello>]]>]]>".encode())
+            writer.write(f'<rpc message-id="1" xmlns="{NC}"><create-subscription xmlns="{NOTIF}"/></rpc>]]>]]>'
+                         .encode())
+            return conn  # and never read again
+
+        loop = asyncio.new_event_loop()
+        conn = loop.run_until_complete(stalled())
+        big = "x" * 2000
+        with srv.connect() as m:
+            for i in range(300):
+                m.edit_config(target="running", config=name_cfg(f"{big}{i}"[-32:]))
+            # the server still answers everyone else
+            assert m.get_config(source="running").ok
+        conn.close()
+        loop.close()
+        assert "fell 20 notifications behind" in srv.log()
+    finally:
+        srv.stop()
