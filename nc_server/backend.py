@@ -82,6 +82,12 @@ class Backend:
     def apply(self, diff: ConfigDiff) -> None:
         """Make the change real. Raise BackendError to fail the commit."""
 
+    def stored_config(self) -> str | None:
+        """Configuration the backend keeps in a store of its own (XML, a <config>'s
+        children with nc:operation as needed). At start it is applied to running
+        before anything else, so edits made to that store offline show up."""
+        return None
+
     def close(self) -> None:
         pass
 

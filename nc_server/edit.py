@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import re
 
-import cffi
 from lxml import etree
 from _libyang import ffi, lib
 
 import libyang
 
-from . import datastore
+from . import datastore, libyang_abi
 from .errors import NC_NS, RpcError, RpcErrors
 from .schema import to_rpc_errors
 
@@ -33,11 +32,6 @@ YANG_NS = "urn:ietf:params:xml:ns:yang:1"
 _FIND_OPS = etree.XPath(".//*[@nc:operation]", namespaces={"nc": NC_NS})
 _FIND_INSERT = etree.XPath(".//*[@yang:insert]", namespaces={"yang": YANG_NS})
 _KEY_PRED = re.compile(r"""\[\s*(?:[\w.-]+:)?([\w.-]+)\s*=\s*('[^']*'|"[^"]*")\s*\]""")
-
-# the binding does not expose libyang's sibling insertion; call it through the ABI
-_abi = cffi.FFI()
-_abi.cdef("int lyd_insert_before(void *sibling, void *node); int lyd_insert_after(void *sibling, void *node);")
-_ly = _abi.dlopen("libyang.so.2")
 
 
 class _Stop(Exception):
@@ -317,9 +311,8 @@ class Edit:
             anchor = self._find(anchor_path)
         if anchor == node:
             return
-        move = _ly.lyd_insert_before if insert in ("first", "before") else _ly.lyd_insert_after
-        if move(_abi.cast("void *", int(ffi.cast("uintptr_t", anchor))),
-                _abi.cast("void *", int(ffi.cast("uintptr_t", node)))) != lib.LY_SUCCESS:
+        move = libyang_abi.insert_before if insert in ("first", "before") else libyang_abi.insert_after
+        if move(anchor, node) != lib.LY_SUCCESS:
             raise self.ctx.error("cannot move the entry")
         if node.parent == ffi.NULL:
             self.tree = libyang.DNode.new(self.ctx, lib.lyd_first_sibling(node))

@@ -10,7 +10,7 @@ import time
 import libyang
 from lxml import etree
 
-from . import datastore, filters, notifications
+from . import datastore, filters, local_users, notifications
 from .edit import apply_edit
 from .errors import NC_NS, RpcError, RpcErrors
 from .schema import to_rpc_errors
@@ -186,6 +186,7 @@ def edit_config(session, op):
     target = server.datastore(name)
     new, errors = apply_edit(server.ctx, target.copy(), params["config"],
                              default_operation=default_op, error_option=error_option)
+    local_users.hash_cleartext(new)
     if test_option == "test-only":
         datastore.free(server.validate_tree(new))
     elif name == "running":
@@ -221,9 +222,11 @@ def _source_tree(session, source_el):
         return src, server.datastore(src).copy()
     xml = b"".join(etree.tostring(c) for c in src if isinstance(c.tag, str))
     try:
-        return None, datastore.parse_config(server.ctx, xml, validate_now=False)
+        tree = datastore.parse_config(server.ctx, xml, validate_now=False)
     except libyang.LibyangError as exc:
         raise to_rpc_errors(exc) from None
+    local_users.hash_cleartext(tree)
+    return None, tree
 
 
 def copy_config(session, op):

@@ -21,13 +21,15 @@ log = logging.getLogger(__name__)
 
 YANG_DIR = Path(__file__).resolve().parent.parent / "yang"
 IETF_DIR = Path(sys.prefix) / "share" / "yang" / "modules" / "ietf"
+IANA_DIR = IETF_DIR.parent / "iana"
 
 # Loaded whatever the backends declare: the base protocol needs them.
 BASE_MODULES = ("ietf-netconf", "ietf-netconf-with-defaults", "ietf-netconf-monitoring", "notifications",
                 "nc-notifications", "ietf-netconf-notifications")
 # the features of modules whose features the server does not all implement (no :url)
 FEATURES = {"ietf-netconf": ("writable-running", "candidate", "confirmed-commit", "rollback-on-error",
-                             "validate", "startup", "xpath")}
+                             "validate", "startup", "xpath"),
+            "ietf-system": ("authentication", "local-users")}
 
 
 @dataclass
@@ -120,7 +122,7 @@ class YangContext(libyang.Context):
 
 
 def build_context(modules: list[str], extra_dirs: list[Path] = ()) -> YangContext:
-    search = [str(YANG_DIR), *map(str, extra_dirs), str(IETF_DIR)]
+    search = [str(YANG_DIR), *map(str, extra_dirs), str(IETF_DIR), str(IANA_DIR)]
     # the binding would also search $YANGPATH: the server decides where modules come from
     saved = {k: os.environ.pop(k) for k in ("YANGPATH", "YANG_MODPATH") if k in os.environ}
     try:

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import libyang
 from _libyang import ffi, lib
+from lxml import etree
 
 from . import datastore, netconf_monitoring, notifications
 from .backend import Backend, BackendError, Change, ConfigDiff, Services
 from .confirmed_commit import ConfirmedCommit
-from .errors import RpcError
+from .edit import apply_edit
+from .errors import NC_NS, RpcError
 from .framing import DEFAULT_MAX_MESSAGE
 from .schema import build_context, to_rpc_errors
 from .yang_library import MODULES_STATE, YANG_LIBRARY, YangLibrary
@@ -96,8 +98,21 @@ class Server:
         else:
             # first start after a startup was saved: boot from it (RFC 6241 §8.7)
             self.running.replace(self.startup.copy(), persist=True)
+        self._load_stored_config()
         self.candidate.replace(self.running.copy())
         self._apply_to_backends(ConfigDiff(self._changes(None, self.running.tree), None, self.running.tree))
+
+    def _load_stored_config(self) -> None:
+        for b in self.backends:
+            xml = b.stored_config()
+            if xml is None:
+                continue
+            config = etree.fromstring(f'<config xmlns="{NC_NS}">{xml}</config>'.encode())
+            tree, errors = apply_edit(self.ctx, self.running.copy(), config)
+            if errors:
+                datastore.free(tree)
+                raise errors[0]
+            self.running.replace(self.validate_tree(tree), persist=True)
 
     def restore_confirmed(self) -> None:
         self.confirmed.restore()

@@ -144,12 +144,6 @@ def sha_crypt(password: str, setting: str) -> str:
 
 # -- the user database -----------------------------------------------------------------
 
-def _check_name(name: str) -> None:
-    if not _NAME.match(name):
-        raise ValueError(f"invalid user name {name!r}: 1-64 of letters, digits, '.', '_' and '-', "
-                         "not starting with '-'")
-
-
 class UserDB:
     """`users.json`: {"users": {name: {"password": hash or null, "authorized-keys": [...]}}}.
     Re-read when the file changes, so edits by another process apply to the next login."""
@@ -203,11 +197,27 @@ class UserDB:
 
     def add_user(self, name: str, password: str | None = None, hashed: str | None = None,
                  authorized_keys=()) -> None:
-        _check_name(name)
+        UserDB.check_name(name)
         self._fresh()
-        keys = [self._checked_key(k) for k in authorized_keys]
+        keys = [self.checked_key(k) for k in authorized_keys]
         self._users[name] = {"password": hash_password(password) if password is not None else hashed,
                              "authorized-keys": keys}
+        self._save()
+
+    def record(self, name: str) -> dict:
+        self._fresh()
+        return dict(self._users.get(name) or {})
+
+    def replace_all(self, wanted: dict[str, dict]) -> None:
+        """Set the whole user list; a user given no password keeps the hash it has."""
+        self._fresh()
+        users = {}
+        for name, new in wanted.items():
+            password = new.get("password")
+            if password is None:
+                password = (self._users.get(name) or {}).get("password")
+            users[name] = {"password": password, "authorized-keys": list(new.get("authorized-keys", []))}
+        self._users = users
         self._save()
 
     def remove_user(self, name: str) -> None:
@@ -246,11 +256,17 @@ class UserDB:
 
     def add_authorized_key(self, name: str, line: str) -> None:
         self._fresh()
-        self._users[name].setdefault("authorized-keys", []).append(self._checked_key(line))
+        self._users[name].setdefault("authorized-keys", []).append(self.checked_key(line))
         self._save()
 
     @staticmethod
-    def _checked_key(line: str) -> str:
+    def check_name(name: str) -> None:
+        if not _NAME.match(name):
+            raise ValueError(f"invalid user name {name!r}: 1-64 of letters, digits, '.', '_' and '-', "
+                             "not starting with '-'")
+
+    @staticmethod
+    def checked_key(line: str) -> str:
         line = line.strip()
         try:
             asyncssh.import_public_key(line)

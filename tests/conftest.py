@@ -18,6 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIG_TEST_YANG = ROOT / "tests" / "yang-config"
 CT = "urn:trustplane:test:config-test"
 NC = "urn:ietf:params:xml:ns:netconf:base:1.0"
+# a whole configuration must keep a local user (admin keeps the hash it has)
+KEEP_ADMIN = ('<system xmlns="urn:ietf:params:xml:ns:yang:ietf-system"><authentication>'
+              "<user><name>admin</name></user></authentication></system>")
 
 
 def free_port() -> int:
@@ -90,10 +93,10 @@ def fresh_server(tmp_path):
 
 @pytest.fixture
 def nc(server):
-    """A session on the shared server, which starts from an empty running datastore."""
+    """A session on the shared server, whose running datastore holds only the admin user."""
     with server.connect() as m:
         m.dispatch(to_ele(f'<copy-config xmlns="{NC}"><target><running/></target>'
-                          f"<source><config/></source></copy-config>"))
+                          f"<source><config>{KEEP_ADMIN}</config></source></copy-config>"))
         yield m
 
 

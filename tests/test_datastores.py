@@ -5,7 +5,7 @@ import pytest
 from lxml import etree
 from ncclient.operations.rpc import RPCError
 
-from conftest import CT, NC, rpc
+from conftest import CT, KEEP_ADMIN, NC, rpc
 
 NS = {"ct": CT}
 DEV = "urn:trustplane:yang:trustplane-device"
@@ -105,7 +105,8 @@ def test_copy_running_to_startup_and_delete_startup(nc):
 def test_copy_inline_config_replaces_running(nc):
     nc.edit_config(target="running", config=name_cfg("old"))
     rpc(nc, f'<copy-config xmlns="{NC}"><target><running/></target><source>'
-            f'<config><settings xmlns="{CT}"><name>inline</name></settings></config></source></copy-config>')
+            f'<config><settings xmlns="{CT}"><name>inline</name></settings>{KEEP_ADMIN}</config></source>'
+            "</copy-config>")
     assert names(nc) == ["inline"]
 
 

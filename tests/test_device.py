@@ -17,7 +17,7 @@ import pytest
 from lxml import etree
 from ncclient.operations.rpc import RPCError
 
-from conftest import CT, NC, PASSWORD, ROOT, ServerProcess, rpc
+from conftest import CT, KEEP_ADMIN, NC, PASSWORD, ROOT, ServerProcess, rpc
 
 DEV = "urn:trustplane:yang:trustplane-device"
 D = {"d": DEV}
@@ -188,7 +188,8 @@ def test_kill_during_commit_leaves_old_or_new(tmp_path):
         for delay in (0.05, 0.2, 0.4, 0.8, 1.5):
             with srv.connect() as m:
                 rpc(m, f'<copy-config xmlns="{NC}"><target><running/></target><source><config>'
-                       f'<settings xmlns="{CT}"><name>old</name></settings></config></source></copy-config>')
+                       f'<settings xmlns="{CT}"><name>old</name></settings>{KEEP_ADMIN}</config></source>'
+                       "</copy-config>")
             m = srv.connect()
             m.async_mode = True
             m.edit_config(target="running", config=big)

@@ -5,7 +5,7 @@ import pytest
 from lxml import etree
 from ncclient.operations.rpc import RPCError
 
-from conftest import CT, NC
+from conftest import CT, KEEP_ADMIN, NC
 
 NS = {"ct": CT}
 
@@ -105,7 +105,8 @@ def test_replace_subtree(nc):
 
 def test_default_operation_replace_replaces_everything(nc):
     nc.edit_config(target="running", config=cfg(settings("<name>a</name>") + servers(server_entry("s1", "a"))))
-    nc.edit_config(target="running", config=cfg(settings("<mtu>2000</mtu>")), default_operation="replace")
+    nc.edit_config(target="running", config=cfg(settings("<mtu>2000</mtu>") + KEEP_ADMIN),
+                   default_operation="replace")
     tree = running(nc)
     assert texts(tree, "//ct:server/ct:name") == []
     assert texts(tree, "//ct:settings/ct:name") == []

@@ -18,6 +18,7 @@ import backends  # noqa: F401  (registers the backends)
 from backends.device.profile import ProfileError, init_state_dir
 from nc_server.backend import Services, registered
 from nc_server.devfs import DeviceFS
+from nc_server.local_users import LocalUsers
 from nc_server.server import Limits, Server
 from nc_server.ssh import listen
 from nc_server.users import UserDB
@@ -57,7 +58,7 @@ async def serve(args) -> int:
     users.load()
     devfs = DeviceFS(state_dir / "fs")
     services = Services(state_dir=state_dir, devfs=devfs, clock=lambda: datetime.now(timezone.utc))
-    instances = [factory(services) for factory in registered().values()]
+    instances = [LocalUsers(users), *(factory(services) for factory in registered().values())]
     limits = Limits(max_message=args.max_message, hello_timeout=args.hello_timeout,
                     idle_timeout=args.idle_timeout, max_sessions=args.max_sessions)
     server = Server(state_dir, instances, services, limits, extra_yang_dirs=args.yang_dir,
@@ -80,6 +81,37 @@ async def serve(args) -> int:
         session.kill("server shutdown")
     await acceptor.wait_closed()
     server.close()
+    return 0
+
+
+def user_command(args) -> int:
+    """Edit users.json offline; a running server applies it to new logins at once,
+    and to its configuration at the next start."""
+    users = UserDB(args.state_dir / "users.json")
+    users.load()
+    try:
+        if args.action == "list":
+            for name in users.users():
+                print(name)
+        elif args.action == "del":
+            users.remove_user(args.name)
+        else:
+            hashed = args.password_hash
+            if hashed is not None and not hashed.startswith(("$5$", "$6$")):
+                raise ValueError("--password-hash takes a $5$ or $6$ crypt hash")
+            password = sys.stdin.readline().rstrip("\n") if args.password_stdin else None
+            keys = list(args.key)
+            if users.exists(args.name):
+                keys = users.authorized_keys(args.name) + keys
+                if password is None and hashed is None:
+                    hashed = users.record(args.name).get("password")
+            users.add_user(args.name, password=password, hashed=hashed, authorized_keys=keys)
+    except KeyError:
+        print(f"trustplane: no user {args.name!r}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"trustplane: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -118,10 +150,22 @@ def main(argv: list[str] | None = None) -> int:
     p_init.add_argument("--node", type=_node, action="append", metavar="LOCATION=SERIAL")
     p_init.add_argument("--manufacturer-anchor", type=Path, action="append", default=[], metavar="CERT.pem")
 
+    p_user = sub.add_parser("user", help="manage local users offline (users.json)")
+    p_user.add_argument("--state-dir", type=Path, default=DEFAULT_STATE)
+    p_user.add_argument("action", choices=("add", "del", "list"))
+    p_user.add_argument("name", nargs="?")
+    p_user.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    p_user.add_argument("--password-hash", help="a $5$ or $6$ crypt hash")
+    p_user.add_argument("--key", action="append", default=[], help="an OpenSSH public key line")
+
     args = parser.parse_args(argv)
+    if args.command == "user" and args.action != "list" and not args.name:
+        parser.error("user add and del need a NAME")
     logging.basicConfig(level=getattr(args, "log_level", "INFO").upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        if args.command == "user":
+            return user_command(args)
         if args.command == "init":
             initialise(args.state_dir, args.lab_dir or lab_dir_for(args.state_dir), args.node,
                        args.manufacturer_anchor)
