@@ -98,6 +98,11 @@ def _filter(session, params) -> list[str] | None:
 
 
 def _data_reply(session, tree, xpaths, mode: str, *, owned: bool) -> str:
+    acm = session.server.acm
+    if acm.checked(session) is not None and tree is not None:
+        if not owned:
+            tree, owned = datastore.duplicate(tree), True
+        tree = acm.filter_read(session, tree)
     try:
         if xpaths is not None:
             selected = filters.select(tree, xpaths, session.server.ctx)
@@ -141,11 +146,8 @@ def _wanted(provider_path: str, xpaths: list[str] | None) -> bool:
     return False
 
 
-def get(session, op):
-    params = _params(op, {"filter": False, "with-defaults": False})
-    mode = _with_defaults(params)
-    xpaths = _filter(session, params)
-    server = session.server
+def _with_state(server, xpaths) -> datastore.Tree:
+    """running plus the state of the providers the filter selects (None: all)."""
     tree = server.running.copy()
     try:
         called = set()  # one provider may serve several subtrees
@@ -159,13 +161,33 @@ def get(session, op):
                         tree = datastore.merge(server.ctx, tree, state)
                     finally:
                         datastore.free(state)
-        if VALIDATE_REPLIES:
-            tree = datastore.validate(server.ctx, tree, no_state=False)
     except libyang.LibyangError as exc:
         datastore.free(tree)
+        log.error("state data does not match its schema: %s", exc)
+        raise RpcError("operation-failed", "internal error: state data does not match its schema") from None
+    return tree
+
+
+def _validate_all_state(server) -> None:
+    """Test mode: every provider's state, with running, must satisfy the schema
+    (a filtered reply cannot be checked alone: filters leave out mandatory nodes)."""
+    tree = _with_state(server, None)
+    try:
+        tree = datastore.validate(server.ctx, tree, no_state=False)
+    except libyang.LibyangError as exc:
         log.error("state data failed schema validation: %s", exc)
         raise RpcError("operation-failed", "internal error: state data does not match its schema") from None
-    return _data_reply(session, tree, xpaths, mode, owned=True)
+    finally:
+        datastore.free(tree)
+
+
+def get(session, op):
+    params = _params(op, {"filter": False, "with-defaults": False})
+    mode = _with_defaults(params)
+    xpaths = _filter(session, params)
+    if VALIDATE_REPLIES:
+        _validate_all_state(session.server)
+    return _data_reply(session, _with_state(session.server, xpaths), xpaths, mode, owned=True)
 
 
 def edit_config(session, op):
@@ -187,6 +209,7 @@ def edit_config(session, op):
     new, errors = apply_edit(server.ctx, target.copy(), params["config"],
                              default_operation=default_op, error_option=error_option)
     local_users.hash_cleartext(new)
+    _check_writes(session, target.tree, new)
     if test_option == "test-only":
         datastore.free(server.validate_tree(new))
     elif name == "running":
@@ -201,6 +224,18 @@ def edit_config(session, op):
     if errors:
         raise errors[0] if len(errors) == 1 else RpcErrors(errors)
     return None
+
+
+def _check_writes(session, old, new) -> None:
+    """RFC 8341 write access for every change from old to new; frees new when refused."""
+    server = session.server
+    if server.acm.checked(session) is None:
+        return
+    try:
+        server.acm.check_writes(session, server._changes(old, new))
+    except RpcError:
+        datastore.free(new)
+        raise
 
 
 def _enum(params, name: str, values: tuple[str, ...], default: str) -> str:
@@ -239,6 +274,7 @@ def copy_config(session, op):
     if src_name == name:
         datastore.free(tree)
         raise RpcError("invalid-value", "source and target are the same datastore", type="protocol")
+    _check_writes(session, server.datastore(name).tree, tree)
     if name == "candidate":
         server.candidate.replace(server.validate_tree(tree))
         server.candidate_dirty = True
@@ -256,6 +292,7 @@ def delete_config(session, op):
         raise RpcError("invalid-value", f"the {name} datastore cannot be deleted", type="protocol",
                        info=[("bad-element", name)])
     session.server.check_writable(name, session.id)
+    _check_writes(session, session.server.startup.tree, None)
     session.server.commit_tree(None, session.server.startup, session)
     return None
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 import libyang
+from _libyang import ffi
 from lxml import etree
 
 from .datastore import atomic_write
@@ -152,10 +153,16 @@ class Notifications:
         for sub in list(self.subscriptions.values()):
             self._offer(sub, t, body)
 
+    def _readable(self, session, el: etree._Element) -> bool:
+        mod = self.server.ctx.module_by_ns(etree.QName(el).namespace or "")
+        name = ffi.string(mod.name).decode() if mod is not None else ""
+        return self.server.acm.notification_allowed(session, name, etree.QName(el).localname)
+
     def _offer(self, sub: Subscription, t: float, body: str) -> None:
         if sub.stop is not None and t > sub.stop:
             return
-        if not matches(sub.filter, etree.fromstring(body)):
+        el = etree.fromstring(body)
+        if not matches(sub.filter, el) or not self._readable(sub.session, el):
             return
         try:
             sub.queue.put_nowait((t, body))
@@ -202,7 +209,7 @@ class Notifications:
             except etree.XPathSyntaxError as exc:
                 raise RpcError("invalid-value", f"invalid xpath filter: {exc}", type="protocol") from None
         replay = [(t, body) for t, body in (self.log.between(start, stop) if start is not None else [])
-                  if matches(flt, etree.fromstring(body))]
+                  if matches(flt, el := etree.fromstring(body)) and self._readable(session, el)]
         # room for the replayed notifications on top of the live ones
         sub = Subscription(session, flt, start, stop, self.queue_size + len(replay) + 2)
         for item in replay:

@@ -25,7 +25,7 @@ IANA_DIR = IETF_DIR.parent / "iana"
 
 # Loaded whatever the backends declare: the base protocol needs them.
 BASE_MODULES = ("ietf-netconf", "ietf-netconf-with-defaults", "ietf-netconf-monitoring", "notifications",
-                "nc-notifications", "ietf-netconf-notifications")
+                "nc-notifications", "ietf-netconf-notifications", "ietf-netconf-acm")
 # the features of modules whose features the server does not all implement (no :url)
 FEATURES = {"ietf-netconf": ("writable-running", "candidate", "confirmed-commit", "rollback-on-error",
                              "validate", "startup", "xpath"),

@@ -10,7 +10,7 @@ import libyang
 from _libyang import ffi, lib
 from lxml import etree
 
-from . import datastore, netconf_monitoring, notifications
+from . import datastore, netconf_acm, netconf_monitoring, notifications
 from .backend import Backend, BackendError, Change, ConfigDiff, Services
 from .confirmed_commit import ConfirmedCommit
 from .edit import apply_edit
@@ -76,6 +76,7 @@ class Server:
         self.notifications = notifications.Notifications(self, state_dir / "notifications", replay_size,
                                                          notification_queue)
         services.notify = self.notify
+        self.acm = netconf_acm.AccessControl(self)
         self.stats = netconf_monitoring.Statistics(time.time())
         self.schemas = netconf_monitoring.Schemas(self.ctx)
         self.yang_library = YangLibrary(self.ctx)
@@ -86,6 +87,7 @@ class Server:
             YANG_LIBRARY: self.yang_library.state,
             MODULES_STATE: self.yang_library.state,
             notifications.STREAMS_PATH: self.notifications.streams_xml,
+            netconf_acm.NACM: self.acm.state_xml,
         }
         for b in backends:
             self.state_providers.update(b.state)
@@ -99,20 +101,26 @@ class Server:
             # first start after a startup was saved: boot from it (RFC 6241 §8.7)
             self.running.replace(self.startup.copy(), persist=True)
         self._load_stored_config()
+        nacm = self.running.tree.find_path(netconf_acm.NACM) if self.running.tree is not None else None
+        if nacm is None or nacm.cdata.flags & lib.LYD_DEFAULT:  # never configured: a fresh device
+            self._merge_into_running(netconf_acm.DEFAULT_POLICY)
         self.candidate.replace(self.running.copy())
         self._apply_to_backends(ConfigDiff(self._changes(None, self.running.tree), None, self.running.tree))
 
     def _load_stored_config(self) -> None:
         for b in self.backends:
             xml = b.stored_config()
-            if xml is None:
-                continue
-            config = etree.fromstring(f'<config xmlns="{NC_NS}">{xml}</config>'.encode())
-            tree, errors = apply_edit(self.ctx, self.running.copy(), config)
-            if errors:
-                datastore.free(tree)
-                raise errors[0]
-            self.running.replace(self.validate_tree(tree), persist=True)
+            if xml is not None:
+                self._merge_into_running(xml)
+
+    def _merge_into_running(self, xml: str) -> None:
+        """At start: edit running with a <config>'s children (nc:operation allowed)."""
+        config = etree.fromstring(f'<config xmlns="{NC_NS}">{xml}</config>'.encode())
+        tree, errors = apply_edit(self.ctx, self.running.copy(), config)
+        if errors:
+            datastore.free(tree)
+            raise errors[0]
+        self.running.replace(self.validate_tree(tree), persist=True)
 
     def restore_confirmed(self) -> None:
         self.confirmed.restore()

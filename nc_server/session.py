@@ -208,6 +208,7 @@ class Session:
     async def _dispatch(self, msg: bytes, op: etree._Element):
         q = etree.QName(op)
         if q.namespace == notifications.NOTIF_NS and q.localname == "create-subscription":
+            self.server.acm.check_operation(self, "notifications", q.localname)
             self.server.notifications.subscribe(self, op)
             return None
         if q.namespace == NC_NS:
@@ -215,6 +216,7 @@ class Session:
             if handler is None:
                 raise RpcError("operation-not-supported", f'operation "{q.localname}" is not supported',
                                type="protocol")
+            self.server.acm.check_operation(self, "ietf-netconf", q.localname)
             return handler(self, op)
         return await self._yang_rpc(msg, q)
 
@@ -240,6 +242,9 @@ class Session:
             raw = lib.lysc_path(node.cdata.schema, lib.LYSC_PATH_DATA, ffi.NULL, 0)
             spath = ffi.string(raw).decode()
             lib.free(raw)
+            if node.cdata.parent == ffi.NULL:  # an RPC (actions are checked as data, later)
+                module, _, name = spath[1:].partition(":")
+                server.acm.check_operation(self, module, name)
             entry = server.rpc_handlers.get(spath)
             if entry is None:
                 raise RpcError("operation-not-supported", f"{spath} is not implemented", type="protocol")

@@ -114,6 +114,8 @@ def test_offline_cli_edits_show_up_at_start(tmp_path):
     srv.start()
     try:
         with srv.connect(username="auditor", password="audit-pw") as m:
+            assert m.session_id
+        with srv.connect() as m:
             names = configured(m).xpath("//s:user/s:name/text()", namespaces={"s": SYS})
             assert names == ["admin", "auditor", "hashed"]
             # scrypt hashes (admin, auditor) stay out of the configuration; the crypt hash shows
