@@ -300,6 +300,38 @@ def confirmed_commit(session, event: str, timeout: int | None) -> str:
 
 
 
+MAX_EDITS_PER_PARENT = 100
+
+
+def summarize(changes: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(path, operation) edits, with more than MAX_EDITS_PER_PARENT changes under
+    one parent reported as one merge of that parent: a bulk edit stays one record
+    instead of a notification as large as the configuration."""
+    by_parent: dict[str, list[tuple[str, str]]] = {}
+    for path, op in changes:
+        by_parent.setdefault(_parent(path), []).append((path, op))
+    out = []
+    for parent, group in by_parent.items():
+        if len(group) > MAX_EDITS_PER_PARENT and parent:
+            out.append((parent, "merge"))
+        else:
+            out.extend(group)
+    return out
+
+
+def _parent(path: str) -> str:
+    """The path without its last step ('/' inside quoted key values is not a step)."""
+    quote, cut = None, 0
+    for i, ch in enumerate(path):
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "/":
+            cut = i
+    return path[:cut]
+
+
 def xml_instance_id(path: str) -> tuple[str, list[str]]:
     """A libyang data path (`/mod:a/b[k='v']`) as an instance-identifier with a
     prefix on every step and key. The prefixes are module names; the second

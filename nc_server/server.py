@@ -210,9 +210,9 @@ class Server:
         target.replace(new, persist=True)
         if changes:
             edits = []
-            for c in changes:
-                text, mods = notifications.xml_instance_id(c.path)
-                edits.append((text, c.op, {m: self.ctx.namespace_of(m) for m in mods}))
+            for path, op in notifications.summarize([(c.path, c.op) for c in changes]):
+                text, mods = notifications.xml_instance_id(path)
+                edits.append((text, op, {m: self.ctx.namespace_of(m) for m in mods}))
             self.notify(notifications.config_change(session, target.name, edits))
 
     def notify(self, body: str) -> None:

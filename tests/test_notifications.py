@@ -190,3 +190,20 @@ def test_a_subscriber_that_stops_reading_is_closed(tmp_path):
         assert "fell 20 notifications behind" in srv.log()
     finally:
         srv.stop()
+
+
+def test_a_bulk_edit_is_one_record(server, nc):
+    nc.edit_config(target="running", config=f'<config xmlns="{NC}"><bulk xmlns="{CT}"><entry><name>first</name>'
+                                            "</entry></bulk></config>")
+    with server.connect() as watcher:
+        watcher.create_subscription(filter=("subtree", f'<netconf-config-change xmlns="{NCN}"/>'))
+        few = "".join(f"<entry><name>a{i}</name></entry>" for i in range(3))
+        many = "".join(f"<entry><name>b{i}</name></entry>" for i in range(150))
+        for entries in (few, many):
+            nc.edit_config(target="running", config=f'<config xmlns="{NC}"><bulk xmlns="{CT}">{entries}</bulk></config>')
+        first, second = [body(n) for n in take(watcher)]
+        targets = [e.findtext(f"{{{NCN}}}target") for e in first.iter(f"{{{NCN}}}edit")]
+        assert targets == [f"/config-test:bulk/config-test:entry[config-test:name='a{i}']" for i in range(3)]
+        edits = [(e.findtext(f"{{{NCN}}}target"), e.findtext(f"{{{NCN}}}operation"))
+                 for e in second.iter(f"{{{NCN}}}edit")]
+        assert edits == [("/config-test:bulk", "merge")]
