@@ -6,7 +6,6 @@ only offers that) and sends each RPC as soon as the previous reply is read.
 """
 from __future__ import annotations
 
-import asyncio
 import re
 
 import asyncssh

@@ -27,7 +27,7 @@ Limits:
 from __future__ import annotations
 
 import re
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import libyang
 from _libyang import ffi, lib
@@ -444,7 +444,7 @@ def _is_node_set(tokens) -> bool:
     A static check because libyang 2.1 cannot be asked on sample data: an
     and/or predicate evaluated on an empty node-set fails there."""
     depth = 0
-    prev = None
+    prev = fname = None
     for i, (kind, text, _) in enumerate(tokens):
         if kind == "ws":
             continue

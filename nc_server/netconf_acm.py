@@ -138,6 +138,15 @@ class AccessControl:
             self.denied_operations += 1
             raise RpcError("access-denied", f'access to the operation "{name}" is denied', type="protocol")
 
+    def check_action(self, session, module: str, path: str, snode) -> None:
+        """exec access to a YANG 1.1 action, by its data path (RFC 8341 §3.4.4)."""
+        pol = self.checked(session)
+        if pol is None:
+            return
+        if not self._data_allowed(pol, pol.rules_for(session.username), module, path, snode, "exec"):
+            self.denied_operations += 1
+            raise RpcError("access-denied", f"access to the action {path} is denied", path=path)
+
     # -- data ---------------------------------------------------------------------
     def _data_allowed(self, pol: Policy, rules: list[Rule], module: str, path: str, snode, op: str) -> bool:
         for r in rules:
@@ -145,9 +154,9 @@ class AccessControl:
                     (r.kind is None or _covers(r.target, path)):
                 return r.permit
         defaults = _nacm_defaults(snode)
-        if "default-deny-all" in defaults or (op != "read" and "default-deny-write" in defaults):
+        if "default-deny-all" in defaults or (op not in ("read", "exec") and "default-deny-write" in defaults):
             return False
-        return pol.read_permit if op == "read" else pol.write_permit
+        return {"read": pol.read_permit, "exec": pol.exec_permit}.get(op, pol.write_permit)
 
     def check_writes(self, session, changes) -> None:
         pol = self.checked(session)

@@ -123,10 +123,10 @@ def _subtree(f: etree._Element, node: etree._Element) -> bool:
 
 
 class Subscription:
-    def __init__(self, session, flt, start: float | None, stop: float | None, room: int):
+    def __init__(self, session, flt, stop: float | None, room: int):
         self.session = session
         self.filter = flt
-        self.start, self.stop = start, stop
+        self.stop = stop
         self.queue: asyncio.Queue = asyncio.Queue(room)
         self.task: asyncio.Task | None = None
 
@@ -211,7 +211,7 @@ class Notifications:
         replay = [(t, body) for t, body in (self.log.between(start, stop) if start is not None else [])
                   if matches(flt, el := etree.fromstring(body)) and self._readable(session, el)]
         # room for the replayed notifications on top of the live ones
-        sub = Subscription(session, flt, start, stop, self.queue_size + len(replay) + 2)
+        sub = Subscription(session, flt, stop, self.queue_size + len(replay) + 2)
         for item in replay:
             sub.queue.put_nowait(item)
         if start is not None:

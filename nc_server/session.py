@@ -242,9 +242,15 @@ class Session:
             raw = lib.lysc_path(node.cdata.schema, lib.LYSC_PATH_DATA, ffi.NULL, 0)
             spath = ffi.string(raw).decode()
             lib.free(raw)
-            if node.cdata.parent == ffi.NULL:  # an RPC (actions are checked as data, later)
-                module, _, name = spath[1:].partition(":")
-                server.acm.check_operation(self, module, name)
+            module = ffi.string(node.cdata.schema.module.name).decode()
+            if node.cdata.parent == ffi.NULL:  # an RPC
+                server.acm.check_operation(self, module, spath[1:].partition(":")[2])
+            else:  # an action, checked on the data node it belongs to
+                raw = lib.lyd_path(node.cdata, lib.LYD_PATH_STD, ffi.NULL, 0)
+                try:
+                    server.acm.check_action(self, module, ffi.string(raw).decode(), node.cdata.schema)
+                finally:
+                    lib.free(raw)
             entry = server.rpc_handlers.get(spath)
             if entry is None:
                 raise RpcError("operation-not-supported", f"{spath} is not implemented", type="protocol")

@@ -175,3 +175,20 @@ def test_notifications_are_filtered(policy_server):
             assert "netconf-config-change" not in got
             assert "netconf-session-start" in got
         assert counters(admin)["denied-notifications"] > before["denied-notifications"]
+
+
+def test_actions_need_exec_on_their_node(policy_server):
+    action = (f'<action xmlns="urn:ietf:params:xml:ns:yang:1"><servers xmlns="{CT}"><server><name>s1</name>'
+              "<restart/></server></servers></action>")
+    with policy_server.connect() as admin:
+        admin.edit_config(target="running", config=cfg(f'<servers xmlns="{CT}"><server><name>s1</name>'
+                                                       "<address>a</address></server></servers>"))
+        with pytest.raises(RPCError) as exc:
+            rpc(admin, action)
+        assert exc.value.tag == "operation-not-supported"  # allowed; nothing implements it
+        before = counters(admin)["denied-operations"]
+        with login(policy_server, "dossier") as d:
+            with pytest.raises(RPCError) as exc:
+                rpc(d, action)
+            assert exc.value.tag == "access-denied"
+        assert counters(admin)["denied-operations"] == before + 1

@@ -207,3 +207,16 @@ def test_a_bulk_edit_is_one_record(server, nc):
         edits = [(e.findtext(f"{{{NCN}}}target"), e.findtext(f"{{{NCN}}}operation"))
                  for e in second.iter(f"{{{NCN}}}edit")]
         assert edits == [("/config-test:bulk", "merge")]
+
+
+def test_confirmed_commit_extend_and_cancel_events(server, nc):
+    with server.connect() as watcher:
+        watcher.create_subscription(filter=("subtree", f'<netconf-confirmed-commit xmlns="{NCN}"/>'))
+        nc.edit_config(target="candidate", config=name_cfg("one"))
+        rpc(nc, f'<commit xmlns="{NC}"><confirmed/><confirm-timeout>60</confirm-timeout></commit>')
+        nc.edit_config(target="candidate", config=name_cfg("two"))
+        rpc(nc, f'<commit xmlns="{NC}"><confirmed/><confirm-timeout>90</confirm-timeout></commit>')
+        rpc(nc, f'<cancel-commit xmlns="{NC}"/>')
+        events = [(body(n).findtext(f"{{{NCN}}}confirm-event"), body(n).findtext(f"{{{NCN}}}timeout"))
+                  for n in take(watcher)]
+        assert events == [("start", "60"), ("extend", "90"), ("cancel", None)]
