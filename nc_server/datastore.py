@@ -94,6 +94,15 @@ def to_xml(tree: Tree, *, defaults: str = "explicit") -> str:
         lib.free(out[0])
 
 
+def data_path(node) -> str:
+    """libyang's path of a `struct lyd_node *` (module names where the module changes)."""
+    raw = lib.lyd_path(node, lib.LYD_PATH_STD, ffi.NULL, 0)
+    try:
+        return ffi.string(raw).decode()
+    finally:
+        lib.free(raw)
+
+
 def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
     """temp file + fsync + rename + directory fsync: old or new content, never a mix."""
     path.parent.mkdir(parents=True, exist_ok=True)

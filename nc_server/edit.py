@@ -23,6 +23,7 @@ from _libyang import ffi, lib
 import libyang
 
 from . import datastore, libyang_abi
+from .datastore import data_path
 from .errors import NC_NS, RpcError, RpcErrors
 from .schema import to_rpc_errors
 
@@ -239,7 +240,7 @@ class Edit:
             return
         op = _own_op(node) or inherited
         nested = int(ffi.cast("uintptr_t", node)) in self._nested
-        path = _path(node)
+        path = data_path(node)
         existing = self._find(path)
         if op == "create" and existing is not None:
             self._fail(RpcError("data-exists", f"{path} already exists", path=path))
@@ -292,7 +293,7 @@ class Edit:
             spec = _text_meta(self.ctx, edit_node, b"yang", b"value")
             preds = f"[.={quote(spec)}]" if spec is not None else ""
         parent = edit_node.parent
-        anchor = _path(ffi.cast("struct lyd_node *", parent)) if parent != ffi.NULL else ""
+        anchor = data_path(ffi.cast("struct lyd_node *", parent)) if parent != ffi.NULL else ""
         anchor += f"/{ffi.string(schema.module.name).decode()}:{name}{preds}"
         if not preds or self._find(anchor) is None:
             self._fail(RpcError("bad-attribute", f'yang:{attr} "{spec}" names no existing {name} to insert '
@@ -347,14 +348,6 @@ def _text_meta(ctx, node, module: bytes, name: bytes) -> str | None:
 
 def _own_op(node) -> str | None:
     return _enum_meta(node, b"ietf-netconf", b"operation")
-
-
-def _path(node) -> str:
-    raw = lib.lyd_path(node, lib.LYD_PATH_STD, ffi.NULL, 0)
-    try:
-        return ffi.string(raw).decode()
-    finally:
-        lib.free(raw)
 
 
 def apply_edit(ctx, target: datastore.Tree, config: etree._Element, *,

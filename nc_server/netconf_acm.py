@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from _libyang import ffi, lib
 
+from .datastore import data_path
 from .errors import RpcError
 
 NS = "urn:ietf:params:xml:ns:yang:ietf-netconf-acm"
@@ -189,7 +190,7 @@ class AccessControl:
 
     def _prune(self, pol, rules, deep: list[str], node) -> bool:
         """Keep node? Frees what must go, node included."""
-        path = _path(node)
+        path = data_path(node)
         bare = _PRED.sub("", path)
         module = ffi.string(node.schema.module.name).decode()
         if not self._data_allowed(pol, rules, module, path, node.schema, "read"):
@@ -274,11 +275,3 @@ def _siblings(node):
 
 def _children(node):
     return _siblings(lib.lyd_child(node))
-
-
-def _path(node) -> str:
-    raw = lib.lyd_path(node, lib.LYD_PATH_STD, ffi.NULL, 0)
-    try:
-        return ffi.string(raw).decode()
-    finally:
-        lib.free(raw)

@@ -275,9 +275,7 @@ def _collect(node, inherited: str, out: list[Change]) -> None:
             op = ffi.string(meta.value.enum_item.name).decode() if meta.value.enum_item else op
         meta = meta.next
     if op in ("create", "delete", "replace"):
-        raw = lib.lyd_path(node, lib.LYD_PATH_STD, ffi.NULL, 0)
-        path = ffi.string(raw).decode()
-        lib.free(raw)
+        path = datastore.data_path(node)
         value = None
         if node.schema.nodetype & (lib.LYS_LEAF | lib.LYS_LEAFLIST):
             value = ffi.string(lib.lyd_get_value(node)).decode()

@@ -16,6 +16,7 @@ from lxml import etree
 
 from . import netconf, notifications, xmlsafe
 from .backend import BackendError
+from .datastore import data_path
 from .errors import NC_NS, RpcError, RpcErrors
 from .framing import Decoder, FramingError, encode
 from .netconf_monitoring import DROPPED
@@ -246,11 +247,7 @@ class Session:
             if node.cdata.parent == ffi.NULL:  # an RPC
                 server.acm.check_operation(self, module, spath[1:].partition(":")[2])
             else:  # an action, checked on the data node it belongs to
-                raw = lib.lyd_path(node.cdata, lib.LYD_PATH_STD, ffi.NULL, 0)
-                try:
-                    server.acm.check_action(self, module, ffi.string(raw).decode(), node.cdata.schema)
-                finally:
-                    lib.free(raw)
+                server.acm.check_action(self, module, data_path(node.cdata), node.cdata.schema)
             entry = server.rpc_handlers.get(spath)
             if entry is None:
                 raise RpcError("operation-not-supported", f"{spath} is not implemented", type="protocol")
