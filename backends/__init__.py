@@ -1,2 +1,3 @@
 """Domain backends. Importing this package registers each of them with nc_server."""
 from .device import backend as _device  # noqa: F401
+from .install import backend as _install  # noqa: F401

@@ -26,6 +26,11 @@ class DevFSError(Exception):
         self.code = code
         self.message = message
 
+    @property
+    def tag(self) -> str:
+        """The RFC 6241 error-tag for this failure."""
+        return "data-missing" if self.code == "file-not-found" else "invalid-value"
+
 
 class DeviceFS:
     def __init__(self, root: Path):

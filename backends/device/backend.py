@@ -70,8 +70,7 @@ class DeviceBackend(Backend):
             data = self.devfs.read_bytes(path)
             canonical = self.devfs.device_path(self.devfs.resolve(path))
         except DevFSError as exc:
-            tag = "data-missing" if exc.code == "file-not-found" else "invalid-value"
-            raise BackendError(exc.message, app_tag=exc.code, tag=tag) from None
+            raise BackendError(exc.message, app_tag=exc.code, tag=exc.tag) from None
         digest = hashlib.new(params.get("algorithm", "sha256"), data).hexdigest()
         return (f'<path xmlns="{NS}">{_esc(canonical)}</path><size xmlns="{NS}">{len(data)}</size>'
                 f'<checksum xmlns="{NS}">{digest}</checksum>')

@@ -8,9 +8,13 @@
         {"location": "0/RP0/CPU0", "serial-number": "FOC3047A1B2", "product-id": "8201-32FH",
          "role": "active", "idevid-cert": "idevid/0_RP0_CPU0.pem", "idevid-key": "idevid/0_RP0_CPU0.key"}
       ],
-      "manufacturer-anchors": ["anchors/manufacturer-ca.pem"]
+      "manufacturer-anchors": ["anchors/manufacturer-ca.pem"],
+      "package-signing-keys": {"ddcead3dcb38048d": "xr"}
     }
 
+"package-signing-keys" (optional) maps the 16-hex-digit OpenPGP key IDs of the
+vendor's and partners' package signing keys to the origin "xr" or "partner";
+packages signed otherwise, or unsigned, have the origin "owner".
 File paths are relative to the state directory and must stay inside it. Roles are
 active, standby or none, with at most one active node. The manufacturer CA's
 private key lives only in the lab directory, never in the state directory.
@@ -37,6 +41,8 @@ PRODUCT_ID = "8201-32FH"
 DEFAULT_NODES = ("0/RP0/CPU0", "0/RP1/CPU0")
 ROLES = ("active", "standby", "none")
 _LOCATION = re.compile(r"^\d+/(RP\d+|RSP\d+|LC\d+|\d+)/CPU\d+$")
+_KEY_ID = re.compile(r"^[0-9a-f]{16}$")
+PACKAGE_ORIGINS = ("xr", "partner")
 _LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 
 
@@ -72,6 +78,7 @@ class Profile:
     chassis: dict
     nodes: list[Node]
     anchor_paths: list[Path]
+    package_keys: dict[str, str] = field(default_factory=dict)  # OpenPGP key id -> origin
 
     def manufacturer_anchors(self) -> list[x509.Certificate]:
         return [c for p in self.anchor_paths for c in load_certs_pem(p.read_bytes())]
@@ -162,7 +169,15 @@ def load_profile(state_dir: Path) -> Profile:
     if not isinstance(anchors, list):
         fail('"manufacturer-anchors" must be a list of file paths')
     anchor_paths = [file_in_state(a, f"manufacturer-anchors[{i}]", load_certs_pem) for i, a in enumerate(anchors)]
-    return Profile(path, hostname, domain, chassis, nodes, anchor_paths)
+    keys = data.get("package-signing-keys", {})
+    if not isinstance(keys, dict):
+        fail('"package-signing-keys" must be an object of key ID to origin')
+    for key_id, origin in keys.items():
+        if not _KEY_ID.match(key_id):
+            fail(f'package-signing-keys: "{key_id}" is not a 16-digit lowercase hex key ID')
+        if origin not in PACKAGE_ORIGINS:
+            fail(f'package-signing-keys: origin "{origin}" is not one of {", ".join(PACKAGE_ORIGINS)}')
+    return Profile(path, hostname, domain, chassis, nodes, anchor_paths, dict(keys))
 
 
 def save_profile(profile: Profile) -> None:
@@ -176,6 +191,8 @@ def save_profile(profile: Profile) -> None:
                    "idevid-key": os.path.relpath(n.idevid_key_path, root)} for n in profile.nodes],
         "manufacturer-anchors": [os.path.relpath(p, root) for p in profile.anchor_paths],
     }
+    if profile.package_keys:
+        data["package-signing-keys"] = profile.package_keys
     atomic_write(profile.path, (json.dumps(data, indent=2) + "\n").encode(), mode=0o644)
 
 

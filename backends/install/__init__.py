@@ -1,0 +1,1 @@
+"""Software install: IOS XR install actions, RPM fingerprints and known-good values."""

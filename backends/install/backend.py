@@ -1,0 +1,335 @@
+"""The install backend: IOS XR install actions and package state, RPM
+fingerprints, and verification against known-good values.
+
+Install operations and fingerprint collections take one lock and run in a
+worker thread, so sessions keep answering while a package is read, extracted
+or hashed. Readers see the last committed state.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from datetime import datetime
+from pathlib import Path
+
+from nc_server.backend import Backend, BackendError, ConfigDiff, Services, register
+from nc_server.datastore import atomic_write
+from nc_server.devfs import DevFSError
+
+from backends.device.profile import load_profile
+from . import kgv
+from .packages import InstallError, PackageStore
+
+log = logging.getLogger(__name__)
+
+OPER_MODULES = ("Cisco-IOS-XR-spirit-install-instmgr-oper", "Cisco-IOS-XR-install-oper")
+ACT = "/Cisco-IOS-XR-spirit-install-act:"
+NS = "urn:trustplane:yang:trustplane-install"
+FINGERPRINTS = "/Cisco-IOS-XR-install-cfg:install/fingerprints"
+MAX_KGV_FILE = 16 * 1024 * 1024
+LABEL = "trustplane-1.0"
+
+
+def _esc(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _el(tag: str, value) -> str:
+    return "" if value is None else f"<{tag}>{_esc(str(value))}</{tag}>"
+
+
+class InstallBackend(Backend):
+    HOUR = 3600.0  # seconds in a configured "hour"
+
+    def __init__(self, services: Services):
+        super().__init__(
+            name="install",
+            modules=(*OPER_MODULES, "Cisco-IOS-XR-spirit-install-act", "Cisco-IOS-XR-install-cfg",
+                     "trustplane-install"),
+            state={**{f"/{m}:install": (lambda m=m: self.packages_xml(m)) for m in OPER_MODULES},
+                   "/trustplane-install:install-integrity": self.integrity_xml},
+            config=(FINGERPRINTS,),
+            rpcs={ACT + "install-add": self.install_add,
+                  ACT + "install-activate": self.install_activate,
+                  ACT + "install-deactivate": self.install_deactivate,
+                  ACT + "install-commit": self.install_commit,
+                  ACT + "install-remove": self.install_remove,
+                  ACT + "install-verify": self.install_verify,
+                  "/trustplane-install:load-known-good-values": self.load_kgv,
+                  "/trustplane-install:verify-packages": self.verify_packages},
+        )
+        self.services = services
+        profile = load_profile(services.state_dir)
+        self.nodes = [n.location for n in profile.nodes]
+        base = services.state_dir / "install"
+        self.store = PackageStore(base, profile.package_keys)
+        self.kgv_path = base / "kgv.json"
+        self.kgv_info, self.kgv = self._load_kgv_store()
+        self.lock = asyncio.Lock()
+        self.collecting = False
+        self.drifted: set[str] = set()
+        self.frequency: int | None = None
+        self._config_changed = asyncio.Event()
+        self._tasks: set[asyncio.Task] = set()
+        self._spawn(self._periodic())
+        if any(n not in self.store.state["run-time"] for n in self.store.state["active"]):
+            self._spawn(self.collect())
+
+    # -- state
+
+    def packages_xml(self, module: str) -> str:
+        st = self.store.state
+        sets = []
+        for which in ("active", "committed"):
+            body = self._set_xml(st[which])
+            nodes = "".join(f"<node><node>{_esc(n)}</node>{body}</node>" for n in self.nodes)
+            sets.append(f"<{which}><nodes>{nodes}</nodes><summary>{body}</summary></{which}>")
+        return (f'<install xmlns="http://cisco.com/ns/yang/{module}"><packages>'
+                f'{"".join(sets)}</packages></install>')
+
+    def _set_xml(self, nvras: list[str]) -> str:
+        st = self.store.state
+        at = st["run-time-at"]
+        stamp = datetime.fromisoformat(at).strftime("%a %b %d %H:%M:%S %Y") if at else None
+        status = "generation-in-progress" if self.collecting else "generation-up-to-date"
+        parts = [_el("rpm-fingerprint-status", status), _el("rpm-fingerprint-timestamp", stamp),
+                 _el("label", LABEL), _el("xr-packages-hash", self._set_hash(nvras, "xr")),
+                 _el("full-packages-hash", self._set_hash(nvras, None))]
+        for n in nvras:
+            p = st["packages"][n]
+            parts.append(
+                "<package><rpm-fingerprint>"
+                f"{_el('rpm-fingerprint-install-time', p['install-time'])}"
+                f"{_el('rpm-fingerprint-run-time', st['run-time'].get(n, '0'))}</rpm-fingerprint>"
+                f"{_el('name', p['name'])}{_el('architecture', p['arch'])}{_el('version', p['version'])}"
+                f"{_el('release', p['release'])}{_el('epoch', p['epoch'])}{_el('origin', p['origin'])}"
+                f"{_el('gpg-key-id', p['gpg-key-id'])}</package>")
+        return "".join(parts)
+
+    def _set_hash(self, nvras: list[str], origin: str | None) -> str:
+        """SHA-256 over `<nvra> <install-time fingerprint>\\n` lines of the set, sorted by nvra."""
+        h = hashlib.sha256()
+        for n in sorted(nvras):
+            p = self.store.state["packages"][n]
+            if origin is None or p["origin"] == origin:
+                h.update(f"{n} {p['install-time']}\n".encode())
+        return h.hexdigest()
+
+    def integrity_xml(self) -> str:
+        info = self.kgv_info
+        inner = "" if info is None else (
+            f"<known-good-values>{_el('source', info['source'])}{_el('loaded-at', info['loaded-at'])}"
+            f"{_el('entries', len(self.kgv))}</known-good-values>")
+        return f'<install-integrity xmlns="{NS}">{inner}</install-integrity>'
+
+    # -- install actions
+
+    async def _run(self, fn, *args):
+        async with self.lock:
+            try:
+                return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+            except InstallError as exc:
+                raise BackendError(exc.message, app_tag=exc.code, tag=exc.tag) from None
+
+    @staticmethod
+    def _op(op: int) -> str:
+        return f'<op-id xmlns="http://cisco.com/ns/yang/Cisco-IOS-XR-spirit-install-act">{op}</op-id>'
+
+    async def install_add(self, session, params: dict) -> str:
+        base = params["packagepath"]
+        names = params.get("packagename") or []
+        devpaths = [base.rstrip("/") + "/" + n for n in names] if names else [base]
+        paths = []
+        for p in devpaths:
+            try:
+                real = self.services.devfs.resolve(p, must_exist=True)
+            except DevFSError as exc:
+                raise BackendError(exc.message, app_tag=exc.code, tag=exc.tag) from None
+            if not real.is_file():
+                raise BackendError(f"{p!r} is not a file", app_tag="not-a-file", tag="invalid-value")
+            paths.append(real)
+        op, _nvras = await self._run(self.store.add, paths)
+        return self._op(op)
+
+    def _selected(self, params: dict, default: list[str] | None = None) -> list[str]:
+        names = (params.get("packages") or {}).get("packagename") or []
+        ids = (params.get("ids") or {}).get("id-no") or []
+        try:
+            chosen = [self.store.lookup(n) for n in names]
+            for i in ids:
+                chosen += self.store.operation(i)
+        except InstallError as exc:
+            raise BackendError(exc.message, app_tag=exc.code, tag=exc.tag) from None
+        if not chosen and default is None:
+            raise BackendError("name packages (packages/packagename) or install IDs (ids/id-no)",
+                               app_tag="no-packages", tag="missing-element")
+        return list(dict.fromkeys(chosen)) or default
+
+    async def install_activate(self, session, params: dict) -> str:
+        op = await self._run(self.store.activate, self._selected(params))
+        self._spawn(self.collect())
+        return self._op(op)
+
+    async def install_deactivate(self, session, params: dict) -> str:
+        op = await self._run(self.store.deactivate, self._selected(params))
+        return self._op(op)
+
+    async def install_commit(self, session, params: dict) -> str:
+        return self._op(await self._run(self.store.commit))
+
+    async def install_remove(self, session, params: dict) -> str:
+        if "inactive" in params:
+            chosen = self._selected(params, default=self.store.inactive())
+            if not chosen:
+                raise BackendError("no inactive packages to remove", app_tag="no-packages", tag="data-missing")
+        else:
+            chosen = self._selected(params)
+        return self._op(await self._run(self.store.remove, chosen))
+
+    async def install_verify(self, session, params: dict) -> str:
+        unknown = [loc for loc in params.get("location") or [] if loc not in self.nodes]
+        if unknown:
+            raise BackendError(f"no node {unknown[0]!r}", app_tag="unknown-node", tag="invalid-value")
+        await self.collect()
+        return None
+
+    # -- run-time fingerprints
+
+    async def collect(self, nvras: list[str] | None = None, announce: bool = True) -> dict[str, str]:
+        """Recompute run-time fingerprints and record them; a new drift raises a
+        notification unless the caller reports it itself (announce=False)."""
+        async with self.lock:
+            chosen = list(self.store.state["active"]) if nvras is None else nvras
+            self.collecting = True
+            try:
+                loop = asyncio.get_running_loop()
+                fps = await loop.run_in_executor(None, self.store.run_time, chosen)
+                await loop.run_in_executor(None, self.store.record_run_time, fps, self.services.clock())
+            except Exception as exc:  # the next collection tries again; sessions must not see this
+                log.error("run-time fingerprint collection failed: %s", exc)
+                return {}
+            finally:
+                self.collecting = False
+        for n, fp in fps.items():
+            p = self.store.state["packages"].get(n)
+            if p is None:
+                continue
+            if fp == p["install-time"]:
+                self.drifted.discard(n)
+            elif n not in self.drifted:
+                self.drifted.add(n)
+                if not announce:
+                    continue
+                log.warning("%s: run-time fingerprint %s differs from the install-time fingerprint %s",
+                            n, fp, p["install-time"])
+                self._notify(n, "run-time-drift", fp, "collection")
+        return fps
+
+    async def _periodic(self) -> None:
+        while True:
+            if self.frequency is None:
+                await self._config_changed.wait()
+                self._config_changed.clear()
+                continue
+            try:
+                await asyncio.wait_for(self._config_changed.wait(), self.frequency * self.HOUR)
+                self._config_changed.clear()
+            except asyncio.TimeoutError:
+                await self.collect()
+
+    def apply(self, diff: ConfigDiff) -> None:
+        node = diff.new.find_path(FINGERPRINTS) if diff.new is not None else None
+        freq = None
+        if node is not None:
+            leaf = diff.new.find_path(FINGERPRINTS + "/frequency")
+            freq = int(leaf.value()) if leaf is not None else 1
+        if freq != self.frequency:
+            self.frequency = freq
+            self._config_changed.set()
+            log.info("run-time fingerprints: %s", f"every {freq} hour(s)" if freq else "at activation and on demand")
+
+    # -- known-good values
+
+    def _load_kgv_store(self):
+        if not self.kgv_path.exists():
+            return None, {}
+        doc = json.loads(self.kgv_path.read_text())
+        return doc["info"], kgv.parse(json.dumps({"packages": doc["packages"]}).encode())
+
+    async def load_kgv(self, session, params: dict) -> str:
+        path = params["path"]
+        devfs = self.services.devfs
+        try:
+            data = devfs.read_bytes(path, max_size=MAX_KGV_FILE)
+            source = devfs.device_path(devfs.resolve(path))
+        except DevFSError as exc:
+            raise BackendError(exc.message, app_tag=exc.code, tag=exc.tag) from None
+        try:
+            entries = kgv.parse(data)
+        except kgv.KgvError as exc:
+            raise BackendError(f"{path}: {exc}", app_tag="kgv-malformed", tag="invalid-value") from None
+        info = {"source": source, "loaded-at": self.services.clock().isoformat()}
+        doc = {"info": info, "packages": [
+            {"name": k[0], "version": k[1], "release": k[2], "fingerprint": fp, **({"architecture": k[3]} if k[3] else {})}
+            for k, fp in entries.items()]}
+        try:
+            atomic_write(self.kgv_path, json.dumps(doc).encode(), mode=0o600)
+        except OSError as exc:
+            raise BackendError(f"cannot store the KGV: {exc.strerror}", app_tag="kgv-write-failed") from None
+        self.kgv_info, self.kgv = info, entries
+        log.info("known-good values loaded from %s: %d package(s)", source, len(entries))
+        return f'<entries xmlns="{NS}">{len(entries)}</entries>'
+
+    async def verify_packages(self, session, params: dict) -> str:
+        active = self.store.state["active"]
+        chosen = list(active)
+        if params.get("package"):
+            try:
+                chosen = list(dict.fromkeys(self.store.lookup(n) for n in params["package"]))
+            except InstallError as exc:
+                raise BackendError(exc.message, app_tag=exc.code, tag=exc.tag) from None
+            idle = [n for n in chosen if n not in active]
+            if idle:
+                raise BackendError(f"{idle[0]} is not active", app_tag="package-not-active", tag="data-missing")
+        fps = await self.collect(chosen, announce=False)
+        if set(fps) != set(chosen):
+            raise BackendError("the run-time fingerprints could not be computed; see the server log",
+                               app_tag="fingerprint-failed")
+        out = []
+        for n in chosen:
+            p = self.store.state["packages"][n]
+            known = kgv.lookup(self.kgv, p["name"], p["version"], p["release"], p["arch"])
+            result = kgv.verdict(known, p["install-time"], fps[n])
+            if result in ("install-time-mismatch", "run-time-drift"):
+                log.warning("%s: verification failed: %s", n, result)
+                self._notify(n, result, fps[n], "verify", known)
+            out.append(f'<package xmlns="{NS}">{self._verdict_xml(n, result, fps[n], known)}</package>')
+        return "".join(out)
+
+    def _verdict_xml(self, nvra: str, result: str, run_time: str, known: str | None) -> str:
+        p = self.store.state["packages"][nvra]
+        return (f"{_el('name', p['name'])}{_el('version', p['version'])}{_el('release', p['release'])}"
+                f"{_el('architecture', p['arch'])}{_el('result', result)}{_el('known-good-value', known)}"
+                f"{_el('install-time', p['install-time'])}{_el('run-time', run_time)}")
+
+    def _notify(self, nvra: str, result: str, run_time: str, by: str, known: str | None = None) -> None:
+        if self.services.notify is not None:
+            self.services.notify(f'<package-fingerprint-mismatch xmlns="{NS}">'
+                                 f'{self._verdict_xml(nvra, result, run_time, known)}'
+                                 f'<detected-by>{by}</detected-by></package-fingerprint-mismatch>')
+
+    # -- lifecycle
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+
+register("install")(InstallBackend)
