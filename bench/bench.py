@@ -375,6 +375,41 @@ def _rate(fn, seconds=1.0) -> float:
     return n / (seconds + (time.perf_counter() - end))
 
 
+# -- RPM fingerprints against sha256sum ------------------------------------------
+
+def fingerprints(tmp: Path, files: int = 2000, total_mb: int = 200, rounds: int = 5) -> dict:
+    """Run-time fingerprint of one package's files against coreutils sha256sum over the same
+    files, both with a warm page cache, interleaved."""
+    sys.path.insert(0, str(ROOT))
+    from backends.engine import fingerprint
+
+    root = tmp / "fp"
+    size = total_mb * 1024 * 1024 // files
+    paths = []
+    for i in range(files):
+        rel = f"/opt/pkg/d{i % 20:02d}/f{i:05d}.bin"
+        f = root / rel.lstrip("/")
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(os.urandom(size))
+        paths.append(rel)
+    real = [str(root / p.lstrip("/")) for p in paths]
+    dirs = ["/opt/pkg"]
+    runs = {"trustplane": [], "trustplane_1_thread": [], "sha256sum": []}
+    subprocess.run(["sha256sum", *real], check=True, capture_output=True)  # warm the cache
+    for _ in range(rounds):
+        t = time.perf_counter()
+        fingerprint.run_time(root, paths, dirs)
+        runs["trustplane"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        fingerprint.run_time(root, paths, dirs, workers=1)
+        runs["trustplane_1_thread"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        subprocess.run(["sha256sum", *real], check=True, capture_output=True)
+        runs["sha256sum"].append(time.perf_counter() - t)
+    shutil.rmtree(root)
+    return {"files": files, "bytes": size * files, **{k: summary(v) for k, v in runs.items()}}
+
+
 # -- report ----------------------------------------------------------------------
 
 def rows(res: dict) -> list[tuple[str, float, float | None, str]]:
@@ -421,12 +456,25 @@ def report(res: dict) -> str:
     return "\n".join(lines)
 
 
+def fingerprint_report(fp: dict) -> str:
+    ref = fp["sha256sum"]["median"]
+    return (f"RPM fingerprint of {fp['files']} files, {fp['bytes'] / 2**20:.0f} MiB (median): "
+            f"trustplane {fp['trustplane']['median']:.3f} s ({fp['trustplane']['median'] / ref:.2f}x), "
+            f"one thread {fp['trustplane_1_thread']['median']:.3f} s "
+            f"({fp['trustplane_1_thread']['median'] / ref:.2f}x), sha256sum {ref:.3f} s")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and no 10,000-entry runs")
     parser.add_argument("--no-reference", action="store_true", help="trustplane only")
+    parser.add_argument("--fingerprint-only", action="store_true", help="only the RPM fingerprint workload")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     args = parser.parse_args()
+    if args.fingerprint_only:
+        with tempfile.TemporaryDirectory(prefix="tp-bench-") as tmpname:
+            print(fingerprint_report(fingerprints(Path(tmpname))))
+        return 0
     if not args.no_reference and (os.geteuid() != 0 or not shutil.which("netconfd") and
                                   not Path("/usr/sbin/netconfd").exists()):
         print("bench: the reference server needs root and Debian's netconfd; use --no-reference", file=sys.stderr)
@@ -440,9 +488,13 @@ def main() -> int:
         res.update(asyncio.run(run_all(servers, args.quick)))
     print("bench: crypto ...", file=sys.stderr, flush=True)
     res["crypto"] = crypto()
+    print("bench: RPM fingerprints ...", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory(prefix="tp-bench-") as tmpname:
+        res["fingerprint"] = fingerprints(Path(tmpname))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(res, indent=2) + "\n")
     print(report(res))
+    print(fingerprint_report(res["fingerprint"]))
     print(f"\nresults: {args.json}")
     return 0
 

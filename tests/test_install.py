@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -215,6 +216,27 @@ def test_tamper_drift_verify_and_notification(installed, tmp_path):
 
         integrity = m.get(("subtree", f'<install-integrity xmlns="{TPI}"/>')).data_ele
         assert integrity.xpath("//*[local-name()='source']")[0].text == "harddisk:/kgv.json"
+
+
+def test_sessions_keep_answering_while_fingerprints_are_collected(installed):
+    big = installed.state_dir / "install" / "root" / "opt/agent/big.img"
+    with open(big, "wb") as f:
+        f.truncate(1024 ** 3)  # sparse: hashing it is CPU work, not disk
+    seen, answered = set(), 0
+    try:
+        with installed.connect() as a, installed.connect() as b:
+            worker = threading.Thread(target=act, args=(a, "install-verify"))
+            worker.start()
+            while worker.is_alive():
+                seen.add(active_summary(b).findtext(f"{{{SPIRIT}}}rpm-fingerprint-status"))
+                answered += 1
+            worker.join()
+    finally:
+        big.unlink()
+    assert "generation-in-progress" in seen and answered > 1
+    with installed.connect() as m:
+        act(m, "install-verify")
+        assert active_summary(m).findtext(f"{{{SPIRIT}}}rpm-fingerprint-status") == "generation-up-to-date"
 
 
 @pytest.mark.parametrize("make, path, tag, app_tag", [

@@ -1,0 +1,159 @@
+"""Unit tests of the RPM reader, the fingerprints, the KGV rules and the package store."""
+from __future__ import annotations
+
+import asyncio
+import os
+import struct
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from backends.device.profile import init_state_dir
+from backends.engine import fingerprint, rpm
+from backends.install import kgv
+from backends.install.backend import InstallBackend
+from backends.install.packages import InstallError, PackageStore, _install_fingerprint, _under
+from nc_server.backend import Services
+from nc_server.devfs import DeviceFS
+from rpms import build_rpm
+
+FILES = {"/opt/t/a.txt": b"alpha\n", "/opt/t/sub/b.bin": os.urandom(70_000)}
+NOW = datetime(2026, 11, 30, tzinfo=timezone.utc)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    return tmp_path_factory.mktemp("rpm-engine")
+
+
+def read(path: Path) -> tuple[rpm.RpmPackage, str]:
+    with open(path, "rb") as f:
+        pkg = rpm.read_package(f)
+        return pkg, _install_fingerprint(f, pkg)
+
+
+@pytest.mark.parametrize("payload", ["w9.gzdio", "w6.xzdio", "w9.bzdio", "w19.zstdio"])
+def test_every_payload_compressor_gives_the_same_fingerprint(work, payload):
+    path = build_rpm(work, f"t-{payload.split('.')[1]}", FILES, dirs=("/opt/t", "/opt/t/sub"), payload=payload)
+    pkg, fp = read(path)
+    assert pkg.compressor == {"gzdio": "gzip", "xzdio": "xz", "bzdio": "bzip2", "zstdio": "zstd"}[payload[3:]
+                                                                                           .lstrip(".")]
+    assert pkg.gpg_key_id == "0"
+    records = [(e.path, e.mode, fingerprint.EMPTY if not e.digest else e.digest) for e in pkg.files]
+    assert fp == fingerprint.combine(records)  # the header's SHA-256 file digests agree
+
+
+def test_truncated_and_damaged_packages_are_refused(work, tmp_path):
+    data = build_rpm(work, "dmg", FILES, dirs=("/opt/t",)).read_bytes()
+    cases = {
+        "not-an-rpm": b"\x00" * 200,
+        "short": data[:90],
+        "cut-header": data[:400],
+        "cut-payload": data[:-500],
+    }
+    sig_nindex = 96 + 8  # the signature header's entry count
+    cases["huge-index"] = data[:sig_nindex] + struct.pack(">I", 10**6) + data[sig_nindex + 4:]
+    for name, blob in cases.items():
+        p = tmp_path / name
+        p.write_bytes(blob)
+        with pytest.raises(rpm.RpmError) as err:
+            read(p)
+        assert err.value.code == ("not-an-rpm" if name in ("not-an-rpm", "short") else "rpm-corrupt"), name
+
+
+def test_run_time_fingerprint_sees_every_kind_of_change(tmp_path):
+    root = tmp_path
+    (root / "opt/p/bin").mkdir(parents=True)
+    (root / "opt/p/bin/x").write_bytes(b"x")
+    os.symlink("x", root / "opt/p/bin/y")
+    files, dirs = ["/opt/p", "/opt/p/bin", "/opt/p/bin/x", "/opt/p/bin/y"], ["/opt/p", "/opt/p/bin"]
+    base = fingerprint.run_time(root, files, dirs)
+    assert base == fingerprint.run_time(root, files, dirs, workers=1)
+    changes = [
+        lambda: (root / "opt/p/bin/x").write_bytes(b"z"),
+        lambda: os.chmod(root / "opt/p/bin/x", 0o700),
+        lambda: (root / "opt/p/bin/x").unlink(),
+        lambda: (root / "opt/p/new").write_bytes(b""),
+        lambda: (os.unlink(root / "opt/p/bin/y"), os.symlink("elsewhere", root / "opt/p/bin/y")),
+    ]
+    for change in changes:
+        change()
+        assert fingerprint.run_time(root, files, dirs) != base
+        base = fingerprint.run_time(root, files, dirs)
+    # a file another package owns does not count
+    (root / "opt/p/theirs").write_bytes(b"t")
+    assert fingerprint.run_time(root, files, dirs, foreign={"/opt/p/theirs"}) == base
+
+
+def test_package_root_refuses_paths_through_links_that_leave_it(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    os.symlink("/etc", root / "out")
+    with pytest.raises(InstallError) as err:
+        _under(root, "/out/passwd")
+    assert err.value.code == "path-escape"
+    assert _under(root, "/opt/x") == root / "opt/x"
+
+
+def test_kgv_rules():
+    good = b'{"packages": [{"name": "a", "version": "1", "release": "r1", "fingerprint": "' + b"A" * 64 + b'"},' \
+           b'{"name": "a", "version": "1", "release": "r1", "architecture": "x86_64", "fingerprint": "' + \
+           b"b" * 64 + b'"}]}'
+    table = kgv.parse(good)
+    assert kgv.lookup(table, "a", "1", "r1", "x86_64") == "b" * 64
+    assert kgv.lookup(table, "a", "1", "r1", "noarch") == "a" * 64
+    assert kgv.lookup(table, "a", "2", "r1", "noarch") is None
+    assert kgv.verdict(None, "1", "1") == "no-kgv"
+    assert kgv.verdict("k", "x", "x") == "install-time-mismatch"
+    assert kgv.verdict("k", "k", "x") == "run-time-drift"
+    assert kgv.verdict("k", "k", "k") == "genuine"
+    for bad in (b"[]", b'{"packages": [1]}', b'{"packages": [{"name": "a"}]}', b"\xff"):
+        with pytest.raises(kgv.KgvError):
+            kgv.parse(bad)
+
+
+def test_store_add_is_all_or_nothing(work, tmp_path):
+    good = build_rpm(work, "good", FILES, dirs=("/opt/t",))
+    bad = tmp_path / "bad.rpm"
+    bad.write_bytes(b"nope")
+    store = PackageStore(tmp_path / "install", {})
+    with pytest.raises(InstallError) as err:
+        store.add([good, bad])
+    assert err.value.code == "not-an-rpm"
+    assert store.state["packages"] == {} and os.listdir(store.repo) == []
+    op, nvras = store.add([good])
+    assert nvras == ["good-1.0.0-r1.noarch"] and store.operation(op) == nvras
+
+
+def test_periodic_collection_follows_the_configured_frequency(work, tmp_path):
+    state = tmp_path / "state"
+    init_state_dir(state, tmp_path / "lab", now=NOW)
+    pkg = build_rpm(work, "per", FILES, dirs=("/opt/t", "/opt/t/sub"))
+
+    class Tree:  # the configuration as apply() reads it
+        def __init__(self, freq):
+            self.freq = freq
+
+        def find_path(self, path):
+            if self.freq is None:
+                return None
+            return type("Leaf", (), {"value": lambda _self: self.freq})()
+
+    async def scenario():
+        services = Services(state_dir=state, devfs=DeviceFS(state / "fs"), clock=lambda: NOW)
+        backend = InstallBackend(services)
+        backend.HOUR = 0.05
+        try:
+            backend.store.add([pkg])
+            backend.store.activate(["per-1.0.0-r1.noarch"])
+            await asyncio.sleep(0.3)
+            assert backend.store.state["run-time"] == {}  # nothing configured: no periodic run
+            backend.apply(type("Diff", (), {"new": Tree(1)})())
+            await asyncio.sleep(0.3)
+            fp = backend.store.state["run-time"]["per-1.0.0-r1.noarch"]
+            assert fp == backend.store.package("per-1.0.0-r1.noarch")["install-time"]
+        finally:
+            backend.close()
+
+    asyncio.run(scenario())
