@@ -358,3 +358,22 @@ def test_bad_kgv_files_are_refused_and_keep_the_loaded_one(installed):
             assert error_of(err.value) == ("invalid-value", "kgv-malformed"), name
         after = etree.tostring(m.get(("subtree", f'<install-integrity xmlns="{TPI}"/>')).data_ele)
     assert before == after
+
+
+def test_activating_a_newer_version_replaces_the_active_one(installed, packages):
+    newer = build_rpm(packages["work"], "agent", {**AGENT_FILES, "/opt/agent/etc/agent.conf": b"level=2\n"},
+                      version="1.0.1", dirs=("/opt/agent", "/opt/agent/bin", "/opt/agent/etc"),
+                      modes={"/opt/agent/bin/agent": 0o755}, symlinks={"/opt/agent/bin/ag": "agent"})
+    shutil.copy(newer, installed.state_dir / "fs" / "harddisk:" / "pkgs")
+    root = installed.state_dir / "install" / "root"
+    with installed.connect() as m:
+        act(m, "install-add", f"<packagepath>harddisk:/pkgs/{newer.name}</packagepath>")
+        with pytest.raises(RPCError) as err:
+            act(m, "install-activate", names("agent"))  # two versions added: the name alone is ambiguous
+        assert error_of(err.value) == ("invalid-value", "package-ambiguous")
+        act(m, "install-activate", names("agent-1.0.1-r1"))
+        row = wait_run_time(m, "agent")
+        assert row["version"] == "1.0.1"
+        assert row["rpm-fingerprint-run-time"] == row["rpm-fingerprint-install-time"]
+        assert (root / "opt/agent/etc/agent.conf").read_bytes() == b"level=2\n"
+        assert sorted(package_rows(active_summary(m))) == ["agent", "mcast"]
