@@ -15,15 +15,20 @@ class GpgKey:
     key_id: str  # 16 hex digits, lowercase
 
 
-def make_gpg_key(home: Path, uid: str = "Package Signer <packages@example.net>") -> GpgKey:
+def make_gpg_key(home: Path, uid: str = "Package Signer <packages@example.net>", algo: str = "rsa2048") -> GpgKey:
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
     env = dict(os.environ, GNUPGHOME=str(home))
-    subprocess.run(["gpg", "--batch", "--passphrase", "", "--quick-gen-key", uid, "rsa2048", "sign", "never"],
+    subprocess.run(["gpg", "--batch", "--passphrase", "", "--quick-gen-key", uid, algo, "sign", "never"],
                    env=env, check=True, capture_output=True)
     out = subprocess.run(["gpg", "--batch", "--with-colons", "--list-keys", uid], env=env, check=True,
                          capture_output=True, text=True).stdout
     key_id = next(line.split(":")[4] for line in out.splitlines() if line.startswith("pub:"))
     return GpgKey(home, uid, key_id.lower())
+
+
+def export_public(key: GpgKey) -> bytes:
+    return subprocess.run(["gpg", "--batch", "--armor", "--export", key.uid], check=True, capture_output=True,
+                          env=dict(os.environ, GNUPGHOME=str(key.home))).stdout
 
 
 def build_rpm(work: Path, name: str, files: dict[str, bytes], *, version: str = "1.0.0", release: str = "r1",

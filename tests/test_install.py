@@ -14,8 +14,9 @@ import pytest
 from lxml import etree
 from ncclient.operations import RPCError
 
+from backends.engine import rpm
 from conftest import PASSWORD, ROOT, ServerProcess, rpc
-from rpms import build_rpm, make_gpg_key, shell_fingerprint
+from rpms import build_rpm, export_public, make_gpg_key, shell_fingerprint
 
 ACT = "http://cisco.com/ns/yang/Cisco-IOS-XR-spirit-install-act"
 SPIRIT = "http://cisco.com/ns/yang/Cisco-IOS-XR-spirit-install-instmgr-oper"
@@ -32,12 +33,14 @@ MCAST_FILES = {"/opt/mcast/lib/libmcast.so": os.urandom(300_000)}
 def packages(tmp_path_factory):
     work = tmp_path_factory.mktemp("rpms")
     key = make_gpg_key(work / "gnupg")
+    stranger = make_gpg_key(work / "gnupg-stranger", "Someone Else <else@example.net>")
     agent = build_rpm(work, "agent", AGENT_FILES, dirs=("/opt/agent", "/opt/agent/bin", "/opt/agent/etc"),
                       modes={"/opt/agent/bin/agent": 0o755}, symlinks={"/opt/agent/bin/ag": "agent"},
                       payload="w19.zstdio")
     mcast = build_rpm(work, "mcast", MCAST_FILES, version="2.0.0.0", release="r731",
                       dirs=("/opt/mcast", "/opt/mcast/lib"), payload="w6.xzdio", key=key)
-    return {"agent": agent, "mcast": mcast, "key": key, "work": work}
+    other = build_rpm(work, "other", {"/opt/other/x": b"x"}, key=stranger)
+    return {"agent": agent, "mcast": mcast, "other": other, "key": key, "stranger": stranger, "work": work}
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +52,13 @@ def device(tmp_path_factory, packages):
                    check=True, capture_output=True, env=dict(os.environ, TRUSTPLANE_ADMIN_PASSWORD=PASSWORD),
                    cwd=ROOT)
     profile = json.loads((state / "device.json").read_text())
-    profile["package-signing-keys"] = {packages["key"].key_id: "xr"}
+    (state / "package-keys").mkdir()
+    (state / "package-keys" / "vendor.asc").write_bytes(export_public(packages["key"]))
+    profile["package-signing-keys"] = [{"key": "package-keys/vendor.asc", "origin": "xr"}]
     (state / "device.json").write_text(json.dumps(profile))
     pkgs = state / "fs" / "harddisk:" / "pkgs"
     pkgs.mkdir(parents=True)
-    for name in ("agent", "mcast"):
+    for name in ("agent", "mcast", "other"):
         shutil.copy(packages[name], pkgs)
     srv.start()
     yield srv
@@ -237,6 +242,28 @@ def test_sessions_keep_answering_while_fingerprints_are_collected(installed):
     with installed.connect() as m:
         act(m, "install-verify")
         assert active_summary(m).findtext(f"{{{SPIRIT}}}rpm-fingerprint-status") == "generation-up-to-date"
+
+
+def test_signatures_decide_the_origin(installed, packages):
+    """A package the profile's key verifies is xr; another signer is owner; a signature the
+    profile's key does not verify is refused."""
+    data = packages["mcast"].read_bytes()
+    with open(packages["mcast"], "rb") as f:
+        sig = rpm.read_package(f).header_signature
+    at = data.index(sig) + len(sig) - 1
+    forged = installed.state_dir / "fs" / "harddisk:" / "bad" / "forged.rpm"
+    forged.parent.mkdir(exist_ok=True)
+    forged.write_bytes(data[:at] + bytes([data[at] ^ 1]) + data[at + 1:])
+    with installed.connect() as m:
+        with pytest.raises(RPCError) as err:
+            act(m, "install-add", "<packagepath>harddisk:/bad/forged.rpm</packagepath>")
+        assert error_of(err.value) == ("invalid-value", "signature-invalid")
+        act(m, "install-add", "<packagepath>harddisk:/pkgs/other-1.0.0-r1.noarch.rpm</packagepath>")
+        act(m, "install-activate", names("other"))
+        row = wait_run_time(m, "other")
+        assert row["gpg-key-id"] == packages["stranger"].key_id and row["origin"] == "owner"
+        act(m, "install-deactivate", names("other"))
+        act(m, "install-remove", names("other"))
 
 
 @pytest.mark.parametrize("make, path, tag, app_tag", [

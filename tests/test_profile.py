@@ -113,6 +113,11 @@ def edit(state, change):
     (lambda d: d["nodes"][0].update({"idevid-cert": "device.json"}), "not a PEM certificate"),
     (lambda d: d["chassis"].update({"serial-number": "x"}), "chassis: serial-number"),
     (lambda d: d.update(nodes="x"), '"nodes" must be a list'),
+    (lambda d: d.update({"package-signing-keys": {"ab": "xr"}}), '"package-signing-keys" must be a list'),
+    (lambda d: d.update({"package-signing-keys": [{"key": "device.json", "origin": "xr"}]}),
+     "not an OpenPGP public key"),
+    (lambda d: d.update({"package-signing-keys": [{"key": "device.json", "origin": "owner"}]}),
+     'origin "owner" is not one of xr, partner'),
 ])
 def test_profile_rules(state, change, message):
     edit(state, change)

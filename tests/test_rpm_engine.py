@@ -4,19 +4,20 @@ from __future__ import annotations
 import asyncio
 import os
 import struct
+import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
 from backends.device.profile import init_state_dir
-from backends.engine import fingerprint, rpm
+from backends.engine import fingerprint, openpgp, rpm
 from backends.install import kgv
 from backends.install.backend import InstallBackend
 from backends.install.packages import InstallError, PackageStore, _install_fingerprint, _under
 from nc_server.backend import Services
 from nc_server.devfs import DeviceFS
-from rpms import build_rpm
+from rpms import build_rpm, export_public, make_gpg_key
 
 FILES = {"/opt/t/a.txt": b"alpha\n", "/opt/t/sub/b.bin": os.urandom(70_000)}
 NOW = datetime(2026, 11, 30, tzinfo=timezone.utc)
@@ -157,3 +158,40 @@ def test_periodic_collection_follows_the_configured_frequency(work, tmp_path):
             backend.close()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("algo", ["rsa3072", "ed25519"])  # rpm 4.18 signs with no other algorithm
+def test_openpgp_verifies_rpmsign_signatures(work, algo):
+    key = make_gpg_key(work / f"gnupg-{algo}", f"Signer {algo} <{algo}@example.net>", algo)
+    path = build_rpm(work, f"sig-{algo}", FILES, key=key)
+    with open(path, "rb") as f:
+        pkg = rpm.read_package(f)
+    assert pkg.gpg_key_id == key.key_id
+    keys = {k.key_id: k for k in openpgp.load_keys(export_public(key))}
+    sig = openpgp.parse_signature(pkg.header_signature)
+    openpgp.verify(sig, pkg.header_blob, keys[sig.issuer])
+    with pytest.raises(openpgp.OpenPGPError):
+        openpgp.verify(sig, pkg.header_blob[:-1] + b"\x01", keys[sig.issuer])
+
+
+@pytest.mark.parametrize("algo", ["nistp256", "nistp384"])
+def test_openpgp_verifies_gpg_ecdsa_signatures(work, tmp_path, algo):
+    key = make_gpg_key(work / f"gnupg-{algo}", f"Signer {algo} <{algo}@example.net>", algo)
+    data = tmp_path / "data"
+    data.write_bytes(b"header bytes" * 100)
+    subprocess.run(["gpg", "--batch", "--digest-algo", "SHA384", "--detach-sign", str(data)], check=True,
+                   capture_output=True, env=dict(os.environ, GNUPGHOME=str(key.home)))
+    sig = openpgp.parse_signature((tmp_path / "data.sig").read_bytes())
+    keys = {k.key_id: k for k in openpgp.load_keys(export_public(key))}
+    openpgp.verify(sig, data.read_bytes(), keys[sig.issuer])
+    with pytest.raises(openpgp.OpenPGPError):
+        openpgp.verify(sig, data.read_bytes() + b"!", keys[sig.issuer])
+
+
+def test_openpgp_refuses_weak_and_foreign_keys(work):
+    weak = make_gpg_key(work / "gnupg-weak", "Weak <weak@example.net>", "rsa1024")
+    with pytest.raises(openpgp.OpenPGPError, match="too weak"):
+        openpgp.load_keys(export_public(weak))
+    for junk in (b"", b"hello", b"-----BEGIN PGP PUBLIC KEY BLOCK-----\n\n!!!\n-----END PGP PUBLIC KEY BLOCK-----\n"):
+        with pytest.raises(openpgp.OpenPGPError):
+            openpgp.load_keys(junk)

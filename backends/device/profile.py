@@ -9,12 +9,12 @@
          "role": "active", "idevid-cert": "idevid/0_RP0_CPU0.pem", "idevid-key": "idevid/0_RP0_CPU0.key"}
       ],
       "manufacturer-anchors": ["anchors/manufacturer-ca.pem"],
-      "package-signing-keys": {"ddcead3dcb38048d": "xr"}
+      "package-signing-keys": [{"key": "package-keys/vendor.asc", "origin": "xr"}]
     }
 
-"package-signing-keys" (optional) maps the 16-hex-digit OpenPGP key IDs of the
-vendor's and partners' package signing keys to the origin "xr" or "partner";
-packages signed otherwise, or unsigned, have the origin "owner".
+"package-signing-keys" (optional) lists the OpenPGP public keys (files, binary or
+armored) that sign the vendor's and partners' packages, with the origin "xr" or
+"partner" they give a package whose signature they verify.
 File paths are relative to the state directory and must stay inside it. Roles are
 active, standby or none, with at most one active node. The manufacturer CA's
 private key lives only in the lab directory, never in the state directory.
@@ -33,6 +33,7 @@ from cryptography import x509
 
 from backends.engine.identity import (IdentityError, cert_pem, issue_idevid, key_pem, load_cert_pem,
                                       load_certs_pem, load_key_pem, make_manufacturer_ca)
+from backends.engine.openpgp import OpenPGPError, PublicKey, load_keys
 from backends.engine.serials import is_valid_serial, make_serial
 from nc_server.datastore import atomic_write
 
@@ -41,7 +42,6 @@ PRODUCT_ID = "8201-32FH"
 DEFAULT_NODES = ("0/RP0/CPU0", "0/RP1/CPU0")
 ROLES = ("active", "standby", "none")
 _LOCATION = re.compile(r"^\d+/(RP\d+|RSP\d+|LC\d+|\d+)/CPU\d+$")
-_KEY_ID = re.compile(r"^[0-9a-f]{16}$")
 PACKAGE_ORIGINS = ("xr", "partner")
 _LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 
@@ -78,7 +78,9 @@ class Profile:
     chassis: dict
     nodes: list[Node]
     anchor_paths: list[Path]
-    package_keys: dict[str, str] = field(default_factory=dict)  # OpenPGP key id -> origin
+    package_key_entries: list[dict] = field(default_factory=list)  # as in the file
+    # OpenPGP key id (primary keys and subkeys) -> (origin, key)
+    package_keys: dict[str, tuple[str, PublicKey]] = field(default_factory=dict)
 
     def manufacturer_anchors(self) -> list[x509.Certificate]:
         return [c for p in self.anchor_paths for c in load_certs_pem(p.read_bytes())]
@@ -169,15 +171,29 @@ def load_profile(state_dir: Path) -> Profile:
     if not isinstance(anchors, list):
         fail('"manufacturer-anchors" must be a list of file paths')
     anchor_paths = [file_in_state(a, f"manufacturer-anchors[{i}]", load_certs_pem) for i, a in enumerate(anchors)]
-    keys = data.get("package-signing-keys", {})
-    if not isinstance(keys, dict):
-        fail('"package-signing-keys" must be an object of key ID to origin')
-    for key_id, origin in keys.items():
-        if not _KEY_ID.match(key_id):
-            fail(f'package-signing-keys: "{key_id}" is not a 16-digit lowercase hex key ID')
+    entries = data.get("package-signing-keys", [])
+    if not isinstance(entries, list):
+        fail('"package-signing-keys" must be a list of {"key": FILE, "origin": "xr" or "partner"}')
+    package_keys: dict[str, tuple[str, PublicKey]] = {}
+    for i, entry in enumerate(entries):
+        where = f"package-signing-keys[{i}]"
+        if not isinstance(entry, dict):
+            fail(f"{where}: must be an object")
+        origin = get(entry, "origin", str, where)
         if origin not in PACKAGE_ORIGINS:
-            fail(f'package-signing-keys: origin "{origin}" is not one of {", ".join(PACKAGE_ORIGINS)}')
-    return Profile(path, hostname, domain, chassis, nodes, anchor_paths, dict(keys))
+            fail(f'{where}: origin "{origin}" is not one of {", ".join(PACKAGE_ORIGINS)}')
+        loaded: list[PublicKey] = []
+
+        def check(data: bytes, loaded=loaded):
+            try:
+                loaded.extend(load_keys(data))
+            except OpenPGPError as exc:
+                raise IdentityError(f"not an OpenPGP public key: {exc}") from None
+
+        file_in_state(entry.get("key"), f"{where}: key", check)
+        for key in loaded:
+            package_keys[key.key_id] = (origin, key)
+    return Profile(path, hostname, domain, chassis, nodes, anchor_paths, list(entries), package_keys)
 
 
 def save_profile(profile: Profile) -> None:
@@ -191,8 +207,8 @@ def save_profile(profile: Profile) -> None:
                    "idevid-key": os.path.relpath(n.idevid_key_path, root)} for n in profile.nodes],
         "manufacturer-anchors": [os.path.relpath(p, root) for p in profile.anchor_paths],
     }
-    if profile.package_keys:
-        data["package-signing-keys"] = profile.package_keys
+    if profile.package_key_entries:
+        data["package-signing-keys"] = profile.package_key_entries
     atomic_write(profile.path, (json.dumps(data, indent=2) + "\n").encode(), mode=0o644)
 
 

@@ -18,6 +18,8 @@ from typing import BinaryIO, Callable, Iterator
 
 import zstandard
 
+from . import openpgp
+
 LEAD_MAGIC = b"\xed\xab\xee\xdb"
 HEADER_MAGIC = b"\x8e\xad\xe8\x01"
 MAX_HEADER_ENTRIES = 65536
@@ -141,52 +143,6 @@ def _value(store: bytes, typ: int, off: int, count: int, what: str):
     return None  # NULL and CHAR carry nothing we use
 
 
-def signature_key_id(sig: bytes) -> str:
-    """The issuer key id of an OpenPGP signature packet (v3 or v4), as 16 hex digits."""
-    if not sig or not sig[0] & 0x80:
-        raise RpmError("rpm-corrupt", "the package signature is not an OpenPGP packet")
-    first = sig[0]
-    if first & 0x40:  # new format length
-        o = sig[1]
-        if o < 192:
-            body = sig[2:2 + o]
-        elif o < 224:
-            body = sig[3:3 + ((o - 192) << 8) + sig[2] + 192]
-        else:
-            body = sig[6:6 + struct.unpack(">I", sig[2:6])[0]]
-    else:
-        ltype = first & 3
-        width = {0: 1, 1: 2, 2: 4}.get(ltype, 0)
-        body = sig[1 + width:] if width == 0 else sig[1 + width:1 + width + int.from_bytes(sig[1:1 + width], "big")]
-    if len(body) < 19:
-        raise RpmError("rpm-corrupt", "the package signature is truncated")
-    if body[0] == 3:
-        return body[7:15].hex()
-    if body[0] in (4, 5):
-        pos = 4
-        for area in range(2):  # hashed, then unhashed subpackets
-            size = int.from_bytes(body[pos:pos + 2], "big")
-            area_end = pos + 2 + size
-            pos += 2
-            while pos < area_end:
-                length = body[pos]
-                if length < 192:
-                    head = 1
-                elif length < 255:
-                    length, head = ((length - 192) << 8) + body[pos + 1] + 192, 2
-                else:
-                    length, head = int.from_bytes(body[pos + 1:pos + 5], "big"), 5
-                ptype = body[pos + head] & 0x7F
-                data = body[pos + head + 1:pos + head + length]
-                if ptype == 16 and len(data) == 8:
-                    return data.hex()
-                if ptype == 33 and len(data) >= 9:  # issuer fingerprint: the key id is its tail
-                    return data[-8:].hex()
-                pos += head + length
-            pos = area_end
-    raise RpmError("rpm-corrupt", "the package signature names no issuer key")
-
-
 def read_package(f: BinaryIO) -> RpmPackage:
     """Parse the lead and both headers and check the header digest. f is left at the payload."""
     lead = f.read(96)
@@ -204,7 +160,10 @@ def read_package(f: BinaryIO) -> RpmPackage:
         raise RpmError("rpm-corrupt", "header digest mismatch: the package is corrupt or was altered")
     header_sig = sig.get(SIG_RSAHEADER) or sig.get(SIG_DSAHEADER)
     any_sig = header_sig or sig.get(SIG_PGP) or sig.get(SIG_GPG)
-    key_id = signature_key_id(any_sig) if isinstance(any_sig, bytes) else "0"
+    try:
+        key_id = openpgp.parse_signature(any_sig).issuer if isinstance(any_sig, bytes) else "0"
+    except openpgp.OpenPGPError as exc:
+        raise RpmError("rpm-corrupt", f"package signature: {exc}") from None
 
     def text(tag, default=""):
         v = tags.get(tag, default)

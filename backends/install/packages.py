@@ -19,7 +19,7 @@ import tempfile
 from datetime import datetime
 from pathlib import Path
 
-from backends.engine import fingerprint, rpm
+from backends.engine import fingerprint, openpgp, rpm
 from nc_server.datastore import atomic_write
 
 log = logging.getLogger(__name__)
@@ -41,12 +41,12 @@ def _empty_state() -> dict:
 
 
 class PackageStore:
-    def __init__(self, base: Path, package_keys: dict[str, str]):
+    def __init__(self, base: Path, package_keys: dict[str, tuple[str, openpgp.PublicKey]]):
         self.base = base
         self.repo = base / "repo"
         self.root = base / "root"
         self.path = base / "state.json"
-        self.package_keys = package_keys  # gpg key id -> origin
+        self.package_keys = package_keys  # OpenPGP key id -> (origin, key)
         for d in (self.repo, self.root):
             d.mkdir(parents=True, exist_ok=True)
         self.state = json.loads(self.path.read_text()) if self.path.exists() else _empty_state()
@@ -89,19 +89,20 @@ class PackageStore:
             try:
                 with open(path, "rb") as f:
                     pkg = rpm.read_package(f)
-                    checked.append((path, pkg, _install_fingerprint(f, pkg)))
+                    origin = self._origin(pkg)
+                    checked.append((path, pkg, origin, _install_fingerprint(f, pkg)))
             except rpm.RpmError as exc:
                 raise InstallError(exc.code, f"{path.name}: {exc.message}", tag="invalid-value") from None
         state = copy.deepcopy(self.state)
         op = state["next-op"]
         nvras = []
-        for _path, pkg, _fp in checked:
+        for _path, pkg, _origin, _fp in checked:
             if pkg.nvra in state["packages"] or pkg.nvra in nvras:
                 raise InstallError("package-exists", f"{pkg.nvra} is already added", tag="data-exists")
             nvras.append(pkg.nvra)
         copied = []
         try:
-            for path, pkg, install_fp in checked:
+            for path, pkg, origin, install_fp in checked:
                 dest = self.repo / f"{pkg.nvra}.rpm"
                 copied.append(dest)
                 shutil.copyfile(path, dest)
@@ -109,7 +110,7 @@ class PackageStore:
                 state["packages"][pkg.nvra] = {
                     "name": pkg.name, "version": pkg.version, "release": pkg.release, "epoch": pkg.epoch,
                     "arch": pkg.arch, "gpg-key-id": pkg.gpg_key_id,
-                    "origin": self.package_keys.get(pkg.gpg_key_id, "owner"),
+                    "origin": origin,
                     "install-time": install_fp, "added-op": op,
                     "files": [e.path for e in pkg.files if not e.ghost and not stat.S_ISDIR(e.mode)],
                     "dirs": [e.path for e in pkg.files if not e.ghost and stat.S_ISDIR(e.mode)],
@@ -121,9 +122,25 @@ class PackageStore:
             for dest in copied:
                 dest.unlink(missing_ok=True)
             raise
-        for _path, pkg, install_fp in checked:
+        for _path, pkg, _origin, install_fp in checked:
             log.info("install add: %s (op %d, install-time fingerprint %s)", pkg.nvra, op, install_fp)
         return op, nvras
+
+    def _origin(self, pkg: rpm.RpmPackage) -> str:
+        """xr or partner when a profile key verifies the header signature; owner for any
+        other signer or none. A signature that a profile key fails to verify is refused."""
+        known = self.package_keys.get(pkg.gpg_key_id)
+        if known is None:
+            return "owner"
+        origin, key = known
+        if pkg.header_signature is None:
+            raise rpm.RpmError("signature-invalid", f"{pkg.nvra} has no header signature to check "
+                               f"against key {pkg.gpg_key_id}")
+        try:
+            openpgp.verify(openpgp.parse_signature(pkg.header_signature), pkg.header_blob, key)
+        except openpgp.OpenPGPError as exc:
+            raise rpm.RpmError("signature-invalid", f"{pkg.nvra}: signature by key {pkg.gpg_key_id}: {exc}") from None
+        return origin
 
     def activate(self, nvras: list[str]) -> int:
         state = copy.deepcopy(self.state)
