@@ -9,19 +9,22 @@ import os
 import secrets
 import signal
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import asyncssh
 
 import backends  # noqa: F401  (registers the backends)
 from backends.device.profile import ProfileError, init_state_dir
+from backends.engine.voucher import VoucherError, parse_datetime
 from nc_server.backend import Services, registered
 from nc_server.devfs import DeviceFS
 from nc_server.local_users import LocalUsers
 from nc_server.server import Limits, Server
 from nc_server.ssh import listen
 from nc_server.users import UserDB
+
+from . import lab
 
 log = logging.getLogger("trustplane")
 
@@ -57,7 +60,10 @@ async def serve(args) -> int:
     users = UserDB(state_dir / "users.json")
     users.load()
     devfs = DeviceFS(state_dir / "fs")
-    services = Services(state_dir=state_dir, devfs=devfs, clock=lambda: datetime.now(timezone.utc))
+    offset = args.clock - datetime.now(timezone.utc) if args.clock else timedelta(0)
+    if args.clock:
+        log.warning("device clock set to %s", args.clock.isoformat())
+    services = Services(state_dir=state_dir, devfs=devfs, clock=lambda: datetime.now(timezone.utc) + offset)
     instances = [LocalUsers(users), *(factory(services) for factory in registered().values())]
     limits = Limits(max_message=args.max_message, hello_timeout=args.hello_timeout,
                     idle_timeout=args.idle_timeout, max_sessions=args.max_sessions)
@@ -115,6 +121,13 @@ def user_command(args) -> int:
     return 0
 
 
+def _instant(text: str) -> datetime:
+    try:
+        return parse_datetime(text, "--clock")
+    except VoucherError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
 def _node(text: str) -> tuple[str, str]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected LOCATION=SERIAL, got {text!r}")
@@ -142,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
                          help="notifications a subscriber may fall behind before its session is closed")
     p_serve.add_argument("--yang-dir", type=Path, action="append", default=[],
                          help="also serve every module in this directory, as configuration without a backend")
+    p_serve.add_argument("--clock", type=_instant, default=None, metavar="RFC3339",
+                         help="start the device clock at this instant (it runs on from there): to check "
+                              "artifacts that are only valid at another time")
     p_serve.add_argument("--log-level", default="INFO")
 
     p_init = sub.add_parser("init", help="create a state directory without prompting")
@@ -158,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     p_user.add_argument("--password-hash", help="a $5$ or $6$ crypt hash")
     p_user.add_argument("--key", action="append", default=[], help="an OpenSSH public key line")
 
+    lab.add_parser(sub)
+
     args = parser.parse_args(argv)
     if args.command == "user" and args.action != "list" and not args.name:
         parser.error("user add and del need a NAME")
@@ -166,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "user":
             return user_command(args)
+        if args.command == "lab":
+            return lab.run(args)
         if args.command == "init":
             initialise(args.state_dir, args.lab_dir or lab_dir_for(args.state_dir), args.node,
                        args.manufacturer_anchor)

@@ -18,11 +18,11 @@ class IdentityError(Exception):
     pass
 
 
-def _serial() -> int:
+def new_serial() -> int:
     return secrets.randbits(63) | 1
 
 
-def _key_usage(**wanted: bool) -> x509.KeyUsage:
+def key_usage(**wanted: bool) -> x509.KeyUsage:
     names = ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
              "key_agreement", "key_cert_sign", "crl_sign", "encipher_only", "decipher_only")
     return x509.KeyUsage(**{n: wanted.get(n, False) for n in names})
@@ -34,10 +34,10 @@ def make_manufacturer_ca(now: datetime, name: str = "trustplane Lab Manufacturin
                          x509.NameAttribute(NameOID.COMMON_NAME, name)])
     cert = (x509.CertificateBuilder()
             .subject_name(subject).issuer_name(subject)
-            .public_key(key.public_key()).serial_number(_serial())
+            .public_key(key.public_key()).serial_number(new_serial())
             .not_valid_before(now - timedelta(hours=1)).not_valid_after(now + timedelta(days=20 * 365))
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(_key_usage(key_cert_sign=True, crl_sign=True), critical=True)
+            .add_extension(key_usage(key_cert_sign=True, crl_sign=True), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(key, hashes.SHA384()))
     return key, cert
@@ -54,10 +54,10 @@ def issue_idevid(ca_key, ca_cert: x509.Certificate, serial_number: str, product_
     ])
     cert = (x509.CertificateBuilder()
             .subject_name(subject).issuer_name(ca_cert.subject)
-            .public_key(key.public_key()).serial_number(_serial())
+            .public_key(key.public_key()).serial_number(new_serial())
             .not_valid_before(now - timedelta(hours=1)).not_valid_after(NO_EXPIRY)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(_key_usage(digital_signature=True, key_encipherment=True), critical=True)
+            .add_extension(key_usage(digital_signature=True, key_encipherment=True), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
                            critical=False)

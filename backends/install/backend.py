@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 from datetime import datetime
-from pathlib import Path
 
 from nc_server.backend import Backend, BackendError, ConfigDiff, Services, register
 from nc_server.datastore import atomic_write

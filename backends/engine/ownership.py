@@ -1,0 +1,170 @@
+"""Device ownership: reading a voucher bundle, authenticating the owner certificate
+against the pinned-domain-cert (RFC 8572 §5.4 step 2), and choosing the vouchers of
+this device from a bundle.
+"""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Iterable
+
+from cryptography import x509
+
+from . import cms, voucher, x509path
+
+MAX_MEMBERS = 10_000
+MAX_MEMBER = 256 * 1024
+MAX_BUNDLE = 64 * 1024 * 1024
+
+
+class OwnershipError(Exception):
+    def __init__(self, code: str, message: str, tag: str = "operation-failed"):
+        super().__init__(message)
+        self.code, self.message, self.tag = code, message, tag
+
+
+def read_bundle(data: bytes, name: str = "bundle") -> list[tuple[str, bytes]]:
+    """The members of a tar or tar.gz of vouchers (flat; directories are skipped). A
+    single voucher (DER CMS) is taken as a bundle of one."""
+    if len(data) > MAX_BUNDLE:
+        raise OwnershipError("ov-bundle-too-large", f"{name} is over {MAX_BUNDLE} bytes", tag="invalid-value")
+    if data[:1] == b"\x30":
+        return [(name, data)]
+    out, total = [], 0
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
+            for i, member in enumerate(tar):
+                if i >= MAX_MEMBERS:
+                    raise OwnershipError("ov-bundle-too-large", f"{name} has over {MAX_MEMBERS} members",
+                                         tag="invalid-value")
+                if member.isdir():
+                    continue
+                if not member.isfile():
+                    raise OwnershipError("ov-bundle-corrupt", f"{name}: {member.name} is not a regular file",
+                                         tag="invalid-value")
+                if member.size > MAX_MEMBER:
+                    raise OwnershipError("ov-bundle-corrupt", f"{name}: {member.name} is over {MAX_MEMBER} bytes",
+                                         tag="invalid-value")
+                total += member.size
+                f = tar.extractfile(member)
+                out.append((member.name, f.read(MAX_MEMBER + 1)))
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise OwnershipError("ov-bundle-corrupt", f"{name} is not a readable tar or tar.gz: {exc}",
+                             tag="invalid-value") from None
+    if not out:
+        raise OwnershipError("ov-bundle-empty", f"{name} holds no vouchers", tag="invalid-value")
+    return out
+
+
+def _owner_cert(sd: cms.SignedData) -> x509.Certificate:
+    """The signer of a signed OC artifact, or, in a certs-only one, the certificate that issues none of the others."""
+    if sd.signers:
+        certs = cms.verify(sd)
+        return certs[0]
+    certs = sd.certificates
+    if not certs:
+        raise OwnershipError("oc-malformed", "the owner certificate CMS holds no certificate", tag="invalid-value")
+    leaves = [c for c in certs if not any(o is not c and o.issuer == c.subject and o.subject != c.subject
+                                          for o in certs)]
+    if len(leaves) != 1:
+        raise OwnershipError("oc-malformed", "the owner certificate CMS holds no single end certificate",
+                             tag="invalid-value")
+    return leaves[0]
+
+
+@dataclass
+class OwnerCertificate:
+    chain: list[x509.Certificate]  # OC first, PDC last
+    crls: list = field(default_factory=list)
+
+    @property
+    def oc(self) -> x509.Certificate:
+        return self.chain[0]
+
+
+def verify_oc(data: bytes, pdc: x509.Certificate, *, at: datetime, partial_match: bool = False,
+              crl_optional: bool = False, revocation_checks: bool | None = None,
+              allow_sha1: bool = False, pdc_min_rsa_bits: int = 2048) -> OwnerCertificate:
+    """Authenticate the owner certificate artifact with the PDC as the only trust anchor.
+
+    partial_match: the PDC need not be self-signed (an intermediate, or the OC itself);
+    without it the PDC must be a self-signed root. revocation_checks is the voucher's
+    domain-cert-revocation-checks: True needs a current CRL for every certificate below
+    the PDC unless crl_optional; False skips revocation; None uses CRLs when given.
+    pdc_min_rsa_bits: the smallest RSA key accepted for the PDC itself."""
+    try:
+        sd = cms.load(data)
+        oc = _owner_cert(sd)
+    except cms.CmsError as exc:
+        raise OwnershipError("oc-malformed", f"owner certificate: {exc.message}", tag="invalid-value") from None
+    if not partial_match and pdc.issuer != pdc.subject:
+        raise OwnershipError("oc-partial-chain", "the pinned-domain-cert is not a root; "
+                             "cert-chain-partial-match is needed to trust an intermediate")
+    crls = []
+    for der in sd.crls if revocation_checks is not False else ():
+        try:
+            crls.append(x509.load_der_x509_crl(der))
+        except ValueError:
+            raise OwnershipError("oc-malformed", "a CRL in the owner certificate CMS is unreadable",
+                                 tag="invalid-value") from None
+    try:
+        path = x509path.validate(oc, [pdc], sd.certificates, at=at, allow_sha1=allow_sha1, partial_chain=True,
+                                 crls=crls, require_revocation=bool(revocation_checks) and not crl_optional,
+                                 anchor_min_rsa_bits=pdc_min_rsa_bits)
+        x509path.check_key_usage_digital_signature(oc)
+    except x509path.PathError as exc:
+        code = {"path-untrusted": "oc-untrusted", "path-signature-invalid": "oc-untrusted", "path-expired": "oc-expired", "path-revoked": "oc-revoked",
+                "path-crl-missing": "oc-crl-missing", "oc-key-usage": "oc-key-usage"}.get(exc.code, "oc-invalid")
+        raise OwnershipError(code, f"owner certificate {oc.subject.rfc4514_string()}: {exc.message}") from None
+    return OwnerCertificate(path, crls)
+
+
+@dataclass
+class Selection:
+    chosen: dict[str, tuple[str, voucher.Voucher]]  # serial -> (member name, voucher)
+    foreign: list[str]  # members for other devices
+    rejected: list[tuple[str, str, str, str]]  # (member name, serial it names or "", error code, reason)
+
+
+def select(members: Iterable[tuple[str, bytes]], serials: set[str], *, anchors: list[x509.Certificate],
+           at: datetime, idevids: dict[str, x509.Certificate], nonces: Iterable[bytes] = ()) -> Selection:
+    """Pick, for each local serial, the first voucher in the bundle that verifies; later ones
+    for the same serial are rejected as duplicates. Vouchers for other serials are reported."""
+    sel = Selection({}, [], [])
+    nonces = list(nonces)
+    for name, data in members:
+        try:
+            claimed = _claimed_serial(data)
+        except (cms.CmsError, voucher.VoucherError) as exc:
+            sel.rejected.append((name, "", "ov-malformed", exc.message))
+            continue
+        if claimed not in serials:
+            sel.foreign.append(name)
+            continue
+        if claimed in sel.chosen:
+            sel.rejected.append((name, claimed, "ov-duplicate",
+                                 f"duplicate voucher for {claimed}: {sel.chosen[claimed][0]} is applied"))
+            continue
+        try:
+            v = voucher.verify(data, anchors=anchors, serial=claimed, at=at, idevid=idevids.get(claimed),
+                               nonces=nonces)
+        except voucher.VoucherError as exc:
+            sel.rejected.append((name, claimed, exc.code, exc.message))
+            continue
+        sel.chosen[claimed] = (name, v)
+    return sel
+
+
+def _claimed_serial(data: bytes) -> str:
+    """The serial a voucher names, read without trusting or checking it: only to route it to a node."""
+    sd = cms.load(data)
+    try:
+        serial = json.loads(sd.content or b"")[voucher.VOUCHER_KEY]["serial-number"]
+    except (ValueError, TypeError, KeyError):
+        serial = None
+    if not isinstance(serial, str):
+        raise voucher.VoucherError("ov-malformed", "the voucher names no serial-number")
+    return serial

@@ -1,0 +1,199 @@
+"""RFC 8366 ownership vouchers: the JSON artifact and its verification (RFC 8572 §5.4 step 1).
+
+Interop policy, one decision per quirk (the README lists them too):
+- eContentType id-data or id-ct-animaJSONVoucher: both accepted, the type is recorded;
+  any other type is refused. Non-id-data content without signed attributes is refused
+  by the CMS layer.
+- The signer chain is validated to the device's manufacturer anchors only. Certificates in
+  the CMS serve as intermediates, never as anchors. No TLS purpose (EKU) check.
+- Unknown JSON members are tolerated (vouchers are extensible maps; Go tooling adds "XMLName").
+- Dates: RFC 3339 with fractional seconds and offsets; the compact YYYYMMDDTHHMMSSZ form is refused.
+- domain-cert-revocation-checks: a boolean, or the strings "true"/"false" (RFC 8366's own example).
+- assertion: verified, logged or proximity; "" and anything else is refused.
+- Binary leaves: base64 or base64url, padding optional, whitespace (PEM line breaks) ignored;
+  hex is refused.
+- serial-number: must equal the node's serial exactly (case included).
+- nonce: a voucher with a nonce is accepted only when the device issued that nonce.
+- idevid-issuer: the node's IDevID AKI, as the whole extnValue or just its keyIdentifier.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Iterable
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from . import cms, x509path
+
+VOUCHER_KEY = "ietf-voucher:voucher"
+PROFILE_MEMBER = "trustplane-security-profile:security-profile"
+ASSERTIONS = ("verified", "logged", "proximity")
+SECURITY_PROFILES = ("strict", "default", "relaxed")
+CONTENT_TYPES = {cms.ID_DATA: "id-data", cms.ID_CT_ANIMA_JSON_VOUCHER: "id-ct-animaJSONVoucher"}
+MAX_VOUCHER = 256 * 1024
+_RFC3339 = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
+
+
+class VoucherError(Exception):
+    """code is a stable error-app-tag (ov-...); tag the NETCONF error-tag."""
+
+    def __init__(self, code: str, message: str, tag: str = "operation-failed"):
+        super().__init__(message)
+        self.code, self.message, self.tag = code, message, tag
+
+
+@dataclass
+class Voucher:
+    serial_number: str
+    created_on: datetime
+    expires_on: datetime | None
+    assertion: str
+    pinned_domain_cert: x509.Certificate
+    nonce: bytes | None = None
+    idevid_issuer: bytes | None = None
+    revocation_checks: bool | None = None
+    last_renewal_date: datetime | None = None
+    security_profile: str = "default"
+    content_type: str = "id-data"
+    signer: x509.Certificate | None = None
+    unknown_members: list[str] = field(default_factory=list)
+
+
+def parse_datetime(text, what: str) -> datetime:
+    m = _RFC3339.match(text) if isinstance(text, str) else None
+    if m is None:
+        raise VoucherError("ov-malformed", f"{what}: {text!r} is not an RFC 3339 date-and-time")
+    y, mo, d, h, mi, s, frac, tz = m.groups()
+    try:
+        micro = int((frac or ".0")[1:].ljust(6, "0")[:6])
+        dt = datetime(int(y), int(mo), int(d), int(h), int(mi), min(int(s), 59), micro,
+                      tzinfo=timezone.utc if tz in "Zz" else
+                      datetime.strptime(tz.replace(":", ""), "%z").tzinfo)
+    except ValueError as exc:
+        raise VoucherError("ov-malformed", f"{what}: {text!r}: {exc}") from None
+    return dt.astimezone(timezone.utc)
+
+
+def parse_binary(text, what: str) -> bytes:
+    if not isinstance(text, str):
+        raise VoucherError("ov-malformed", f"{what} is not a base64 string")
+    compact = "".join(text.split())
+    # 16+ characters all from [0-9a-f] is hex, not base64 (the odds for real base64 are 4^-16)
+    if len(compact) >= 16 and re.fullmatch(r"[0-9a-f]+", compact):
+        raise VoucherError("ov-malformed", f"{what} looks like hex; binary leaves are base64 (RFC 7951)")
+    alphabet = compact.replace("-", "+").replace("_", "/")
+    try:
+        return base64.b64decode(alphabet + "=" * (-len(alphabet) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise VoucherError("ov-malformed", f"{what} is not valid base64") from None
+
+
+def parse(content: bytes) -> Voucher:
+    """The voucher JSON, with the policy above. The PDC must be a DER X.509 certificate."""
+    if len(content) > MAX_VOUCHER:
+        raise VoucherError("ov-malformed", f"voucher content over {MAX_VOUCHER} bytes")
+    try:
+        doc = json.loads(content)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise VoucherError("ov-malformed", f"voucher content is not JSON: {exc}") from None
+    v = doc.get(VOUCHER_KEY) if isinstance(doc, dict) else None
+    if not isinstance(v, dict):
+        raise VoucherError("ov-malformed", f'voucher content has no "{VOUCHER_KEY}" object')
+
+    def required(name: str):
+        if name not in v:
+            raise VoucherError("ov-malformed", f'voucher has no "{name}"')
+        return v[name]
+
+    serial = required("serial-number")
+    if not isinstance(serial, str) or not serial:
+        raise VoucherError("ov-malformed", "serial-number must be a non-empty string")
+    assertion = required("assertion")
+    if assertion not in ASSERTIONS:
+        raise VoucherError("ov-assertion-unacceptable",
+                           f"assertion {assertion!r} is not acceptable (one of {', '.join(ASSERTIONS)})")
+    try:
+        pdc = x509.load_der_x509_certificate(parse_binary(required("pinned-domain-cert"), "pinned-domain-cert"))
+    except ValueError:
+        raise VoucherError("ov-malformed", "pinned-domain-cert is not a DER X.509 certificate") from None
+    checks = v.get("domain-cert-revocation-checks")
+    if isinstance(checks, str) and checks in ("true", "false"):
+        checks = checks == "true"
+    if checks is not None and not isinstance(checks, bool):
+        raise VoucherError("ov-malformed", "domain-cert-revocation-checks must be a boolean")
+    nonce = parse_binary(v["nonce"], "nonce") if "nonce" in v else None
+    if nonce is not None and not 8 <= len(nonce) <= 32:
+        raise VoucherError("ov-malformed", f"nonce is {len(nonce)} bytes; RFC 8366 allows 8 to 32")
+    profile = v.get(PROFILE_MEMBER, "default")
+    if profile not in SECURITY_PROFILES:
+        raise VoucherError("ov-malformed", f"{PROFILE_MEMBER} {profile!r} is not one of {', '.join(SECURITY_PROFILES)}")
+    known = {"serial-number", "assertion", "pinned-domain-cert", "created-on", "expires-on", "nonce",
+             "idevid-issuer", "domain-cert-revocation-checks", "last-renewal-date", PROFILE_MEMBER}
+    return Voucher(
+        serial_number=serial,
+        created_on=parse_datetime(required("created-on"), "created-on"),
+        expires_on=parse_datetime(v["expires-on"], "expires-on") if "expires-on" in v else None,
+        assertion=assertion, pinned_domain_cert=pdc, nonce=nonce,
+        idevid_issuer=parse_binary(v["idevid-issuer"], "idevid-issuer") if "idevid-issuer" in v else None,
+        revocation_checks=checks,
+        last_renewal_date=parse_datetime(v["last-renewal-date"], "last-renewal-date") if "last-renewal-date" in v else None,
+        security_profile=profile, unknown_members=sorted(k for k in v if k not in known))
+
+
+def _aki_forms(idevid: x509.Certificate) -> set[bytes]:
+    try:
+        ext = idevid.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier)
+    except x509.ExtensionNotFound:
+        return set()
+    forms = {ext.value.public_bytes()}
+    if ext.value.key_identifier:
+        forms.add(ext.value.key_identifier)
+    return forms
+
+
+def verify(data: bytes, *, anchors: Iterable[x509.Certificate], serial: str, at: datetime,
+           idevid: x509.Certificate | None = None, nonces: Iterable[bytes] = ()) -> Voucher:
+    """Authenticate a voucher (CMS bytes) for the node whose serial is `serial`."""
+    try:
+        sd = cms.load(data)
+        if sd.content_type not in CONTENT_TYPES:
+            raise VoucherError("ov-content-type", f"eContentType {sd.content_type} is not a voucher type")
+        signers = cms.verify(sd)
+        if sd.content is None:
+            raise VoucherError("ov-malformed", "the voucher CMS has no content")
+    except cms.CmsError as exc:
+        code = "ov-unsigned" if exc.code == "cms-unsigned" else "ov-signature-invalid"
+        if exc.code == "cms-malformed":
+            code = "ov-malformed"
+        raise VoucherError(code, f"voucher: {exc.message}") from None
+    anchors = list(anchors)
+    try:
+        for signer in signers:
+            x509path.validate(signer, anchors, sd.certificates, at=at)
+    except x509path.PathError as exc:
+        code = "ov-signer-expired" if exc.code == "path-expired" else "ov-signer-untrusted"
+        raise VoucherError(code, f"voucher signer {signers[0].subject.rfc4514_string()}: {exc.message}") from None
+    v = parse(sd.content)
+    v.content_type = CONTENT_TYPES[sd.content_type]
+    v.signer = signers[0]
+    if v.serial_number != serial:
+        raise VoucherError("ov-serial-mismatch", f"voucher is for serial {v.serial_number}, not {serial}")
+    if v.created_on > at:
+        raise VoucherError("ov-not-yet-valid", f"voucher created-on {v.created_on.isoformat()} is in the future")
+    if v.expires_on is not None and at >= v.expires_on:
+        raise VoucherError("ov-expired", f"voucher for {serial} expired on {v.expires_on.isoformat()}")
+    if v.nonce is not None and v.nonce not in set(nonces):
+        raise VoucherError("ov-nonce-mismatch", "voucher carries a nonce this device did not issue")
+    if v.idevid_issuer is not None and idevid is not None and v.idevid_issuer not in _aki_forms(idevid):
+        raise VoucherError("ov-idevid-issuer-mismatch", "idevid-issuer does not match the node's IDevID issuer")
+    return v
+
+
+def pdc_pem(v: Voucher) -> str:
+    return v.pinned_domain_cert.public_bytes(serialization.Encoding.PEM).decode()

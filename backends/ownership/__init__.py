@@ -1,0 +1,1 @@
+"""Device ownership: vouchers, the owner certificate, key packages and consent tokens."""

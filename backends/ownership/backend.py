@@ -1,0 +1,371 @@
+"""The ownership backend: installing ownership vouchers and the owner certificate,
+customer key packages, consent-token clearing and reimage protection.
+
+State lives in STATE_DIR/ownership/state.json. Every operation checks everything first
+and then swaps in the new state whole: a failure leaves the state as it was.
+"""
+from __future__ import annotations
+
+import asyncio
+import copy
+import hashlib
+import json
+import logging
+from datetime import datetime
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from nc_server.backend import Backend, BackendError, Services, register
+from nc_server.datastore import atomic_write
+from nc_server.devfs import DevFSError
+
+from backends.device.profile import load_profile
+from backends.engine import consent, keypackage, ownership, voucher
+
+log = logging.getLogger(__name__)
+
+NS = "urn:trustplane:yang:trustplane-ownership"
+OPER_NS = "http://cisco.com/ns/yang/Cisco-IOS-XR-ownership-oper"
+ACT = "/Cisco-IOS-XR-ownership-act:"
+CHASSIS = "chassis"
+PROFILE_SETTINGS = {"strict": "enable", "default": "default", "relaxed": "disable"}
+ESTABLISHED = "%SECURITY-OWNERSHIP-6-INFO : Device ownership established."
+MAX_OC = 1024 * 1024
+MAX_KPKG = 1024 * 1024
+
+
+def _esc(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _el(tag: str, value) -> str:
+    return "" if value is None else f"<{tag}>{_esc(str(value))}</{tag}>"
+
+
+def _pem(cert: x509.Certificate) -> str:
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _load(pem: str) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(pem.encode())
+
+
+def _summary(cert: x509.Certificate) -> str:
+    return (_el("subject", cert.subject.rfc4514_string()) + _el("issuer", cert.issuer.rfc4514_string())
+            + _el("serial", f"{cert.serial_number:x}")
+            + _el("sha256-fingerprint", hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest())
+            + _el("not-before", cert.not_valid_before_utc.isoformat())
+            + _el("not-after", cert.not_valid_after_utc.isoformat()))
+
+
+def _error(exc) -> BackendError:
+    return BackendError(exc.message, app_tag=exc.code, tag=exc.tag)
+
+
+class OwnershipBackend(Backend):
+    def __init__(self, services: Services):
+        super().__init__(
+            name="ownership",
+            modules=("Cisco-IOS-XR-ownership-act", "Cisco-IOS-XR-ownership-oper", "Cisco-IOS-XR-key-package-act",
+                     "trustplane-ownership"),
+            state={"/Cisco-IOS-XR-ownership-oper:ownership": self.oper_xml,
+                   "/trustplane-ownership:ownership": self.detail_xml},
+            rpcs={ACT + "oshp-ovoc-apply": self.ovoc_apply,
+                  ACT + "oshp-ct-session-terminate": self.session_terminate,
+                  ACT + "oshp-reimage-protection-challenge": self.reimage_challenge,
+                  ACT + "oshp-reimage-protection-response": self.reimage_response,
+                  "/Cisco-IOS-XR-key-package-act:kpkg-apply": self.kpkg_apply,
+                  "/trustplane-ownership:clear-device-ownership-challenge": self.clear_challenge,
+                  "/trustplane-ownership:clear-device-ownership-response": self.clear_response},
+        )
+        self.services = services
+        self.profile = load_profile(services.state_dir)
+        self.serials = {n.serial_number: n.location for n in self.profile.nodes}
+        self.serials[self.profile.chassis["serial-number"]] = CHASSIS
+        self.path = services.state_dir / "ownership" / "state.json"
+        self.path.parent.mkdir(mode=0o700, exist_ok=True)
+        self.data = json.loads(self.path.read_text()) if self.path.exists() else {
+            "nodes": {}, "key-packages": None, "reimage-protection": "disabled"}
+        self.tokens = consent.ConsentTokens()
+        self.lock = asyncio.Lock()
+
+    # -- state
+
+    def security_profile(self) -> str | None:
+        profiles = {n["voucher"]["security-profile"] for n in self.data["nodes"].values()}
+        return None if not profiles else "strict" if "strict" in profiles else min(profiles)
+
+    def oper_xml(self) -> str:
+        prof = self.security_profile()
+        setting = PROFILE_SETTINGS.get(prof or "default")
+        parts = [f'<ownership xmlns="{OPER_NS}"><security-profile>',
+                 _el("signed-rpm", setting), _el("signed-rpm-current", setting),
+                 _el("secure-ztp", setting), _el("secure-ztp-current", setting), "</security-profile>",
+                 f"<anti-theft>{_el('reimage-status', self.data['reimage-protection'])}</anti-theft>"]
+        rec = next((self.data["nodes"][n.location] for n in self.profile.nodes if n.location in self.data["nodes"]),
+                   None)
+        if rec is not None:
+            oc = _load(rec["oc-chain"][0])
+            serial = rec["voucher"]["serial-number"]
+            parts.append("<device-ownership><ov-summary>"
+                         + (_el("serial-no", serial) if serial.isdigit() and int(serial) < 2 ** 31 else "")
+                         + _el("pdc", rec["pdc"]) + "</ov-summary>"
+                         + _el("oc-info", f"subject {oc.subject.rfc4514_string()}; issuer {oc.issuer.rfc4514_string()}; "
+                                          f"serial {oc.serial_number:x}; valid {oc.not_valid_before_utc.isoformat()} "
+                                          f"to {oc.not_valid_after_utc.isoformat()}")
+                         + "</device-ownership>")
+        parts.append("</ownership>")
+        return "".join(parts)
+
+    def detail_xml(self) -> str:
+        parts = [f'<ownership xmlns="{NS}">']
+        for serial, location in self.serials.items():
+            rec = self.data["nodes"].get(location)
+            parts.append(f"<node>{_el('location', location)}{_el('serial-number', serial)}"
+                         f"{_el('state', 'established' if rec else 'none')}")
+            if rec:
+                v = rec["voucher"]
+                parts.append("<voucher>" + "".join(_el(k, v.get(k)) for k in (
+                    "serial-number", "created-on", "expires-on", "assertion", "issuer", "content-type",
+                    "security-profile", "source")) + "</voucher>")
+                parts.append(f"<pinned-domain-cert>{_summary(_load(rec['pdc']))}</pinned-domain-cert>")
+                for i, pem in enumerate(rec["oc-chain"]):
+                    parts.append(f"<owner-certificate-chain><position>{i}</position>{_summary(_load(pem))}"
+                                 "</owner-certificate-chain>")
+                parts.append(_el("installed-at", rec["installed-at"]) + _el("installed-by", rec["installed-by"]))
+            parts.append("</node>")
+        kp = self.data["key-packages"]
+        for name, k in sorted((kp or {}).get("keys", {}).items()):
+            key = keypackage.Key(name, k["key_type"], k["metadata"], k["value"])
+            parts.append(f"<key-package>{_el('name', name)}"
+                         f"{_el('usage', 'consent-token' if name == keypackage.CONSENT_TOKEN_KEY else k['metadata'])}"
+                         f"{_el('key-type', k['key_type'])}{_el('timestamp', kp['timestamp-text'])}"
+                         f"{_el('sha256-fingerprint', key.fingerprint())}</key-package>")
+        parts.append("</ownership>")
+        return "".join(parts)
+
+    # -- helpers
+
+    def _read(self, path: str, max_size: int) -> tuple[bytes, str]:
+        devfs = self.services.devfs
+        try:
+            return devfs.read_bytes(path, max_size=max_size), devfs.device_path(devfs.resolve(path))
+        except DevFSError as exc:
+            raise BackendError(exc.message, app_tag=exc.code, tag=exc.tag) from None
+
+    def _commit(self, state: dict) -> None:
+        try:
+            atomic_write(self.path, json.dumps(state, indent=1).encode(), mode=0o600)
+        except OSError as exc:
+            raise BackendError(f"cannot record ownership: {exc.strerror}", app_tag="ownership-write-failed") from None
+        self.data = state
+
+    def _notify(self, body: str) -> None:
+        if self.services.notify is not None:
+            self.services.notify(body)
+
+    # -- oshp-ovoc-apply
+
+    async def ovoc_apply(self, session, params: dict) -> str:
+        ov_data, ov_source = self._read(params["ov-path"], ownership.MAX_BUNDLE)
+        oc_data, _ = self._read(params["oc-path"], MAX_OC)
+        async with self.lock:
+            loop = asyncio.get_running_loop()
+            try:
+                state, rows, established = await loop.run_in_executor(
+                    None, self._check_apply, ov_data, ov_source, oc_data, params, session)
+            except (ownership.OwnershipError, voucher.VoucherError) as exc:
+                raise _error(exc) from None
+            self._commit(state)
+        log.info("%s (%s)", ESTABLISHED, ", ".join(established))
+        oc_subject = _load(state["nodes"][established[0]]["oc-chain"][0]).subject.rfc4514_string()
+        self._notify(f'<ownership-established xmlns="{NS}">'
+                     + "".join(_el("location", loc) for loc in established)
+                     + f"{_el('owner-certificate', oc_subject)}</ownership-established>")
+        return "".join(f'<voucher xmlns="{NS}">{row}</voucher>' for row in rows)
+
+    def _check_apply(self, ov_data: bytes, ov_source: str, oc_data: bytes, params: dict, session):
+        now = self.services.clock()
+        members = ownership.read_bundle(ov_data, ov_source)
+        idevids = {n.serial_number: n.idevid_cert() for n in self.profile.nodes}
+        sel = ownership.select(members, set(self.serials), anchors=self.profile.manufacturer_anchors(), at=now,
+                               idevids=idevids)
+        for node in self.profile.nodes:
+            if node.serial_number not in sel.chosen:
+                mine = [r for r in sel.rejected if r[1] == node.serial_number]
+                if mine:
+                    name, _serial, code, message = mine[0]
+                    raise voucher.VoucherError(code, f"{node.location}: {name}: {message}")
+                if sel.foreign:
+                    raise ownership.OwnershipError("ov-serial-mismatch", f"no voucher names {node.location}'s serial "
+                                                   f"{node.serial_number}; {', '.join(sel.foreign)} name other "
+                                                   "serials", tag="invalid-value")
+                raise ownership.OwnershipError("ov-missing-node", f"the bundle has no voucher for {node.location} "
+                                               f"(serial {node.serial_number})", tag="invalid-value")
+        chosen = {self.serials[s]: (name, v) for s, (name, v) in sel.chosen.items()}
+        for location, (name, v) in chosen.items():
+            old = self.data["nodes"].get(location)
+            if old and voucher.parse_datetime(old["voucher"]["created-on"], "created-on") > v.created_on:
+                raise voucher.VoucherError("ov-older", f"{location}: {name} was created on {v.created_on.isoformat()}, "
+                                           f"before the installed voucher ({old['voucher']['created-on']}); "
+                                           "only the latest voucher is accepted")
+        profiles = {v.security_profile for _n, v in chosen.values()}
+        if len(profiles) > 1 and not params.get("allow-mixed-security-profiles"):
+            raise voucher.VoucherError("ov-profile-mismatch", "the vouchers for this chassis carry different security "
+                                       f"profiles ({', '.join(sorted(profiles))}); give "
+                                       "allow-mixed-security-profiles to install anyway")
+        state = copy.deepcopy(self.data)
+        user = getattr(session, "username", None) or "unknown"
+        for location, (name, v) in chosen.items():
+            oc = ownership.verify_oc(oc_data, v.pinned_domain_cert, at=now,
+                                     partial_match=params.get("cert-chain-partial-match") == "true",
+                                     crl_optional=params.get("crl-optional") == "true",
+                                     revocation_checks=v.revocation_checks,
+                                     allow_sha1=v.security_profile == "relaxed",
+                                     pdc_min_rsa_bits=2048 if v.security_profile == "strict" else 1024)
+            state["nodes"][location] = {
+                "voucher": {"serial-number": v.serial_number, "created-on": v.created_on.isoformat(),
+                            "expires-on": v.expires_on.isoformat() if v.expires_on else None,
+                            "assertion": v.assertion, "issuer": v.signer.subject.rfc4514_string(),
+                            "content-type": v.content_type, "security-profile": v.security_profile,
+                            "source": f"{ov_source}:{name}" if name != ov_source else ov_source},
+                "pdc": _pem(v.pinned_domain_cert), "oc-chain": [_pem(c) for c in oc.chain],
+                "installed-at": now.isoformat(), "installed-by": user}
+        rows = []
+        applied = {name: loc for loc, (name, _v) in chosen.items()}
+        for name, _data in members:
+            if name in applied:
+                rows.append(f"{_el('member', name)}{_el('result', 'applied')}{_el('location', applied[name])}")
+            elif name in sel.foreign:
+                rows.append(f"{_el('member', name)}{_el('result', 'other-device')}")
+        for name, serial, code, message in sel.rejected:
+            rows.append(f"{_el('member', name)}{_el('serial-number', serial or None)}{_el('result', 'rejected')}"
+                        f"{_el('reason', f'{code}: {message}')}")
+        for name in sel.foreign:
+            log.info("device ownership: %s is for another device; ignored", name)
+        for name, _serial, code, message in sel.rejected:
+            log.warning("device ownership: %s rejected: %s: %s", name, code, message)
+        return state, _unique_rows(rows), sorted(chosen)
+
+    # -- key packages
+
+    async def kpkg_apply(self, session, params: dict) -> None:
+        data, source = self._read(params["keypackage-file"], MAX_KPKG)
+        rec = next((r for r in self.data["nodes"].values()), None)
+        if rec is None:
+            raise BackendError("no device ownership: establish it before applying a customer key package",
+                               app_tag="kpkg-no-ownership", tag="operation-failed")
+        now = self.services.clock()
+        try:
+            pkg = keypackage.verify(data, _load(rec["oc-chain"][0]), now)
+            current = self.data["key-packages"]
+            if current and datetime.fromisoformat(current["timestamp"]) >= pkg.timestamp:
+                raise keypackage.KeyPackageError("kpkg-stale", f"the key package timestamp {pkg.timestamp_text} is not "
+                                                 f"newer than the applied one ({current['timestamp-text']})")
+            old = {n: keypackage.Key(n, k["key_type"], k["metadata"], k["value"])
+                   for n, k in (current or {}).get("keys", {}).items()}
+            keys = keypackage.apply(old, pkg)
+        except keypackage.KeyPackageError as exc:
+            raise _error(exc) from None
+        state = copy.deepcopy(self.data)
+        state["key-packages"] = {"timestamp": pkg.timestamp.isoformat(), "timestamp-text": pkg.timestamp_text,
+                                 "source": source, "keys": {n: {"key_type": k.key_type, "metadata": k.metadata,
+                                                                "value": k.value} for n, k in keys.items()}}
+        self._commit(state)
+        log.info("customer key package %s applied: %s", source, ", ".join(sorted(keys)) or "no keys")
+        return None
+
+    def _consent_key(self):
+        kp = self.data["key-packages"] or {}
+        k = kp.get("keys", {}).get(keypackage.CONSENT_TOKEN_KEY)
+        if k is None:
+            raise BackendError("no customer consent-token key: apply a key package with the "
+                               f"{keypackage.CONSENT_TOKEN_KEY} key first", app_tag="ct-key-missing",
+                               tag="operation-failed")
+        return keypackage.Key(keypackage.CONSENT_TOKEN_KEY, k["key_type"], k["metadata"], k["value"]).public_key()
+
+    def _node_serial(self, location: str) -> str:
+        node = self.profile.node(location)
+        if node is None:
+            raise BackendError(f"no node {location!r}", app_tag="unknown-node", tag="invalid-value")
+        return node.serial_number
+
+    # -- clear device ownership
+
+    async def clear_challenge(self, session, params: dict) -> str:
+        location = params["location"]
+        serial = self._node_serial(location)
+        if location not in self.data["nodes"]:
+            raise BackendError(f"{location}: no platform ownership information found", app_tag="no-ownership",
+                               tag="data-missing")
+        self._consent_key()
+        c = self.tokens.issue(serial, location, "clear-device-ownership", self.services.clock())
+        return (f'<challenge-string xmlns="{NS}">{c.text()}</challenge-string>'
+                f'<expires-at xmlns="{NS}">{c.expires_at.isoformat()}</expires-at>')
+
+    async def clear_response(self, session, params: dict) -> None:
+        location = params["location"]
+        self._node_serial(location)
+        key = self._consent_key()
+        try:
+            self.tokens.redeem(location, "clear-device-ownership", params["challenge-response"], key,
+                               self.services.clock())
+        except consent.ConsentError as exc:
+            raise _error(exc) from None
+        state = copy.deepcopy(self.data)
+        state["nodes"].pop(location, None)
+        if not any(loc in state["nodes"] for loc in self.serials.values() if loc != CHASSIS):
+            state["nodes"].clear()  # the chassis voucher goes with the last node
+            state["key-packages"] = None
+        self._commit(state)
+        log.warning("device ownership cleared on %s by %s", location, getattr(session, "username", "unknown"))
+        self._notify(f'<ownership-cleared xmlns="{NS}">{_el("location", location)}</ownership-cleared>')
+        return None
+
+    # -- reimage protection
+
+    def _active_location(self) -> str:
+        node = next((n for n in self.profile.nodes if n.role == "active"), self.profile.nodes[0])
+        return node.location
+
+    async def reimage_challenge(self, session, params: dict) -> str:
+        if params["signer"] != "customer":
+            raise BackendError("this device has no vendor consent-token service; use signer customer",
+                               app_tag="ct-signer-unavailable", tag="operation-not-supported")
+        self._consent_key()
+        location = self._active_location()
+        c = self.tokens.issue(self._node_serial(location), location,
+                              f"reimage-protection-{params['reimage-protection']}", self.services.clock())
+        return f'<challenge-string xmlns="http://cisco.com/ns/yang/Cisco-IOS-XR-ownership-act">{c.text()}</challenge-string>'
+
+    async def reimage_response(self, session, params: dict) -> None:
+        action = params["reimage-protection"]
+        key = self._consent_key()
+        try:
+            self.tokens.redeem(self._active_location(), f"reimage-protection-{action}",
+                               params["challenge-response"], key, self.services.clock())
+        except consent.ConsentError as exc:
+            raise _error(exc) from None
+        state = copy.deepcopy(self.data)
+        state["reimage-protection"] = "enabled" if action == "enable" else "disabled"
+        self._commit(state)
+        log.info("reimage protection %sd", action)
+        return None
+
+    async def session_terminate(self, session, params: dict) -> None:
+        self.tokens.clear()
+        return None
+
+
+def _unique_rows(rows: list[str]) -> list[str]:
+    seen, out = set(), []
+    for r in rows:
+        key = r.split("</member>")[0]
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
+
+
+register("ownership")(OwnershipBackend)

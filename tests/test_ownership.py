@@ -1,0 +1,349 @@
+"""Device ownership end to end: lab vouchers and owner certificates made by
+`trustplane lab`, uploaded to the device filesystem, installed over NETCONF, read back,
+cleared with a consent token; plus the real IOS XR vouchers in ../shared/interop."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from lxml import etree
+from ncclient.operations import RPCError
+
+from conftest import PASSWORD, ROOT, ServerProcess, rpc
+
+ACT = "http://cisco.com/ns/yang/Cisco-IOS-XR-ownership-act"
+OPER = "http://cisco.com/ns/yang/Cisco-IOS-XR-ownership-oper"
+KPKG = "http://cisco.com/ns/yang/Cisco-IOS-XR-key-package-act"
+TPO = "urn:trustplane:yang:trustplane-ownership"
+INTEROP = ROOT.parent / "shared" / "interop" / "cisco-ov"
+
+
+def tp(*args: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "trustplane.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                         env=dict(os.environ, TRUSTPLANE_ADMIN_PASSWORD=PASSWORD))
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def call(m, xml: str) -> etree._Element:
+    return etree.fromstring(rpc(m, xml).xml.encode())
+
+
+def apply(m, ov: str, oc: str, extra: str = "") -> etree._Element:
+    return call(m, f'<oshp-ovoc-apply xmlns="{ACT}"><ov-path>{ov}</ov-path><oc-path>{oc}</oc-path>{extra}'
+                   "</oshp-ovoc-apply>")
+
+
+def error_of(exc: RPCError) -> tuple[str, str]:
+    app = exc.xml.find("{urn:ietf:params:xml:ns:netconf:base:1.0}error-app-tag")
+    return exc.tag, app.text if app is not None else None
+
+
+def nodes(m) -> dict[str, etree._Element]:
+    data = m.get(("subtree", f'<ownership xmlns="{TPO}"/>')).data_ele
+    return {n.findtext(f"{{{TPO}}}location"): n for n in data.iter(f"{{{TPO}}}node")}
+
+
+class Lab:
+    """A device state directory and the lab artifacts for it."""
+
+    def __init__(self, base: Path, clock: str | None = None):
+        self.base = base
+        self.state = base / "state"
+        self.lab = base / "state-lab"
+        self.work = base / "work"
+        tp("init", "--state-dir", str(self.state))
+        profile = json.loads((self.state / "device.json").read_text())
+        self.serials = {n["location"]: n["serial-number"] for n in profile["nodes"]}
+        self.disk = self.state / "fs" / "disk0:"
+        tp("lab", "owner-ca", "--out", str(self.work / "owner"))
+        tp("lab", "owner-cert", "--pdc-dir", str(self.work / "owner"))
+        shutil.copy(self.work / "owner" / "oc.cms", self.disk / "oc.cms")
+        self.server = ServerProcess(self.state, *(["--clock", clock] if clock else []))
+
+    def vouchers(self, name: str, serials: list[str], *opts: str) -> list[Path]:
+        out = self.work / name
+        tp("lab", "voucher", "--lab-dir", str(self.lab), "--pdc", str(self.work / "owner" / "pdc.pem"),
+           *[a for s in serials for a in ("--serial", s)], "--out", str(out), *opts)
+        return [out / f"{s}.vcj" for s in serials]
+
+    def bundle(self, name: str, files: list[Path]) -> str:
+        tp("lab", "bundle", "--out", str(self.disk / name), *map(str, files))
+        return f"disk0:/{name}"
+
+    def state_bytes(self) -> bytes:
+        p = self.state / "ownership" / "state.json"
+        return p.read_bytes() if p.exists() else b""
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory):
+    lab = Lab(tmp_path_factory.mktemp("own"))
+    lab.server.start()
+    yield lab
+    lab.server.stop()
+
+
+def test_lab_artifacts_verify_with_openssl(dev):
+    rp0 = dev.vouchers("openssl", [dev.serials["0/RP0/CPU0"]])[0]
+    out = subprocess.run(["openssl", "cms", "-verify", "-inform", "DER", "-in", str(rp0), "-binary", "-purpose", "any",
+                          "-CAfile", str(dev.lab / "manufacturer-ca.pem")], capture_output=True)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["ietf-voucher:voucher"]["serial-number"] == dev.serials["0/RP0/CPU0"]
+    certs = subprocess.run(["openssl", "pkcs7", "-inform", "DER", "-in", str(dev.work / "owner" / "oc.cms"),
+                            "-print_certs"], capture_output=True, text=True, check=True).stdout
+    assert "Lab Owner Certificate" in certs and "Lab Owner Root" in certs
+    out = subprocess.run(["openssl", "verify", "-CAfile", str(dev.work / "owner" / "pdc.pem"),
+                          str(dev.work / "owner" / "oc.pem")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+def test_establish_ownership(dev):
+    rp0, rp1 = dev.serials["0/RP0/CPU0"], dev.serials["0/RP1/CPU0"]
+    files = dev.vouchers("v1", [rp0, rp1, "FOC2231X0ZZ"])
+    ov = dev.bundle("ov.tar.gz", files)
+    with dev.server.connect() as m:
+        m.create_subscription(stream_name="NETCONF", filter=("subtree", f'<ownership-established xmlns="{TPO}"/>'))
+        reply = apply(m, ov, "disk0:/oc.cms")
+        rows = {v.findtext(f"{{{TPO}}}member"): v.findtext(f"{{{TPO}}}result")
+                for v in reply.iter(f"{{{TPO}}}voucher")}
+        assert rows == {f"{rp0}.vcj": "applied", f"{rp1}.vcj": "applied", "FOC2231X0ZZ.vcj": "other-device"}
+        note = m.take_notification(timeout=10)
+        locs = [e.text for e in note.notification_ele.iter(f"{{{TPO}}}location")]
+        assert locs == ["0/RP0/CPU0", "0/RP1/CPU0"]
+        state = nodes(m)
+        for loc in ("0/RP0/CPU0", "0/RP1/CPU0"):
+            n = state[loc]
+            assert n.findtext(f"{{{TPO}}}state") == "established"
+            assert n.findtext(f"{{{TPO}}}voucher/{{{TPO}}}serial-number") == dev.serials[loc]
+            assert n.findtext(f"{{{TPO}}}voucher/{{{TPO}}}assertion") == "logged"
+            assert n.findtext(f"{{{TPO}}}voucher/{{{TPO}}}content-type") == "id-data"
+            assert n.findtext(f"{{{TPO}}}installed-by") == "admin"
+            chain = n.findall(f"{{{TPO}}}owner-certificate-chain")
+            assert [c.findtext(f"{{{TPO}}}subject") for c in chain] == [
+                "CN=Lab Owner Certificate,O=Lab Owner", "CN=trustplane Lab Owner Root,O=Lab Owner"]
+        oper = m.get(("subtree", f'<ownership xmlns="{OPER}"/>')).data_ele
+        pdc = oper.findtext(f".//{{{OPER}}}pdc")
+        assert pdc == (dev.work / "owner" / "pdc.pem").read_text()
+        assert "Lab Owner Certificate" in oper.findtext(f".//{{{OPER}}}oc-info")
+    assert "%SECURITY-OWNERSHIP-6-INFO : Device ownership established." in dev.server.log()
+    # state survives a restart
+    dev.server.stop()
+    dev.server.start()
+    with dev.server.connect() as m:
+        assert nodes(m)["0/RP1/CPU0"].findtext(f"{{{TPO}}}state") == "established"
+
+
+def refused(dev, ov: str, oc: str, want: tuple[str, str], extra: str = "") -> None:
+    before = dev.state_bytes()
+    with dev.server.connect() as m:
+        with pytest.raises(RPCError) as err:
+            apply(m, ov, oc, extra)
+    assert error_of(err.value) == want, err.value.message
+    assert dev.state_bytes() == before
+
+
+def test_failures_change_nothing(dev, tmp_path):
+    rp0, rp1 = dev.serials["0/RP0/CPU0"], dev.serials["0/RP1/CPU0"]
+    both = [rp0, rp1]
+    refused(dev, dev.bundle("foreign.tar.gz", dev.vouchers("foreign", ["FOC2231X0ZZ"])), "disk0:/oc.cms",
+            ("invalid-value", "ov-serial-mismatch"))
+    expired = dev.vouchers("expired", both, "--created", "2020-01-01T00:00:00Z", "--expires-days", "30")
+    refused(dev, dev.bundle("expired.tar.gz", expired), "disk0:/oc.cms", ("operation-failed", "ov-expired"))
+    # a voucher signed by another manufacturer's MASA
+    other = Lab(tmp_path / "other")
+    untrusted = [p for s in both for p in [other.work / "u" / f"{s}.vcj"]]
+    tp("lab", "voucher", "--lab-dir", str(other.lab), "--pdc", str(dev.work / "owner" / "pdc.pem"),
+       "--serial", rp0, "--serial", rp1, "--out", str(other.work / "u"))
+    refused(dev, dev.bundle("untrusted.tar.gz", untrusted), "disk0:/oc.cms", ("operation-failed", "ov-signer-untrusted"))
+    # an OC from another owner
+    shutil.copy(other.work / "owner" / "oc.cms", dev.disk / "other-oc.cms")
+    good = dev.bundle("good.tar.gz", dev.vouchers("good", both))
+    refused(dev, good, "disk0:/other-oc.cms", ("operation-failed", "oc-untrusted"))
+    # tampered voucher
+    data = bytearray(dev.vouchers("tamper", both)[0].read_bytes())
+    at = bytes(data).index(b"logged")
+    data[at:at + 6] = b"LOGGED"
+    tampered = dev.work / "tamper" / f"{rp0}.vcj"
+    tampered.write_bytes(bytes(data))
+    refused(dev, dev.bundle("tampered.tar.gz", [tampered, dev.work / "tamper" / f"{rp1}.vcj"]), "disk0:/oc.cms",
+            ("operation-failed", "ov-signature-invalid"))
+    # older than the installed voucher
+    older = dev.vouchers("older", both, "--created", "2026-01-01T00:00:00Z", "--expires-days", "3000")
+    refused(dev, dev.bundle("older.tar.gz", older), "disk0:/oc.cms", ("operation-failed", "ov-older"))
+    refused(dev, "disk0:/../device.json", "disk0:/oc.cms", ("invalid-value", "path-escape"))
+    refused(dev, good, "disk0:/missing.cms", ("data-missing", "file-not-found"))
+    (dev.disk / "corrupt.tar.gz").write_bytes(b"\x1f\x8b\x08\x00" + os.urandom(300))
+    refused(dev, "disk0:/corrupt.tar.gz", "disk0:/oc.cms", ("invalid-value", "ov-bundle-corrupt"))
+    strict = dev.vouchers("strict", [rp0], "--security-profile", "strict")
+    relaxed = dev.vouchers("relaxed", [rp1], "--security-profile", "relaxed")
+    mixed = dev.bundle("mixed.tar.gz", strict + relaxed)
+    refused(dev, mixed, "disk0:/oc.cms", ("operation-failed", "ov-profile-mismatch"))
+    with dev.server.connect() as m:
+        apply(m, mixed, "disk0:/oc.cms", f'<allow-mixed-security-profiles xmlns="{TPO}">true'
+                                         "</allow-mixed-security-profiles>")
+        oper = m.get(("subtree", f'<ownership xmlns="{OPER}"><security-profile/></ownership>')).data_ele
+        assert oper.findtext(f".//{{{OPER}}}signed-rpm") == "enable"  # strict wins
+
+
+def test_duplicate_vouchers_first_valid_applies(dev):
+    rp0, rp1 = dev.serials["0/RP0/CPU0"], dev.serials["0/RP1/CPU0"]
+    first = dev.vouchers("dup1", [rp0, rp1])
+    second = dev.vouchers("dup2", [rp0])
+    renamed = dev.work / "dup2" / "again.vcj"
+    second[0].rename(renamed)
+    with dev.server.connect() as m:
+        reply = apply(m, dev.bundle("dup.tar.gz", first + [renamed]), "disk0:/oc.cms")
+    rows = {v.findtext(f"{{{TPO}}}member"): (v.findtext(f"{{{TPO}}}result"), v.findtext(f"{{{TPO}}}reason"))
+            for v in reply.iter(f"{{{TPO}}}voucher")}
+    assert rows[f"{rp0}.vcj"][0] == "applied"
+    assert rows["again.vcj"][0] == "rejected" and rows["again.vcj"][1].startswith("ov-duplicate")
+
+
+def test_key_package_and_clearing_with_a_consent_token(dev):
+    owner = dev.work / "owner"
+    tp("lab", "consent-key", "--out", str(dev.work / "ct"))
+    tp("lab", "key-package", "--pdc-dir", str(owner), "--consent-key", str(dev.work / "ct" / "ct.pub.pem"),
+       "--out", str(dev.disk / "kp.cms"))
+    with dev.server.connect() as m:
+        with pytest.raises(RPCError) as err:
+            call(m, f'<clear-device-ownership-challenge xmlns="{TPO}"><location>0/RP1/CPU0</location>'
+                    "</clear-device-ownership-challenge>")
+        assert error_of(err.value) == ("operation-failed", "ct-key-missing")
+        call(m, f'<kpkg-apply xmlns="{KPKG}"><keypackage-type>customer</keypackage-type>'
+                "<keypackage-file>disk0:/kp.cms</keypackage-file></kpkg-apply>")
+        with pytest.raises(RPCError) as err:  # the same package again is not newer
+            call(m, f'<kpkg-apply xmlns="{KPKG}"><keypackage-type>customer</keypackage-type>'
+                    "<keypackage-file>disk0:/kp.cms</keypackage-file></kpkg-apply>")
+        assert error_of(err.value) == ("invalid-value", "kpkg-stale")
+        kp = m.get(("subtree", f'<ownership xmlns="{TPO}"><key-package/></ownership>')).data_ele
+        assert kp.findtext(f".//{{{TPO}}}usage") == "consent-token"
+
+        def challenge(loc):
+            r = call(m, f'<clear-device-ownership-challenge xmlns="{TPO}"><location>{loc}</location>'
+                        "</clear-device-ownership-challenge>")
+            return r.findtext(f".//{{{TPO}}}challenge-string")
+
+        def respond(loc, response):
+            call(m, f'<clear-device-ownership-response xmlns="{TPO}"><location>{loc}</location>'
+                    f"<challenge-response>{response}</challenge-response></clear-device-ownership-response>")
+
+        c0, c1 = challenge("0/RP0/CPU0"), challenge("0/RP1/CPU0")
+        sign = lambda c: tp("lab", "consent-response", "--key", str(dev.work / "ct" / "ct.key"),  # noqa: E731
+                            "--challenge", c).strip()
+        r0, r1 = sign(c0), sign(c1)
+        before = dev.state_bytes()
+        with pytest.raises(RPCError) as err:
+            respond("0/RP1/CPU0", r0)
+        assert error_of(err.value) == ("access-denied", "ct-wrong-node")
+        assert dev.state_bytes() == before
+        respond("0/RP1/CPU0", r1)
+        with pytest.raises(RPCError) as err:
+            respond("0/RP1/CPU0", r1)
+        assert error_of(err.value) == ("access-denied", "ct-response-replayed")
+        state = nodes(m)
+        assert state["0/RP1/CPU0"].findtext(f"{{{TPO}}}state") == "none"
+        assert state["0/RP0/CPU0"].findtext(f"{{{TPO}}}state") == "established"
+
+        # reimage protection with the same mechanism
+        with pytest.raises(RPCError) as err:
+            call(m, f'<oshp-reimage-protection-challenge xmlns="{ACT}"><reimage-protection>enable'
+                    "</reimage-protection><signer>cisco</signer></oshp-reimage-protection-challenge>")
+        assert error_of(err.value) == ("operation-not-supported", "ct-signer-unavailable")
+        ch = call(m, f'<oshp-reimage-protection-challenge xmlns="{ACT}"><reimage-protection>enable'
+                     "</reimage-protection><signer>customer</signer></oshp-reimage-protection-challenge>")
+        call(m, f'<oshp-reimage-protection-response xmlns="{ACT}"><reimage-protection>enable</reimage-protection>'
+                f"<challenge-response>{sign(ch.findtext(f'.//{{{ACT}}}challenge-string'))}</challenge-response>"
+                "</oshp-reimage-protection-response>")
+        oper = m.get(("subtree", f'<ownership xmlns="{OPER}"><anti-theft/></ownership>')).data_ele
+        assert oper.findtext(f".//{{{OPER}}}reimage-status") == "enabled"
+
+        respond("0/RP0/CPU0", r0)
+        state = nodes(m)
+        assert all(n.findtext(f"{{{TPO}}}state") == "none" for n in state.values())
+        oper = m.get(("subtree", f'<ownership xmlns="{OPER}"/>')).data_ele
+        assert oper.find(f".//{{{OPER}}}device-ownership") is None
+        kp = m.get(("subtree", f'<ownership xmlns="{TPO}"><key-package/></ownership>')).data_ele
+        assert kp.find(f".//{{{TPO}}}key-package") is None
+        with pytest.raises(RPCError) as err:
+            challenge("0/RP0/CPU0")
+        assert error_of(err.value) == ("data-missing", "no-ownership")
+
+
+# -- the real IOS XR vouchers ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cisco(tmp_path_factory):
+    if not INTEROP.is_dir():
+        pytest.skip("../shared/interop/cisco-ov is absent")
+    base = tmp_path_factory.mktemp("cisco")
+    certs = subprocess.run(["openssl", "pkcs7", "-inform", "DER", "-in", str(INTEROP / "FOC2448P0P2.ov"),
+                            "-print_certs"], capture_output=True, text=True, check=True).stdout
+    blocks = ["-----BEGIN CERTIFICATE-----" + b.split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n"
+              for b in certs.split("-----BEGIN CERTIFICATE-----")[1:]]
+    root = None
+    for pem in blocks:  # the embedded root: the certificate whose subject is its issuer
+        (base / "c.pem").write_text(pem)
+        subject, issuer = subprocess.run(["openssl", "x509", "-in", str(base / "c.pem"), "-noout", "-subject",
+                                          "-issuer"], capture_output=True, text=True, check=True).stdout.splitlines()
+        if subject.split("=", 1)[1] == issuer.split("=", 1)[1]:
+            root = pem
+    (base / "root.pem").write_text(root)
+    state = base / "state"
+    tp("init", "--state-dir", str(state), "--node", "0/RP0/CPU0=FOC2448P0P2",
+       "--manufacturer-anchor", str(base / "root.pem"))
+    disk = state / "fs" / "disk0:"
+    for name in ("FOC2448P0P2.ov", "wrongserial.ov"):
+        shutil.copy(INTEROP / name, disk / name)
+    # an owner certificate made with openssl from the PDC's key
+    run = lambda *a: subprocess.run(a, check=True, capture_output=True, cwd=base)  # noqa: E731
+    (base / "oc.ext").write_text("keyUsage=critical,digitalSignature\n")
+    run("openssl", "req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=owner.abc.ka.in", "-keyout", "oc.key",
+        "-out", "oc.csr")
+    (base / "ca.cnf").write_text("[ca]\ndefault_ca = d\n[d]\ndatabase = index.txt\nnew_certs_dir = .\n"
+                                 "serial = serial\ndefault_md = sha256\npolicy = p\nunique_subject = no\n"
+                                 "[p]\ncommonName = supplied\n")
+    (base / "index.txt").write_text("")
+    (base / "serial").write_text("07\n")
+    run("openssl", "ca", "-batch", "-config", "ca.cnf", "-cert", str(INTEROP / "pdc.cert.pem"), "-keyfile",
+        str(INTEROP / "pdc.key.pem"), "-in", "oc.csr", "-out", "oc.pem", "-startdate", "20240101000000Z",
+        "-enddate", "20251231000000Z", "-extfile", "oc.ext", "-notext")
+    run("openssl", "crl2pkcs7", "-nocrl", "-certfile", "oc.pem", "-outform", "DER", "-out", str(disk / "oc.cms"))
+    return state
+
+
+def test_cisco_voucher_with_the_clock_pinned(cisco):
+    srv = ServerProcess(cisco, "--clock", "2024-06-01T00:00:00Z").start()
+    try:
+        with srv.connect() as m:
+            with pytest.raises(RPCError) as err:
+                apply(m, "disk0:/wrongserial.ov", "disk0:/oc.cms")
+            assert error_of(err.value) == ("invalid-value", "ov-serial-mismatch")
+            reply = apply(m, "disk0:/FOC2448P0P2.ov", "disk0:/oc.cms")
+            assert reply.findtext(f".//{{{TPO}}}result") == "applied"
+            n = nodes(m)["0/RP0/CPU0"]
+            assert set(n.findtext(f"{{{TPO}}}voucher/{{{TPO}}}issuer").split(",")) == {
+                "CN=IOS-XR-SW-CPK-OV", "OU=REL", "O=Cisco"}
+            assert n.findtext(f"{{{TPO}}}voucher/{{{TPO}}}content-type") == "id-data"
+            assert "CN=abc.ka.in" in n.findtext(f"{{{TPO}}}pinned-domain-cert/{{{TPO}}}subject").split(",")
+            assert n.findtext(f"{{{TPO}}}owner-certificate-chain/{{{TPO}}}subject") == "CN=owner.abc.ka.in"
+    finally:
+        srv.stop()
+
+
+def test_cisco_voucher_with_the_real_clock_is_expired(cisco):
+    srv = ServerProcess(cisco).start()
+    try:
+        with srv.connect() as m:
+            with pytest.raises(RPCError) as err:
+                apply(m, "disk0:/FOC2448P0P2.ov", "disk0:/oc.cms")
+            assert err.value.tag == "operation-failed"
+            assert error_of(err.value)[1] in ("ov-expired", "ov-signer-expired")
+            assert "expire" in err.value.message
+    finally:
+        srv.stop()

@@ -1,0 +1,289 @@
+"""Voucher, owner certificate, key package and consent-token rules: one test per interop
+quirk policy (README, "Voucher interop policy"), with the clock pinned."""
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+from backends.engine import cms, consent, keypackage, lab, ownership, voucher
+from backends.engine.identity import issue_idevid, make_manufacturer_ca
+
+NOW = datetime(2026, 6, 1, tzinfo=timezone.utc)
+SERIAL = "FOC2231X0AB"
+
+
+@pytest.fixture(scope="module")
+def pki():
+    ca_key, ca = make_manufacturer_ca(NOW - timedelta(days=30))
+    masa_key, masa = lab.make_masa(ca_key, ca, NOW - timedelta(days=30))
+    pdc_key, pdc = lab.make_owner_ca(NOW - timedelta(days=30))
+    oc_key, oc, chain = lab.make_owner_cert(pdc_key, pdc, NOW - timedelta(days=30))
+    _idkey, idevid = issue_idevid(ca_key, ca, SERIAL, "8201-32FH", NOW - timedelta(days=30))
+    return dict(ca_key=ca_key, ca=ca, masa_key=masa_key, masa=masa, pdc_key=pdc_key, pdc=pdc, oc_key=oc_key,
+                oc=oc, idevid=idevid)
+
+
+def signed(pki, members: dict, *, content_type=cms.ID_DATA, signer=None) -> bytes:
+    body = {"serial-number": SERIAL, "created-on": "2026-05-01T10:00:00Z", "expires-on": "2027-05-01T10:00:00Z",
+            "assertion": "logged",
+            "pinned-domain-cert": base64.b64encode(pki["pdc"].public_bytes(serialization.Encoding.DER)).decode()}
+    body.update(members)
+    body = {k: v for k, v in body.items() if v is not None}
+    content = json.dumps({voucher.VOUCHER_KEY: body}).encode()
+    key, cert, ca = signer or (pki["masa_key"], pki["masa"], pki["ca"])
+    return cms.sign(content, key, cert, chain=[ca], content_type=content_type)
+
+
+def check(pki, data: bytes, **kw) -> voucher.Voucher:
+    args = dict(anchors=[pki["ca"]], serial=SERIAL, at=NOW, idevid=pki["idevid"])
+    args.update(kw)
+    return voucher.verify(data, **args)
+
+
+def refused(pki, data: bytes, code: str, **kw) -> None:
+    with pytest.raises(voucher.VoucherError) as err:
+        check(pki, data, **kw)
+    assert err.value.code == code, err.value.message
+
+
+def test_id_data_and_anima_content_types_are_accepted_and_recorded(pki):
+    assert check(pki, signed(pki, {})).content_type == "id-data"
+    assert check(pki, signed(pki, {}, content_type=cms.ID_CT_ANIMA_JSON_VOUCHER)).content_type == \
+        "id-ct-animaJSONVoucher"
+    refused(pki, signed(pki, {}, content_type="1.2.840.113549.1.9.16.1.42"), "ov-content-type")
+
+
+def test_the_signer_must_chain_to_the_manufacturer_anchor_not_to_the_cms(pki):
+    other_key, other_ca = make_manufacturer_ca(NOW - timedelta(days=1), "Someone Else")
+    rogue_key, rogue = lab.make_masa(other_key, other_ca, NOW - timedelta(days=1))
+    refused(pki, signed(pki, {}, signer=(rogue_key, rogue, other_ca)), "ov-signer-untrusted")
+    # the rogue CA travels in the CMS, but only the profile's anchors count
+    good = signed(pki, {})
+    assert check(pki, good).signer == pki["masa"]
+
+
+def test_unknown_members_are_tolerated(pki):
+    v = check(pki, signed(pki, {"XMLName": {"Space": "", "Local": ""}}))
+    assert v.unknown_members == ["XMLName"]
+
+
+@pytest.mark.parametrize("text, ok", [
+    ("2026-05-01T10:00:00.937649Z", True),
+    ("2026-05-01T10:00:00+00:00", True),
+    ("2026-05-01T06:00:00.123-04:00", True),
+    ("20260501T100000Z", False),
+    ("2026-05-01", False),
+])
+def test_created_on_forms(pki, text, ok):
+    data = signed(pki, {"created-on": text})
+    if ok:
+        assert check(pki, data).created_on <= NOW
+    else:
+        refused(pki, data, "ov-malformed")
+
+
+def test_revocation_checks_accepts_boolean_and_rfc_example_string(pki):
+    assert check(pki, signed(pki, {"domain-cert-revocation-checks": "true"})).revocation_checks is True
+    assert check(pki, signed(pki, {"domain-cert-revocation-checks": False})).revocation_checks is False
+    refused(pki, signed(pki, {"domain-cert-revocation-checks": "yes"}), "ov-malformed")
+
+
+@pytest.mark.parametrize("assertion", ["", "agent-proximity", "VERIFIED"])
+def test_unacceptable_assertions(pki, assertion):
+    refused(pki, signed(pki, {"assertion": assertion}), "ov-assertion-unacceptable")
+
+
+def test_nonce_forms_and_issuance(pki):
+    nonce = bytes(range(16))
+    b64url = base64.urlsafe_b64encode(nonce).decode().rstrip("=")
+    data = signed(pki, {"nonce": b64url, "expires-on": None})
+    assert check(pki, data, nonces=[nonce]).nonce == nonce
+    refused(pki, data, "ov-nonce-mismatch")  # the device never issued it
+    refused(pki, signed(pki, {"nonce": nonce.hex(), "expires-on": None}), "ov-malformed", nonces=[nonce])
+    refused(pki, signed(pki, {"nonce": base64.b64encode(b"short").decode(), "expires-on": None}), "ov-malformed")
+
+
+def test_pem_line_breaks_in_the_pdc_are_tolerated(pki):
+    der = base64.b64encode(pki["pdc"].public_bytes(serialization.Encoding.DER)).decode()
+    wrapped = "\n".join(der[i:i + 64] for i in range(0, len(der), 64))
+    assert check(pki, signed(pki, {"pinned-domain-cert": wrapped})).pinned_domain_cert == pki["pdc"]
+
+
+def test_serial_must_match_exactly(pki):
+    refused(pki, signed(pki, {"serial-number": SERIAL.lower()}), "ov-serial-mismatch")
+    refused(pki, signed(pki, {"serial-number": "FOC2231X0AC"}), "ov-serial-mismatch")
+
+
+def test_expiry_follows_the_injected_clock(pki):
+    data = signed(pki, {"expires-on": "2026-05-20T00:00:00Z"})
+    refused(pki, data, "ov-expired")
+    assert check(pki, data, at=datetime(2026, 5, 10, tzinfo=timezone.utc)).serial_number == SERIAL
+    refused(pki, signed(pki, {"created-on": "2026-07-01T00:00:00Z"}), "ov-not-yet-valid")
+
+
+def test_idevid_issuer(pki):
+    aki = pki["idevid"].extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    for form in (aki.public_bytes(), aki.key_identifier):
+        assert check(pki, signed(pki, {"idevid-issuer": base64.b64encode(form).decode()}))
+    refused(pki, signed(pki, {"idevid-issuer": base64.b64encode(b"\x01" * 20).decode()}),
+            "ov-idevid-issuer-mismatch")
+
+
+def test_tampered_and_unsigned_vouchers(pki):
+    data = bytearray(signed(pki, {}))
+    at = bytes(data).index(b"logged")
+    data[at] ^= 0x20
+    refused(pki, bytes(data), "ov-signature-invalid")
+    refused(pki, cms.certs_only([pki["masa"]]), "ov-unsigned")
+    refused(pki, b"not a voucher", "ov-malformed")
+
+
+def test_security_profile_member(pki):
+    assert check(pki, signed(pki, {voucher.PROFILE_MEMBER: "strict"})).security_profile == "strict"
+    assert check(pki, signed(pki, {})).security_profile == "default"
+    refused(pki, signed(pki, {voucher.PROFILE_MEMBER: "paranoid"}), "ov-malformed")
+
+
+# -- owner certificates -------------------------------------------------------------------
+
+def test_owner_certificate_shapes(pki):
+    degenerate = lab.owner_cert_cms(pki["oc"], [], pki["pdc"])
+    signed_empty = cms.sign(b"", pki["oc_key"], pki["oc"], chain=[pki["pdc"]])
+    for data in (degenerate, signed_empty):
+        oc = ownership.verify_oc(data, pki["pdc"], at=NOW)
+        assert oc.oc == pki["oc"] and oc.chain[-1] == pki["pdc"]
+
+
+def test_owner_certificate_through_an_intermediate_and_partial_match(pki):
+    key, oc, chain = lab.make_owner_cert(pki["pdc_key"], pki["pdc"], NOW - timedelta(days=1), intermediate=True)
+    data = lab.owner_cert_cms(oc, chain)
+    assert len(ownership.verify_oc(data, pki["pdc"], at=NOW).chain) == 3
+    # the intermediate as PDC: only with cert-chain-partial-match
+    with pytest.raises(ownership.OwnershipError) as err:
+        ownership.verify_oc(data, chain[0], at=NOW)
+    assert err.value.code == "oc-partial-chain"
+    assert ownership.verify_oc(data, chain[0], at=NOW, partial_match=True).chain[-1] == chain[0]
+    # the OC itself as the PDC
+    assert ownership.verify_oc(lab.owner_cert_cms(oc, []), oc, at=NOW, partial_match=True).chain == [oc]
+
+
+def test_owner_certificate_failures(pki):
+    other_key, other = lab.make_owner_ca(NOW - timedelta(days=1), "Other Owner")
+    _k, stranger, _c = lab.make_owner_cert(other_key, other, NOW - timedelta(days=1))
+    with pytest.raises(ownership.OwnershipError) as err:
+        ownership.verify_oc(lab.owner_cert_cms(stranger, []), pki["pdc"], at=NOW)
+    assert err.value.code == "oc-untrusted"
+    with pytest.raises(ownership.OwnershipError) as err:
+        ownership.verify_oc(lab.owner_cert_cms(pki["oc"], []), pki["pdc"], at=NOW + timedelta(days=3 * 365))
+    assert err.value.code == "oc-expired"
+
+
+def test_owner_certificate_key_usage_and_sha1_from_openssl(tmp_path):
+    """OCs made by the openssl CLI: keyCertSign-only is refused (RFC 8572); SHA-1 only when relaxed."""
+    def openssl_oc(name, ext, md):
+        (tmp_path / f"{name}.ext").write_text(ext)
+        subprocess.run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                        "-subj", f"/CN={name}", "-keyout", str(tmp_path / f"{name}.key"),
+                        "-out", str(tmp_path / f"{name}.csr")], check=True, capture_output=True)
+        subprocess.run(["openssl", "x509", "-req", "-in", str(tmp_path / f"{name}.csr"), "-CA", str(tmp_path / "pdc.pem"),
+                        "-CAkey", str(tmp_path / "pdc.key"), "-days", "30", f"-{md}", "-extfile",
+                        str(tmp_path / f"{name}.ext"), "-out", str(tmp_path / f"{name}.pem")],
+                       check=True, capture_output=True)
+        subprocess.run(["openssl", "crl2pkcs7", "-nocrl", "-certfile", str(tmp_path / f"{name}.pem"), "-outform", "DER",
+                        "-out", str(tmp_path / f"{name}.cms")], check=True, capture_output=True)
+        return (tmp_path / f"{name}.cms").read_bytes()
+
+    at = datetime.now(timezone.utc) + timedelta(hours=1)  # after the certificates' notBefore
+    pdc_now_key, pdc_now = lab.make_owner_ca(at - timedelta(days=1))
+    (tmp_path / "pdc.pem").write_bytes(pdc_now.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "pdc.key").write_bytes(pdc_now_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    good = openssl_oc("good", "keyUsage=critical,digitalSignature\n", "sha256")
+    assert ownership.verify_oc(good, pdc_now, at=at).oc.subject.rfc4514_string() == "CN=good"
+    certsign = openssl_oc("certsign", "keyUsage=critical,keyCertSign\n", "sha256")
+    with pytest.raises(ownership.OwnershipError) as err:
+        ownership.verify_oc(certsign, pdc_now, at=at)
+    assert err.value.code == "oc-key-usage"
+    sha1 = openssl_oc("sha1", "keyUsage=critical,digitalSignature\n", "sha1")
+    with pytest.raises(ownership.OwnershipError):
+        ownership.verify_oc(sha1, pdc_now, at=at)
+    assert ownership.verify_oc(sha1, pdc_now, at=at, allow_sha1=True).oc.subject.rfc4514_string() == "CN=sha1"
+
+
+# -- bundles ---------------------------------------------------------------------------------
+
+def test_bundle_selection_first_valid_wins_and_foreign_is_reported(pki):
+    old = signed(pki, {"created-on": "2026-04-01T00:00:00Z"})
+    new = signed(pki, {"created-on": "2026-05-01T00:00:00Z"})
+    bad = signed(pki, {"expires-on": "2026-05-02T00:00:00Z"})
+    foreign = signed(pki, {"serial-number": "FOC2231X0ZZ"})
+    members = ownership.read_bundle(lab.bundle([("bad.vcj", bad), ("new.vcj", new), ("old.vcj", old),
+                                                ("x.vcj", foreign)]))
+    sel = ownership.select(members, {SERIAL}, anchors=[pki["ca"]], at=NOW, idevids={SERIAL: pki["idevid"]})
+    assert sel.chosen[SERIAL][0] == "new.vcj"
+    assert [(r[0], r[2]) for r in sel.rejected] == [("bad.vcj", "ov-expired"), ("old.vcj", "ov-duplicate")]
+    assert sel.foreign == ["x.vcj"]
+
+
+def test_bundle_refuses_corrupt_archives():
+    for data in (b"\x1f\x8b\x08junk", b"plain text, not a tar"):
+        with pytest.raises(ownership.OwnershipError) as err:
+            ownership.read_bundle(data)
+        assert err.value.code in ("ov-bundle-corrupt", "ov-bundle-empty")
+
+
+# -- consent tokens and key packages ----------------------------------------------------------
+
+def test_consent_token_rules():
+    key = ed25519.Ed25519PrivateKey.generate()
+    tokens = consent.ConsentTokens()
+    a = tokens.issue(SERIAL, "0/RP0/CPU0", "clear-device-ownership", NOW)
+    b = tokens.issue("FOC2231X0AC", "0/RP1/CPU0", "clear-device-ownership", NOW)
+    resp_a = consent.sign(key, a.text())
+    with pytest.raises(consent.ConsentError) as err:
+        tokens.redeem("0/RP1/CPU0", "clear-device-ownership", resp_a, key.public_key(), NOW)
+    assert err.value.code == "ct-wrong-node"
+    assert tokens.redeem("0/RP0/CPU0", "clear-device-ownership", resp_a, key.public_key(), NOW) is a
+    with pytest.raises(consent.ConsentError) as err:
+        tokens.redeem("0/RP0/CPU0", "clear-device-ownership", resp_a, key.public_key(), NOW)
+    assert err.value.code == "ct-response-replayed"
+    with pytest.raises(consent.ConsentError) as err:
+        tokens.redeem("0/RP1/CPU0", "clear-device-ownership", consent.sign(key, b.text()), key.public_key(),
+                      NOW + timedelta(minutes=31))
+    assert err.value.code == "ct-challenge-expired"
+    other = ec.generate_private_key(ec.SECP256R1())
+    c = tokens.issue(SERIAL, "0/RP0/CPU0", "clear-device-ownership", NOW)
+    with pytest.raises(consent.ConsentError) as err:
+        tokens.redeem("0/RP0/CPU0", "clear-device-ownership", consent.sign(other, c.text()), key.public_key(), NOW)
+    assert err.value.code == "ct-response-invalid"
+    assert SERIAL.encode() in base64.b64decode(c.text()) and b"clear-device-ownership" in base64.b64decode(c.text())
+
+
+def test_key_packages(pki):
+    ct = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    key = keypackage.Key("CUS-CT", "X509KEY", "consent-token", ct)
+    data = lab.make_key_package(pki["oc_key"], pki["oc"], [key], NOW)
+    pkg = keypackage.verify(data, pki["oc"], NOW)
+    assert keypackage.apply({}, pkg)["CUS-CT"].public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode() == ct
+    other_key, other = lab.make_owner_ca(NOW - timedelta(days=1), "Not The Owner")
+    with pytest.raises(keypackage.KeyPackageError) as err:
+        keypackage.verify(lab.make_key_package(other_key, other, [key], NOW), pki["oc"], NOW)
+    assert err.value.code == "kpkg-untrusted"
+    with pytest.raises(keypackage.KeyPackageError) as err:
+        keypackage.apply({}, keypackage.parse(keypackage.build([key], "Mon, 01 Jun 2026 00:00:00 +0000", "DELETE")))
+    assert err.value.code == "kpkg-unknown-key"
+    with pytest.raises(keypackage.KeyPackageError):
+        keypackage.parse(keypackage.build([key], "yesterday"))
+    spki = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(spki)
+    assert key.fingerprint() == digest.finalize().hex()
