@@ -1,0 +1,119 @@
+"""Ownership workloads: a bulk oshp-ovoc-apply of 1,000 vouchers (2 of them for the device)
+over NETCONF, and full voucher verifications per second against `openssl speed` for the
+voucher's signature algorithm (ECDSA P-256).
+
+Run alone: .venv/bin/python bench/ownership.py
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from backends.engine import lab, voucher  # noqa: E402
+from backends.engine.identity import load_cert_pem, load_key_pem  # noqa: E402
+from client import connect  # noqa: E402  (bench/client.py)
+
+ACT = "http://cisco.com/ns/yang/Cisco-IOS-XR-ownership-act"
+
+
+def _summary(xs: list[float]) -> dict:
+    return {"min": min(xs), "median": statistics.median(xs), "max": max(xs), "n": len(xs)}
+
+
+def _artifacts(state: Path, lab_dir: Path, count: int):
+    now = datetime.now(timezone.utc)
+    profile = json.loads((state / "device.json").read_text())
+    local = [n["serial-number"] for n in profile["nodes"]]
+    ca_key = load_key_pem((lab_dir / "manufacturer-ca.key").read_bytes())
+    ca = load_cert_pem((lab_dir / "manufacturer-ca.pem").read_bytes())
+    masa_key, masa = lab.make_masa(ca_key, ca, now - timedelta(hours=1))
+    pdc_key, pdc = lab.make_owner_ca(now - timedelta(hours=1))
+    _oc_key, oc, chain = lab.make_owner_cert(pdc_key, pdc, now - timedelta(hours=1))
+    serials = local + [f"BEN{26:02d}{(i % 52) + 1:02d}{i:04d}" for i in range(count - len(local))]
+    members = [(f"{s}.vcj", lab.make_voucher(masa_key, masa, ca, s, pdc, now - timedelta(minutes=5))) for s in serials]
+    disk = state / "fs" / "disk0:"
+    (disk / "bulk.tar.gz").write_bytes(lab.bundle(members))
+    (disk / "oc.cms").write_bytes(lab.owner_cert_cms(oc, chain, pdc))
+    return members[0][1], local[0], ca, now
+
+
+def _verify_rate(data: bytes, serial: str, ca, at: datetime, seconds: float = 2.0) -> float:
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        voucher.verify(data, anchors=[ca], serial=serial, at=at)
+        n += 1
+    return n / (time.perf_counter() - start)
+
+
+def _openssl_p256_verify() -> float:
+    text = subprocess.run(["openssl", "speed", "-seconds", "2", "ecdsap256"], capture_output=True, text=True,
+                          check=True).stdout
+    m = re.search(r"256 bits ecdsa \(nistp256\)\s+\S+s\s+\S+s\s+([\d.]+)\s+([\d.]+)", text)
+    return float(m.group(2))
+
+
+async def _apply_times(port: int, password: str, rounds: int) -> list[float]:
+    c = await connect("127.0.0.1", port, "admin", password)
+    times = []
+    try:
+        for _ in range(rounds):
+            t = time.perf_counter()
+            reply = await c.rpc(f'<oshp-ovoc-apply xmlns="{ACT}"><ov-path>disk0:/bulk.tar.gz</ov-path>'
+                                "<oc-path>disk0:/oc.cms</oc-path></oshp-ovoc-apply>")
+            times.append(time.perf_counter() - t)
+            if b"rpc-error" in reply:
+                raise RuntimeError(reply.decode(errors="replace")[:500])
+    finally:
+        await c.close()
+    return times
+
+
+def run(tmp: Path, count: int = 1000, rounds: int = 5) -> dict:
+    state = tmp / "own"
+    password = secrets.token_urlsafe(12)
+    env = dict(os.environ, TRUSTPLANE_ADMIN_PASSWORD=password)
+    subprocess.run([sys.executable, "-m", "trustplane.cli", "init", "--state-dir", str(state)], cwd=ROOT, env=env,
+                   check=True, capture_output=True)
+    t = time.perf_counter()
+    sample, serial, ca, now = _artifacts(state, state.with_name("own-lab"), count)
+    made = time.perf_counter() - t
+    proc = subprocess.Popen([sys.executable, "-m", "trustplane.cli", "serve", "--state-dir", str(state), "--port", "0",
+                             "--log-level", "WARNING"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+    try:
+        line = proc.stdout.readline().decode()
+        port = int(line.rsplit(":", 1)[1])
+        times = asyncio.run(_apply_times(port, password, rounds))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+    ours = _verify_rate(sample, serial, ca, now)
+    theirs = _openssl_p256_verify()
+    return {"vouchers": count, "lab_issue_s": made, "apply_s": _summary(times),
+            "voucher_verify_per_s": ours, "openssl_ecdsa_p256_verify_per_s": theirs}
+
+
+def report(r: dict) -> str:
+    return (f"oshp-ovoc-apply of {r['vouchers']} vouchers (2 local) median: {r['apply_s']['median'] * 1e3:.0f} ms "
+            f"(min {r['apply_s']['min'] * 1e3:.0f}, max {r['apply_s']['max'] * 1e3:.0f})\n"
+            f"voucher verify/s (CMS + chain + JSON): trustplane {r['voucher_verify_per_s']:.0f}, openssl ECDSA P-256 "
+            f"verify {r['openssl_ecdsa_p256_verify_per_s']:.0f} "
+            f"({r['voucher_verify_per_s'] / r['openssl_ecdsa_p256_verify_per_s']:.2f}x)")
+
+
+if __name__ == "__main__":
+    with tempfile.TemporaryDirectory(prefix="tp-bench-") as d:
+        print(report(run(Path(d))))
