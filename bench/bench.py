@@ -27,6 +27,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+import ownership  # bench/ownership.py
 from client import NC, connect  # bench/client.py, next to this script
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -491,10 +492,14 @@ def main() -> int:
     print("bench: RPM fingerprints ...", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="tp-bench-") as tmpname:
         res["fingerprint"] = fingerprints(Path(tmpname))
+    print("bench: ownership ...", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory(prefix="tp-bench-") as tmpname:
+        res["ownership"] = ownership.run(Path(tmpname))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(res, indent=2) + "\n")
     print(report(res))
     print(fingerprint_report(res["fingerprint"]))
+    print(ownership.report(res["ownership"]))
     print(f"\nresults: {args.json}")
     return 0
 

@@ -13,6 +13,8 @@ Failures are PathError with a stable `code`, used as a NETCONF error-app-tag.
 """
 from __future__ import annotations
 
+import functools
+
 from datetime import datetime, timezone
 from typing import Iterable
 
@@ -127,7 +129,10 @@ def _signed_by(obj, key, tbs: bytes) -> bool:
     return _verify_raw(key, obj.signature, tbs, hash_alg, params)
 
 
+@functools.lru_cache(maxsize=1024)
 def _cert_signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """Memoized: the answer depends only on the two certificates (hashed by their DER), and
+    bulk voucher checks see the same signer chain again and again."""
     try:
         cert.verify_directly_issued_by(issuer)
         return True
