@@ -15,6 +15,7 @@ from lxml import etree
 from ncclient.operations import RPCError
 
 from conftest import PASSWORD, ROOT, ServerProcess, rpc
+from rpms import build_rpm, export_public, make_gpg_key
 
 ACT = "http://cisco.com/ns/yang/Cisco-IOS-XR-ownership-act"
 OPER = "http://cisco.com/ns/yang/Cisco-IOS-XR-ownership-oper"
@@ -347,3 +348,37 @@ def test_cisco_voucher_with_the_real_clock_is_expired(cisco):
             assert "expire" in err.value.message
     finally:
         srv.stop()
+
+
+def test_strict_profile_requires_signed_owner_packages(tmp_path):
+    lab = Lab(tmp_path / "strict")
+    serials = list(lab.serials.values())
+    ov = lab.bundle("strict.tar.gz", lab.vouchers("strict", serials, "--security-profile", "strict"))
+    key = make_gpg_key(tmp_path / "gnupg", "Owner Packages <pkgs@owner.example>")
+    (lab.work / "owner.asc").write_bytes(export_public(key))
+    tp("lab", "key-package", "--pdc-dir", str(lab.work / "owner"), "--package-key", str(lab.work / "owner.asc"),
+       "--out", str(lab.disk / "kp.cms"))
+    pkgs = lab.state / "fs" / "harddisk:"
+    unsigned = build_rpm(tmp_path, "app", {"/opt/app/x": b"x"})
+    signed = build_rpm(tmp_path, "app", {"/opt/app/x": b"x"}, version="1.0.1", key=key)
+    shutil.copy(unsigned, pkgs)
+    shutil.copy(signed, pkgs)
+    inst = "http://cisco.com/ns/yang/Cisco-IOS-XR-spirit-install-act"
+    add = lambda m, rpm: call(m, f'<install-add xmlns="{inst}"><packagepath>harddisk:/{rpm.name}'  # noqa: E731
+                                 "</packagepath></install-add>")
+    lab.server.start()
+    try:
+        with lab.server.connect() as m:
+            add(m, unsigned)  # before ownership: the default policy takes unsigned owner packages
+            apply(m, ov, "disk0:/oc.cms")
+            call(m, f'<kpkg-apply xmlns="{KPKG}"><keypackage-type>customer</keypackage-type>'
+                    "<keypackage-file>disk0:/kp.cms</keypackage-file></kpkg-apply>")
+            call(m, f'<install-remove xmlns="{inst}"><inactive/></install-remove>')
+            with pytest.raises(RPCError) as err:
+                add(m, unsigned)
+            assert error_of(err.value) == ("operation-failed", "owner-signature-required")
+            add(m, signed)
+            kp = m.get(("subtree", f'<ownership xmlns="{TPO}"><key-package/></ownership>')).data_ele
+            assert kp.findtext(f".//{{{TPO}}}key-type") == "GPGKEY"
+    finally:
+        lab.server.stop()

@@ -5,7 +5,7 @@
     lab voucher         --lab-dir LAB --pdc PDC --serial S ... --out DIR   S.vcj for each serial
     lab bundle          --out FILE.tar.gz VCJ ...
     lab consent-key     --out DIR                         ct.key, ct.pub.pem (customer consent-token key)
-    lab key-package     --pdc-dir DIR --consent-key ct.pub.pem --out FILE.cms
+    lab key-package     --pdc-dir DIR [--consent-key ct.pub.pem] [--package-key KEY.asc ...] --out FILE.cms
     lab consent-response --key ct.key --challenge STRING
 """
 from __future__ import annotations
@@ -56,9 +56,12 @@ def add_parser(sub) -> None:
     q = lsub.add_parser("consent-key", help="create a customer consent-token key pair (Ed25519)")
     q.add_argument("--out", type=Path, required=True)
 
-    q = lsub.add_parser("key-package", help="a customer key package with the consent-token key, signed by the OC")
+    q = lsub.add_parser("key-package", help="a customer key package signed by the OC: the consent-token key "
+                                            "and owner package signing keys")
     q.add_argument("--pdc-dir", type=Path, required=True, help="where oc.pem and oc.key are")
-    q.add_argument("--consent-key", type=Path, required=True, help="the consent-token public key (PEM)")
+    q.add_argument("--consent-key", type=Path, help="the consent-token public key (PEM)")
+    q.add_argument("--package-key", type=Path, action="append", default=[],
+                   help="an owner RPM signing key (OpenPGP, armored), named OWN1, OWN2, ...")
     q.add_argument("--out", type=Path, required=True)
 
     q = lsub.add_parser("consent-response", help="sign a consent-token challenge")
@@ -130,8 +133,14 @@ def _run(args, now: datetime) -> int:
     elif cmd == "key-package":
         oc_key = load_key_pem((args.pdc_dir / "oc.key").read_bytes())
         oc = load_cert_pem((args.pdc_dir / "oc.pem").read_bytes())
-        key = keypackage.Key(keypackage.CONSENT_TOKEN_KEY, "X509KEY", "consent-token", args.consent_key.read_text())
-        _write(args.out, lab.make_key_package(oc_key, oc, [key], now))
+        keys = [keypackage.Key(f"OWN{i}", "GPGKEY", "owner-packages", p.read_text())
+                for i, p in enumerate(args.package_key, 1)]
+        if args.consent_key:
+            keys.append(keypackage.Key(keypackage.CONSENT_TOKEN_KEY, "X509KEY", "consent-token",
+                                       args.consent_key.read_text()))
+        if not keys:
+            raise ValueError("give --consent-key or --package-key")
+        _write(args.out, lab.make_key_package(oc_key, oc, keys, now))
     elif cmd == "consent-response":
         print(consent.sign(load_key_pem(args.key.read_bytes()), args.challenge))
     return 0

@@ -9,8 +9,9 @@ The signed content is JSON in the IOS XR v3 shape:
      "timestamp": "Mon, 30 Nov 2026 10:00:00 +0000"}
 
 operation is APPEND, DELETE or REPLACE; only the ALLOWED_LIST target is supported.
-key_type X509KEY holds a PEM public key or certificate. The key named CUS-CT is the
-customer consent-token key. A package must be newer (timestamp) than the last applied.
+key_type X509KEY holds a PEM public key or certificate, GPGKEY an OpenPGP public key
+(armored): an owner package signing key. The key named CUS-CT is the customer
+consent-token key. A package must be newer (timestamp) than the last applied.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from email.utils import parsedate_to_datetime
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from . import cms, x509path
+from . import cms, openpgp, x509path
 
 CONSENT_TOKEN_KEY = "CUS-CT"
 OPERATIONS = ("APPEND", "DELETE", "REPLACE")
@@ -134,6 +135,11 @@ def parse(content: bytes) -> KeyPackage:
             key = Key(name, ktype, meta, value)
             if op != "DELETE" and ktype == "X509KEY":
                 key.public_key()
+            elif op != "DELETE":
+                try:
+                    openpgp.load_keys(value.encode())
+                except openpgp.OpenPGPError as exc:
+                    raise KeyPackageError("kpkg-malformed", f"key {name}: not an OpenPGP public key: {exc}") from None
             keys.append(key)
         changes.append((op, keys))
     return KeyPackage(when, stamp, changes)

@@ -18,6 +18,7 @@ from nc_server.datastore import atomic_write
 from nc_server.devfs import DevFSError
 
 from backends.device.profile import load_profile
+from backends.ownership import policy
 from . import kgv
 from .packages import InstallError, PackageStore
 
@@ -63,7 +64,7 @@ class InstallBackend(Backend):
         profile = load_profile(services.state_dir)
         self.nodes = [n.location for n in profile.nodes]
         base = services.state_dir / "install"
-        self.store = PackageStore(base, profile.package_keys)
+        self.store = PackageStore(base, profile.package_keys, lambda: policy.read(services.state_dir))
         self.kgv_path = base / "kgv.json"
         self.kgv_info, self.kgv = self._load_kgv_store()
         self.lock = asyncio.Lock()

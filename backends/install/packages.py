@@ -18,8 +18,10 @@ import stat
 import tempfile
 from datetime import datetime
 from pathlib import Path
+from typing import Callable
 
 from backends.engine import fingerprint, openpgp, rpm
+from backends.ownership.policy import Policy
 from nc_server.datastore import atomic_write
 
 log = logging.getLogger(__name__)
@@ -41,12 +43,14 @@ def _empty_state() -> dict:
 
 
 class PackageStore:
-    def __init__(self, base: Path, package_keys: dict[str, tuple[str, openpgp.PublicKey]]):
+    def __init__(self, base: Path, package_keys: dict[str, tuple[str, openpgp.PublicKey]],
+                 policy: Callable[[], Policy] = Policy):
         self.base = base
         self.repo = base / "repo"
         self.root = base / "root"
         self.path = base / "state.json"
         self.package_keys = package_keys  # OpenPGP key id -> (origin, key)
+        self.policy = policy  # what device ownership decides now
         for d in (self.repo, self.root):
             d.mkdir(parents=True, exist_ok=True)
         self.state = json.loads(self.path.read_text()) if self.path.exists() else _empty_state()
@@ -92,7 +96,8 @@ class PackageStore:
                     origin = self._origin(pkg)
                     checked.append((path, pkg, origin, _install_fingerprint(f, pkg)))
             except rpm.RpmError as exc:
-                raise InstallError(exc.code, f"{path.name}: {exc.message}", tag="invalid-value") from None
+                tag = "operation-failed" if exc.code == "owner-signature-required" else "invalid-value"
+                raise InstallError(exc.code, f"{path.name}: {exc.message}", tag=tag) from None
         state = copy.deepcopy(self.state)
         op = state["next-op"]
         nvras = []
@@ -127,12 +132,26 @@ class PackageStore:
         return op, nvras
 
     def _origin(self, pkg: rpm.RpmPackage) -> str:
-        """xr or partner when a profile key verifies the header signature; owner for any
-        other signer or none. A signature that a profile key fails to verify is refused."""
+        """xr or partner when a profile key verifies the header signature; owner otherwise.
+        A signature that a known key fails to verify is refused, and under the strict
+        security profile an owner package must be signed by an onboarded owner key."""
         known = self.package_keys.get(pkg.gpg_key_id)
-        if known is None:
-            return "owner"
-        origin, key = known
+        if known is not None:
+            origin, key = known
+            self._check_signature(pkg, key)
+            return origin
+        policy = self.policy()
+        owner_key = policy.owner_package_keys.get(pkg.gpg_key_id)
+        if owner_key is not None:
+            self._check_signature(pkg, owner_key)
+        elif policy.security_profile == "strict":
+            raise rpm.RpmError("owner-signature-required", f"{pkg.nvra}: the strict security profile needs owner "
+                               "packages signed by a key from a customer key package (GPGKEY); "
+                               + ("it is unsigned" if pkg.gpg_key_id == "0" else f"key {pkg.gpg_key_id} is unknown"))
+        return "owner"
+
+    @staticmethod
+    def _check_signature(pkg: rpm.RpmPackage, key: openpgp.PublicKey) -> None:
         if pkg.header_signature is None:
             raise rpm.RpmError("signature-invalid", f"{pkg.nvra} has no header signature to check "
                                f"against key {pkg.gpg_key_id}")
@@ -140,7 +159,6 @@ class PackageStore:
             openpgp.verify(openpgp.parse_signature(pkg.header_signature), pkg.header_blob, key)
         except openpgp.OpenPGPError as exc:
             raise rpm.RpmError("signature-invalid", f"{pkg.nvra}: signature by key {pkg.gpg_key_id}: {exc}") from None
-        return origin
 
     def activate(self, nvras: list[str]) -> int:
         state = copy.deepcopy(self.state)

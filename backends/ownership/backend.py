@@ -22,6 +22,7 @@ from nc_server.devfs import DevFSError
 
 from backends.device.profile import load_profile
 from backends.engine import consent, keypackage, ownership, voucher
+from . import policy
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class OwnershipBackend(Backend):
         self.profile = load_profile(services.state_dir)
         self.serials = {n.serial_number: n.location for n in self.profile.nodes}
         self.serials[self.profile.chassis["serial-number"]] = CHASSIS
-        self.path = services.state_dir / "ownership" / "state.json"
+        self.path = policy.state_path(services.state_dir)
         self.path.parent.mkdir(mode=0o700, exist_ok=True)
         self.data = json.loads(self.path.read_text()) if self.path.exists() else {
             "nodes": {}, "key-packages": None, "reimage-protection": "disabled"}
@@ -92,12 +93,8 @@ class OwnershipBackend(Backend):
 
     # -- state
 
-    def security_profile(self) -> str | None:
-        profiles = {n["voucher"]["security-profile"] for n in self.data["nodes"].values()}
-        return None if not profiles else "strict" if "strict" in profiles else min(profiles)
-
     def oper_xml(self) -> str:
-        prof = self.security_profile()
+        prof = policy.security_profile(self.data)
         setting = PROFILE_SETTINGS.get(prof or "default")
         parts = [f'<ownership xmlns="{OPER_NS}"><security-profile>',
                  _el("signed-rpm", setting), _el("signed-rpm-current", setting),
