@@ -22,16 +22,16 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
+from .errors import EngineError
+
 MAGIC = b"TPCT\x01"
 LIFETIME = timedelta(minutes=30)
 ACTIONS = ("clear-device-ownership", "reimage-protection-enable", "reimage-protection-disable")
 MAX_PENDING = 64
 
 
-class ConsentError(Exception):
-    def __init__(self, code: str, message: str, tag: str = "access-denied"):
-        super().__init__(message)
-        self.code, self.message, self.tag = code, message, tag
+class ConsentError(EngineError):
+    default_tag = "access-denied"
 
 
 @dataclass

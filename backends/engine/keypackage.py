@@ -25,6 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from . import cms, openpgp, x509path
+from .errors import EngineError
 
 CONSENT_TOKEN_KEY = "CUS-CT"
 OPERATIONS = ("APPEND", "DELETE", "REPLACE")
@@ -33,10 +34,8 @@ MAX_KEYS = 64
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,6}$")
 
 
-class KeyPackageError(Exception):
-    def __init__(self, code: str, message: str, tag: str = "invalid-value"):
-        super().__init__(message)
-        self.code, self.message, self.tag = code, message, tag
+class KeyPackageError(EngineError):
+    default_tag = "invalid-value"
 
 
 @dataclass

@@ -14,16 +14,15 @@ from typing import Iterable
 from cryptography import x509
 
 from . import cms, voucher, x509path
+from .errors import EngineError
 
 MAX_MEMBERS = 10_000
 MAX_MEMBER = 256 * 1024
 MAX_BUNDLE = 64 * 1024 * 1024
 
 
-class OwnershipError(Exception):
-    def __init__(self, code: str, message: str, tag: str = "operation-failed"):
-        super().__init__(message)
-        self.code, self.message, self.tag = code, message, tag
+class OwnershipError(EngineError):
+    pass
 
 
 def read_bundle(data: bytes, name: str = "bundle") -> list[tuple[str, bytes]]:

@@ -30,6 +30,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from . import cms, x509path
+from .errors import EngineError
 
 VOUCHER_KEY = "ietf-voucher:voucher"
 PROFILE_MEMBER = "trustplane-security-profile:security-profile"
@@ -40,12 +41,8 @@ MAX_VOUCHER = 256 * 1024
 _RFC3339 = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
 
 
-class VoucherError(Exception):
-    """code is a stable error-app-tag (ov-...); tag the NETCONF error-tag."""
-
-    def __init__(self, code: str, message: str, tag: str = "operation-failed"):
-        super().__init__(message)
-        self.code, self.message, self.tag = code, message, tag
+class VoucherError(EngineError):
+    """code: ov-..."""
 
 
 @dataclass

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from backends.engine import fingerprint, openpgp, rpm
+from backends.engine.errors import EngineError
 from backends.ownership.policy import Policy
 from nc_server.datastore import atomic_write
 
@@ -29,12 +30,8 @@ log = logging.getLogger(__name__)
 ORIGINS = ("xr", "partner", "owner")
 
 
-class InstallError(Exception):
-    """code is the error-app-tag; tag the RFC 6241 error-tag."""
-
-    def __init__(self, code: str, message: str, tag: str = "operation-failed"):
-        super().__init__(message)
-        self.code, self.message, self.tag = code, message, tag
+class InstallError(EngineError):
+    pass
 
 
 def _empty_state() -> dict:

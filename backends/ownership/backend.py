@@ -229,21 +229,20 @@ class OwnershipBackend(Backend):
                             "source": f"{ov_source}:{name}" if name != ov_source else ov_source},
                 "pdc": _pem(v.pinned_domain_cert), "oc-chain": [_pem(c) for c in oc.chain],
                 "installed-at": now.isoformat(), "installed-by": user}
-        rows = []
         applied = {name: loc for loc, (name, _v) in chosen.items()}
+        rows: dict[str, str] = {}  # member -> row; a name repeated in the tar is reported once
         for name, _data in members:
             if name in applied:
-                rows.append(f"{_el('member', name)}{_el('result', 'applied')}{_el('location', applied[name])}")
+                rows.setdefault(name, f"{_el('result', 'applied')}{_el('location', applied[name])}")
             elif name in sel.foreign:
-                rows.append(f"{_el('member', name)}{_el('result', 'other-device')}")
+                rows.setdefault(name, _el("result", "other-device"))
+                log.info("device ownership: %s is for another device; ignored", name)
         for name, serial, code, message in sel.rejected:
-            rows.append(f"{_el('member', name)}{_el('serial-number', serial or None)}{_el('result', 'rejected')}"
-                        f"{_el('reason', f'{code}: {message}')}")
-        for name in sel.foreign:
-            log.info("device ownership: %s is for another device; ignored", name)
-        for name, _serial, code, message in sel.rejected:
+            rows.setdefault(name, f"{_el('serial-number', serial or None)}{_el('result', 'rejected')}"
+                                  f"{_el('reason', f'{code}: {message}')}")
             log.warning("device ownership: %s rejected: %s: %s", name, code, message)
-        return state, _unique_rows(rows), sorted(chosen)
+        rows = [f"{_el('member', name)}{row}" for name, row in rows.items()]
+        return state, rows, sorted(chosen)
 
     # -- key packages
 
@@ -353,16 +352,6 @@ class OwnershipBackend(Backend):
     async def session_terminate(self, session, params: dict) -> None:
         self.tokens.clear()
         return None
-
-
-def _unique_rows(rows: list[str]) -> list[str]:
-    seen, out = set(), []
-    for r in rows:
-        key = r.split("</member>")[0]
-        if key not in seen:
-            seen.add(key)
-            out.append(r)
-    return out
 
 
 register("ownership")(OwnershipBackend)
