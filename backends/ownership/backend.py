@@ -248,6 +248,10 @@ class OwnershipBackend(Backend):
 
     async def kpkg_apply(self, session, params: dict) -> None:
         data, source = self._read(params["keypackage-file"], MAX_KPKG)
+        async with self.lock:  # one state change at a time: ovoc-apply copies the state off the loop
+            self._kpkg_apply(data, source)
+
+    def _kpkg_apply(self, data: bytes, source: str) -> None:
         rec = next((r for r in self.data["nodes"].values()), None)
         if rec is None:
             raise BackendError("no device ownership: establish it before applying a customer key package",
@@ -270,7 +274,6 @@ class OwnershipBackend(Backend):
                                                                 "value": k.value} for n, k in keys.items()}}
         self._commit(state)
         log.info("customer key package %s applied: %s", source, ", ".join(sorted(keys)) or "no keys")
-        return None
 
     def _consent_key(self):
         kp = self.data["key-packages"] or {}
@@ -301,6 +304,10 @@ class OwnershipBackend(Backend):
                 f'<expires-at xmlns="{NS}">{c.expires_at.isoformat()}</expires-at>')
 
     async def clear_response(self, session, params: dict) -> None:
+        async with self.lock:
+            self._clear_response(session, params)
+
+    def _clear_response(self, session, params: dict) -> None:
         location = params["location"]
         self._node_serial(location)
         key = self._consent_key()
@@ -317,7 +324,6 @@ class OwnershipBackend(Backend):
         self._commit(state)
         log.warning("device ownership cleared on %s by %s", location, getattr(session, "username", "unknown"))
         self._notify(f'<ownership-cleared xmlns="{NS}">{_el("location", location)}</ownership-cleared>')
-        return None
 
     # -- reimage protection
 
@@ -336,6 +342,10 @@ class OwnershipBackend(Backend):
         return f'<challenge-string xmlns="http://cisco.com/ns/yang/Cisco-IOS-XR-ownership-act">{c.text()}</challenge-string>'
 
     async def reimage_response(self, session, params: dict) -> None:
+        async with self.lock:
+            self._reimage_response(params)
+
+    def _reimage_response(self, params: dict) -> None:
         action = params["reimage-protection"]
         key = self._consent_key()
         try:
@@ -347,7 +357,6 @@ class OwnershipBackend(Backend):
         state["reimage-protection"] = "enabled" if action == "enable" else "disabled"
         self._commit(state)
         log.info("reimage protection %sd", action)
-        return None
 
     async def session_terminate(self, session, params: dict) -> None:
         self.tokens.clear()
