@@ -195,9 +195,11 @@ class OwnershipBackend(Backend):
                     name, _serial, code, message = mine[0]
                     raise voucher.VoucherError(code, f"{node.location}: {name}: {message}")
                 if sel.foreign:
+                    others = ", ".join(sel.foreign[:3]) + (f" and {len(sel.foreign) - 3} more" if len(sel.foreign) > 3
+                                                           else "")
                     raise ownership.OwnershipError("ov-serial-mismatch", f"no voucher names {node.location}'s serial "
-                                                   f"{node.serial_number}; {', '.join(sel.foreign)} name other "
-                                                   "serials", tag="invalid-value")
+                                                   f"{node.serial_number}; {others} name other serials",
+                                                   tag="invalid-value")
                 raise ownership.OwnershipError("ov-missing-node", f"the bundle has no voucher for {node.location} "
                                                f"(serial {node.serial_number})", tag="invalid-value")
         chosen = {self.serials[s]: (name, v) for s, (name, v) in sel.chosen.items()}
