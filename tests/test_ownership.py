@@ -175,6 +175,8 @@ def test_failures_change_nothing(dev, tmp_path):
     refused(dev, dev.bundle("tampered.tar.gz", [tampered, dev.work / "tamper" / f"{rp1}.vcj"]), "disk0:/oc.cms",
             ("operation-failed", "ov-signature-invalid"))
     # older than the installed voucher
+    with dev.server.connect() as m:
+        apply(m, good, "disk0:/oc.cms")
     older = dev.vouchers("older", both, "--created", "2026-01-01T00:00:00Z", "--expires-days", "3000")
     refused(dev, dev.bundle("older.tar.gz", older), "disk0:/oc.cms", ("operation-failed", "ov-older"))
     refused(dev, "disk0:/../device.json", "disk0:/oc.cms", ("invalid-value", "path-escape"))
