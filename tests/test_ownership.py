@@ -21,6 +21,7 @@ ACT = "http://cisco.com/ns/yang/Cisco-IOS-XR-ownership-act"
 OPER = "http://cisco.com/ns/yang/Cisco-IOS-XR-ownership-oper"
 KPKG = "http://cisco.com/ns/yang/Cisco-IOS-XR-key-package-act"
 TPO = "urn:trustplane:yang:trustplane-ownership"
+CEPKI = "http://cisco.com/ns/yang/Cisco-IOS-XR-crypto-cepki-oper"
 INTEROP = ROOT.parent / "shared" / "interop" / "cisco-ov"
 
 
@@ -132,6 +133,17 @@ def test_establish_ownership(dev):
         pdc = oper.findtext(f".//{{{OPER}}}pdc")
         assert pdc == (dev.work / "owner" / "pdc.pem").read_text()
         assert "Lab Owner Certificate" in oper.findtext(f".//{{{OPER}}}oc-info")
+        tp_ = m.get(("subtree", f'<crypto-certificate-authority xmlns="{CEPKI}"/>')).data_ele
+        trustpoint = tp_.find(f".//{{{CEPKI}}}trustpoint")
+        assert trustpoint.findtext(f"{{{CEPKI}}}name") == "device_ownership"
+        ca = trustpoint.find(f"{{{CEPKI}}}certificate-authority-certificate")
+        assert ca.findtext(f"{{{CEPKI}}}certificate-data") == pdc
+        sha1 = subprocess.run(["openssl", "x509", "-in", str(dev.work / "owner" / "pdc.pem"), "-noout",
+                               "-fingerprint", "-sha1"], capture_output=True, text=True, check=True).stdout
+        assert ca.findtext(f"{{{CEPKI}}}finger-print") == sha1.strip().split("=")[1].replace(":", "")
+        held = [e.text for e in trustpoint.findall(f"{{{TPO}}}ca-certificate-data")]
+        assert held[0] == pdc and "Lab Owner Certificate" in subprocess.run(
+            ["openssl", "x509", "-noout", "-subject"], input=held[1], capture_output=True, text=True).stdout
     assert "%SECURITY-OWNERSHIP-6-INFO : Device ownership established." in dev.server.log()
     # state survives a restart
     dev.server.stop()
@@ -271,6 +283,8 @@ def test_key_package_and_clearing_with_a_consent_token(dev):
         assert all(n.findtext(f"{{{TPO}}}state") == "none" for n in state.values())
         oper = m.get(("subtree", f'<ownership xmlns="{OPER}"/>')).data_ele
         assert oper.find(f".//{{{OPER}}}device-ownership") is None
+        tp_ = m.get(("subtree", f'<crypto-certificate-authority xmlns="{CEPKI}"/>')).data_ele
+        assert tp_.find(f".//{{{CEPKI}}}trustpoint") is None
         kp = m.get(("subtree", f'<ownership xmlns="{TPO}"><key-package/></ownership>')).data_ele
         assert kp.find(f".//{{{TPO}}}key-package") is None
         with pytest.raises(RPCError) as err:

@@ -8,6 +8,8 @@ import subprocess
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from asn1crypto import cms as cms_asn1
+from asn1crypto import crl as asn1_crl
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
@@ -183,6 +185,38 @@ def test_owner_certificate_failures(pki):
     with pytest.raises(ownership.OwnershipError) as err:
         ownership.verify_oc(lab.owner_cert_cms(pki["oc"], []), pki["pdc"], at=NOW + timedelta(days=3 * 365))
     assert err.value.code == "oc-expired"
+
+
+def test_revocation_checks_and_crl_optional(pki):
+    """domain-cert-revocation-checks true needs a current CRL from the PDC for the OC, unless
+    crl-optional; a CRL listing the OC revokes it."""
+    plain = lab.owner_cert_cms(pki["oc"], [], pki["pdc"])
+    with pytest.raises(ownership.OwnershipError) as err:
+        ownership.verify_oc(plain, pki["pdc"], at=NOW, revocation_checks=True)
+    assert err.value.code == "oc-crl-missing"
+    assert ownership.verify_oc(plain, pki["pdc"], at=NOW, revocation_checks=True, crl_optional=True).oc == pki["oc"]
+
+    def crl(revoked: bool) -> x509.CertificateRevocationList:
+        b = (x509.CertificateRevocationListBuilder().issuer_name(pki["pdc"].subject)
+             .last_update(NOW - timedelta(days=1)).next_update(NOW + timedelta(days=7)))
+        if revoked:
+            b = b.add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(pki["oc"].serial_number)
+                                          .revocation_date(NOW - timedelta(hours=1)).build())
+        return b.sign(pki["pdc_key"], hashes.SHA256())
+
+    def with_crl(c) -> bytes:
+        # a certs-only CMS carrying the CRL, as `openssl crl2pkcs7 -certfile` makes it
+        sd = cms_asn1.ContentInfo.load(plain)
+        sd["content"]["crls"] = [cms_asn1.RevocationInfoChoice(
+            name="crl", value=asn1_crl.CertificateList.load(c.public_bytes(serialization.Encoding.DER)))]
+        return sd.dump(force=True)
+
+    assert ownership.verify_oc(with_crl(crl(False)), pki["pdc"], at=NOW, revocation_checks=True).oc == pki["oc"]
+    with pytest.raises(ownership.OwnershipError) as err:
+        ownership.verify_oc(with_crl(crl(True)), pki["pdc"], at=NOW)
+    assert err.value.code == "oc-revoked"
+    # revocation checks false: the CRL is not consulted
+    assert ownership.verify_oc(with_crl(crl(True)), pki["pdc"], at=NOW, revocation_checks=False).oc == pki["oc"]
 
 
 def test_owner_certificate_key_usage_and_sha1_from_openssl(tmp_path):

@@ -14,7 +14,7 @@ import logging
 from datetime import datetime
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 
 from nc_server.backend import Backend, BackendError, Services, register
 from nc_server.datastore import atomic_write
@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 NS = "urn:trustplane:yang:trustplane-ownership"
 OPER_NS = "http://cisco.com/ns/yang/Cisco-IOS-XR-ownership-oper"
+CEPKI_NS = "http://cisco.com/ns/yang/Cisco-IOS-XR-crypto-cepki-oper"
+TRUSTPOINT = "device_ownership"
 ACT = "/Cisco-IOS-XR-ownership-act:"
 CHASSIS = "chassis"
 PROFILE_SETTINGS = {"strict": "enable", "default": "default", "relaxed": "disable"}
@@ -60,6 +62,23 @@ def _summary(cert: x509.Certificate) -> str:
             + _el("not-after", cert.not_valid_after_utc.isoformat()))
 
 
+def _cepki_certificate(cert: x509.Certificate) -> str:
+    try:
+        cdps = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+    except x509.ExtensionNotFound:
+        cdps = []
+    uris = [n.value for dp in cdps for n in (dp.full_name or []) if isinstance(n, x509.UniformResourceIdentifier)]
+    return ("<crl-distribution-points>"
+            + "".join(f"<crl-distribution-point><index>{i}</index>{_el('cdp-content', u)}</crl-distribution-point>"
+                      for i, u in enumerate(uris, 1))
+            + "</crl-distribution-points>"
+            + _el("subject", cert.subject.rfc4514_string()) + _el("serial-num", f"{cert.serial_number:x}")
+            + _el("finger-print", cert.fingerprint(hashes.SHA1()).hex().upper())
+            + _el("issuer", cert.issuer.rfc4514_string()) + _el("certificate-data", _pem(cert))
+            + _el("certificate-valid-from", int(cert.not_valid_before_utc.timestamp()))
+            + _el("certificate-expires-on", int(cert.not_valid_after_utc.timestamp())))
+
+
 def _error(exc) -> BackendError:
     return BackendError(exc.message, app_tag=exc.code, tag=exc.tag)
 
@@ -69,8 +88,9 @@ class OwnershipBackend(Backend):
         super().__init__(
             name="ownership",
             modules=("Cisco-IOS-XR-ownership-act", "Cisco-IOS-XR-ownership-oper", "Cisco-IOS-XR-key-package-act",
-                     "trustplane-ownership"),
+                     "Cisco-IOS-XR-crypto-cepki-oper", "trustplane-ownership"),
             state={"/Cisco-IOS-XR-ownership-oper:ownership": self.oper_xml,
+                   "/Cisco-IOS-XR-crypto-cepki-oper:crypto-certificate-authority": self.trustpoint_xml,
                    "/trustplane-ownership:ownership": self.detail_xml},
             rpcs={ACT + "oshp-ovoc-apply": self.ovoc_apply,
                   ACT + "oshp-ct-session-terminate": self.session_terminate,
@@ -100,8 +120,7 @@ class OwnershipBackend(Backend):
                  _el("signed-rpm", setting), _el("signed-rpm-current", setting),
                  _el("secure-ztp", setting), _el("secure-ztp-current", setting), "</security-profile>",
                  f"<anti-theft>{_el('reimage-status', self.data['reimage-protection'])}</anti-theft>"]
-        rec = next((self.data["nodes"][n.location] for n in self.profile.nodes if n.location in self.data["nodes"]),
-                   None)
+        rec = self._device_record()
         if rec is not None:
             oc = _load(rec["oc-chain"][0])
             serial = rec["voucher"]["serial-number"]
@@ -114,6 +133,25 @@ class OwnershipBackend(Backend):
                          + "</device-ownership>")
         parts.append("</ownership>")
         return "".join(parts)
+
+    def _device_record(self) -> dict | None:
+        """The ownership of the first node that has it: the device-wide view IOS XR models."""
+        return next((self.data["nodes"][n.location] for n in self.profile.nodes
+                     if n.location in self.data["nodes"]), None)
+
+    def trustpoint_xml(self) -> str:
+        """The device_ownership trustpoint: the PDC as its CA certificate, and every CA
+        certificate it holds (PDC, then the OC chain) in the trustplane-ownership augment."""
+        rec = self._device_record()
+        if rec is None:
+            return ""
+        pdc = _load(rec["pdc"])
+        pems = [rec["pdc"], *(pem for pem in rec["oc-chain"] if pem != rec["pdc"])]
+        return (f'<crypto-certificate-authority xmlns="{CEPKI_NS}"><trustpoints><trustpoint>'
+                f"<name>{TRUSTPOINT}</name><certificate-authority-certificate>{_cepki_certificate(pdc)}"
+                "</certificate-authority-certificate>"
+                + "".join(f'<ca-certificate-data xmlns="{NS}">{_esc(pem)}</ca-certificate-data>' for pem in pems)
+                + "</trustpoint></trustpoints></crypto-certificate-authority>")
 
     def detail_xml(self) -> str:
         parts = [f'<ownership xmlns="{NS}">']
