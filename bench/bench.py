@@ -19,7 +19,6 @@ import secrets
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,9 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+import openssl_speed  # bench/openssl_speed.py
 import ownership  # bench/ownership.py
+from summary import summary  # bench/summary.py
 from client import NC, connect  # bench/client.py, next to this script
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -211,10 +212,6 @@ SMALL_GET = (f'<get-config><source><running/></source><filter type="subtree">'
              f'<bench xmlns="{BL}"><label/></bench></filter></get-config>')
 
 
-def summary(samples: list[float]) -> dict:
-    return {"min": min(samples), "median": statistics.median(samples), "max": max(samples), "n": len(samples)}
-
-
 async def session_setup(srv: Server, n: int) -> dict:
     times = []
     for _ in range(n):
@@ -327,22 +324,13 @@ async def run_all(servers: list[Server], quick: bool) -> dict:
 
 # -- crypto against openssl --------------------------------------------------------
 
-def openssl_speed(args: list[str]) -> str:
-    return subprocess.run(["openssl", "speed", "-seconds", "2", *args], capture_output=True, text=True,
-                          check=True).stdout
-
-
 def crypto() -> dict:
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
     out = {}
-    text = openssl_speed(["ecdsap256"])
-    m = re.search(r"256 bits ecdsa \(nistp256\)\s+\S+s\s+\S+s\s+([\d.]+)\s+([\d.]+)", text)
-    out["openssl_ecdsa_p256_verify_per_s"] = float(m.group(2))
-    text = openssl_speed(["rsa2048"])
-    m = re.search(r"rsa\s+2048 bits\s+\S+s\s+\S+s\s+([\d.]+)\s+([\d.]+)", text)
-    out["openssl_rsa2048_verify_per_s"] = float(m.group(2))
+    out["openssl_ecdsa_p256_verify_per_s"] = openssl_speed.verify_per_s("ecdsap256")
+    out["openssl_rsa2048_verify_per_s"] = openssl_speed.verify_per_s("rsa2048")
 
     data = b"x" * 1024
     key = ec.generate_private_key(ec.SECP256R1())

@@ -9,9 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import secrets
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,13 +22,11 @@ sys.path.insert(0, str(ROOT))
 
 from backends.engine import lab, voucher  # noqa: E402
 from backends.engine.identity import load_cert_pem, load_key_pem  # noqa: E402
+import openssl_speed  # noqa: E402  (bench/openssl_speed.py)
+from summary import summary  # noqa: E402  (bench/summary.py)
 from client import connect  # noqa: E402  (bench/client.py)
 
 ACT = "http://cisco.com/ns/yang/Cisco-IOS-XR-ownership-act"
-
-
-def _summary(xs: list[float]) -> dict:
-    return {"min": min(xs), "median": statistics.median(xs), "max": max(xs), "n": len(xs)}
 
 
 def _artifacts(state: Path, lab_dir: Path, count: int):
@@ -56,13 +52,6 @@ def _verify_rate(data: bytes, serial: str, ca, at: datetime, seconds: float = 2.
         voucher.verify(data, anchors=[ca], serial=serial, at=at)
         n += 1
     return n / (time.perf_counter() - start)
-
-
-def _openssl_p256_verify() -> float:
-    text = subprocess.run(["openssl", "speed", "-seconds", "2", "ecdsap256"], capture_output=True, text=True,
-                          check=True).stdout
-    m = re.search(r"256 bits ecdsa \(nistp256\)\s+\S+s\s+\S+s\s+([\d.]+)\s+([\d.]+)", text)
-    return float(m.group(2))
 
 
 async def _apply_times(port: int, password: str, rounds: int) -> list[float]:
@@ -101,8 +90,8 @@ def run(tmp: Path, count: int = 1000, rounds: int = 5) -> dict:
         proc.terminate()
         proc.wait(timeout=15)
     ours = _verify_rate(sample, serial, ca, now)
-    theirs = _openssl_p256_verify()
-    return {"vouchers": count, "lab_issue_s": made, "apply_s": _summary(times),
+    theirs = openssl_speed.verify_per_s("ecdsap256")
+    return {"vouchers": count, "lab_issue_s": made, "apply_s": summary(times),
             "voucher_verify_per_s": ours, "openssl_ecdsa_p256_verify_per_s": theirs}
 
 

@@ -14,6 +14,16 @@ from typing import Any, Awaitable, Callable
 log = logging.getLogger(__name__)
 
 
+def xml_text(text: str) -> str:
+    """Text escaped for an XML element's content."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def xml_leaf(tag: str, value) -> str:
+    """<tag>value</tag>, or nothing when value is None: the shape of an optional leaf."""
+    return "" if value is None else f"<{tag}>{xml_text(str(value))}</{tag}>"
+
+
 class BackendError(Exception):
     """A domain failure. The server turns it into an rpc-error (error-type application)."""
 

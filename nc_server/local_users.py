@@ -19,7 +19,7 @@ import secrets
 from _libyang import lib
 
 from . import libyang_abi
-from .backend import Backend, BackendError, ConfigDiff
+from .backend import Backend, BackendError, ConfigDiff, xml_text
 from .errors import NC_NS
 from .users import UserDB, sha_crypt
 
@@ -122,12 +122,10 @@ class LocalUsers(Backend):
                     continue
                 key_name = fields[2] if len(fields) > 2 and fields[2] not in seen else f"key{i}"
                 seen.add(key_name)
-                keys += (f"<authorized-key><name>{_esc(key_name)}</name><algorithm>{_esc(fields[0])}</algorithm>"
-                         f"<key-data>{_esc(fields[1])}</key-data></authorized-key>")
-            parts.append(f"<user><name>{_esc(name)}</name>{pw_el}{keys}</user>")
+                keys += (f"<authorized-key><name>{xml_text(key_name)}</name><algorithm>{xml_text(fields[0])}</algorithm>"
+                         f"<key-data>{xml_text(fields[1])}</key-data></authorized-key>")
+            parts.append(f"<user><name>{xml_text(name)}</name>{pw_el}{keys}</user>")
         return (f'<system xmlns="{NS}"><authentication xmlns:nc="{NC_NS}" nc:operation="replace">'
                 f'{"".join(parts)}</authentication></system>')
 
 
-def _esc(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

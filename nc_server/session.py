@@ -15,7 +15,7 @@ from _libyang import ffi, lib
 from lxml import etree
 
 from . import netconf, notifications, xmlsafe
-from .backend import BackendError
+from .backend import BackendError, xml_text
 from .datastore import data_path
 from .errors import NC_NS, RpcError, RpcErrors
 from .framing import Decoder, FramingError, encode
@@ -142,7 +142,7 @@ class Session:
 
     # -- hello --------------------------------------------------------------
     def _hello_bytes(self) -> bytes:
-        caps = "".join(f"<capability>{_esc(c)}</capability>" for c in self.server.capabilities)
+        caps = "".join(f"<capability>{xml_text(c)}</capability>" for c in self.server.capabilities)
         return (f'<?xml version="1.0" encoding="UTF-8"?><hello xmlns="{NC_NS}"><capabilities>{caps}'
                 f"</capabilities><session-id>{self.id}</session-id></hello>").encode()
 
@@ -314,5 +314,3 @@ class Session:
         return etree.tostring(reply)
 
 
-def _esc(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

@@ -6,7 +6,7 @@ import logging
 
 from cryptography.hazmat.primitives import serialization
 
-from nc_server.backend import Backend, BackendError, ConfigDiff, Services, register
+from nc_server.backend import Backend, BackendError, ConfigDiff, Services, register, xml_text
 from nc_server.devfs import DevFSError
 
 from .profile import Profile, load_profile, save_profile
@@ -16,10 +16,6 @@ log = logging.getLogger(__name__)
 NS = "urn:trustplane:yang:trustplane-device"
 SYSTEM = "/trustplane-device:device/system"
 DEFAULT_HOSTNAME = "trustplane"
-
-
-def _esc(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 class DeviceBackend(Backend):
@@ -44,23 +40,23 @@ class DeviceBackend(Backend):
         p = self.profile
         chassis = p.chassis
         parts = [f'<device xmlns="{NS}"><inventory><chassis>',
-                 f"<product-id>{_esc(chassis['product-id'])}</product-id>",
-                 f"<serial-number>{_esc(chassis['serial-number'])}</serial-number>"]
+                 f"<product-id>{xml_text(chassis['product-id'])}</product-id>",
+                 f"<serial-number>{xml_text(chassis['serial-number'])}</serial-number>"]
         if chassis.get("description"):
-            parts.append(f"<description>{_esc(chassis['description'])}</description>")
+            parts.append(f"<description>{xml_text(chassis['description'])}</description>")
         parts.append("</chassis>")
         for node in p.nodes:
             cert = node.idevid_cert()
             pem = cert.public_bytes(serialization.Encoding.PEM).decode()
             parts.append(
-                f"<node><location>{_esc(node.location)}</location>"
-                f"<serial-number>{_esc(node.serial_number)}</serial-number>"
-                f"<product-id>{_esc(node.product_id)}</product-id><role>{node.role}</role>"
-                f"<idevid><subject>{_esc(cert.subject.rfc4514_string())}</subject>"
-                f"<issuer>{_esc(cert.issuer.rfc4514_string())}</issuer>"
+                f"<node><location>{xml_text(node.location)}</location>"
+                f"<serial-number>{xml_text(node.serial_number)}</serial-number>"
+                f"<product-id>{xml_text(node.product_id)}</product-id><role>{node.role}</role>"
+                f"<idevid><subject>{xml_text(cert.subject.rfc4514_string())}</subject>"
+                f"<issuer>{xml_text(cert.issuer.rfc4514_string())}</issuer>"
                 f"<serial>{cert.serial_number:x}</serial>"
                 f"<not-after>{cert.not_valid_after_utc.isoformat()}</not-after>"
-                f"<certificate>{_esc(pem)}</certificate></idevid></node>")
+                f"<certificate>{xml_text(pem)}</certificate></idevid></node>")
         parts.append("</inventory></device>")
         return "".join(parts)
 
@@ -72,7 +68,7 @@ class DeviceBackend(Backend):
         except DevFSError as exc:
             raise BackendError(exc.message, app_tag=exc.code, tag=exc.tag) from None
         digest = hashlib.new(params.get("algorithm", "sha256"), data).hexdigest()
-        return (f'<path xmlns="{NS}">{_esc(canonical)}</path><size xmlns="{NS}">{len(data)}</size>'
+        return (f'<path xmlns="{NS}">{xml_text(canonical)}</path><size xmlns="{NS}">{len(data)}</size>'
                 f'<checksum xmlns="{NS}">{digest}</checksum>')
 
     def apply(self, diff: ConfigDiff) -> None:

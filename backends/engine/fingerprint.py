@@ -69,7 +69,7 @@ def tree_paths(root: Path, files: Iterable[str], dirs: Iterable[str], foreign: s
                 p = os.path.join(rel, name)
                 if p not in foreign:
                     paths.add(p)
-    return sorted(paths)
+    return list(paths)  # combine() puts them in fingerprint order
 
 
 def run_time(root: Path, files: Iterable[str], dirs: Iterable[str], foreign: set[str] = frozenset(),

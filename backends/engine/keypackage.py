@@ -15,6 +15,7 @@ consent-token key. A package must be newer (timestamp) than the last applied.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from datetime import datetime
 from email.utils import parsedate_to_datetime
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 
 from . import cms, openpgp, x509path
 from .errors import EngineError
@@ -56,15 +57,11 @@ class Key:
             raise KeyPackageError("kpkg-malformed", f"key {self.name}: not a PEM public key or certificate") from None
 
     def fingerprint(self) -> str:
+        """SHA-256 of the DER SubjectPublicKeyInfo (X509KEY) or of the key text (GPGKEY)."""
         if self.key_type != "X509KEY":
-            h = hashes.Hash(hashes.SHA256())
-            h.update(self.value.encode())
-            return h.finalize().hex()
-        der = self.public_key().public_bytes(serialization.Encoding.DER,
-                                             serialization.PublicFormat.SubjectPublicKeyInfo)
-        h = hashes.Hash(hashes.SHA256())
-        h.update(der)
-        return h.finalize().hex()
+            return hashlib.sha256(self.value.encode()).hexdigest()
+        return hashlib.sha256(self.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).hexdigest()
 
 
 @dataclass

@@ -115,8 +115,9 @@ def verify_oc(data: bytes, pdc: x509.Certificate, *, at: datetime, partial_match
                                  anchor_min_rsa_bits=pdc_min_rsa_bits)
         x509path.check_key_usage_digital_signature(oc)
     except x509path.PathError as exc:
-        code = {"path-untrusted": "oc-untrusted", "path-signature-invalid": "oc-untrusted", "path-expired": "oc-expired", "path-revoked": "oc-revoked",
-                "path-crl-missing": "oc-crl-missing", "oc-key-usage": "oc-key-usage"}.get(exc.code, "oc-invalid")
+        code = {"path-untrusted": "oc-untrusted", "path-signature-invalid": "oc-untrusted",
+                "path-expired": "oc-expired", "path-revoked": "oc-revoked", "path-crl-missing": "oc-crl-missing",
+                "oc-key-usage": "oc-key-usage"}.get(exc.code, "oc-invalid")
         raise OwnershipError(code, f"owner certificate {oc.subject.rfc4514_string()}: {exc.message}") from None
     return OwnerCertificate(path, crls)
 

@@ -13,7 +13,7 @@ import json
 import logging
 from datetime import datetime
 
-from nc_server.backend import Backend, BackendError, ConfigDiff, Services, register
+from nc_server.backend import Backend, BackendError, ConfigDiff, Services, register, xml_leaf, xml_text
 from nc_server.datastore import atomic_write
 from nc_server.devfs import DevFSError
 
@@ -30,14 +30,6 @@ NS = "urn:trustplane:yang:trustplane-install"
 FINGERPRINTS = "/Cisco-IOS-XR-install-cfg:install/fingerprints"
 MAX_KGV_FILE = 16 * 1024 * 1024
 LABEL = "trustplane-1.0"
-
-
-def _esc(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def _el(tag: str, value) -> str:
-    return "" if value is None else f"<{tag}>{_esc(str(value))}</{tag}>"
 
 
 class InstallBackend(Backend):
@@ -84,7 +76,7 @@ class InstallBackend(Backend):
         sets = []
         for which in ("active", "committed"):
             body = self._set_xml(st[which])
-            nodes = "".join(f"<node><node>{_esc(n)}</node>{body}</node>" for n in self.nodes)
+            nodes = "".join(f"<node><node>{xml_text(n)}</node>{body}</node>" for n in self.nodes)
             sets.append(f"<{which}><nodes>{nodes}</nodes><summary>{body}</summary></{which}>")
         return (f'<install xmlns="http://cisco.com/ns/yang/{module}"><packages>'
                 f'{"".join(sets)}</packages></install>')
@@ -94,18 +86,18 @@ class InstallBackend(Backend):
         at = st["run-time-at"]
         stamp = datetime.fromisoformat(at).strftime("%a %b %d %H:%M:%S %Y") if at else None
         status = "generation-in-progress" if self.collecting else "generation-up-to-date"
-        parts = [_el("rpm-fingerprint-status", status), _el("rpm-fingerprint-timestamp", stamp),
-                 _el("label", LABEL), _el("xr-packages-hash", self._set_hash(nvras, "xr")),
-                 _el("full-packages-hash", self._set_hash(nvras, None))]
+        parts = [xml_leaf("rpm-fingerprint-status", status), xml_leaf("rpm-fingerprint-timestamp", stamp),
+                 xml_leaf("label", LABEL), xml_leaf("xr-packages-hash", self._set_hash(nvras, "xr")),
+                 xml_leaf("full-packages-hash", self._set_hash(nvras, None))]
         for n in nvras:
             p = st["packages"][n]
             parts.append(
                 "<package><rpm-fingerprint>"
-                f"{_el('rpm-fingerprint-install-time', p['install-time'])}"
-                f"{_el('rpm-fingerprint-run-time', st['run-time'].get(n, '0'))}</rpm-fingerprint>"
-                f"{_el('name', p['name'])}{_el('architecture', p['arch'])}{_el('version', p['version'])}"
-                f"{_el('release', p['release'])}{_el('epoch', p['epoch'])}{_el('origin', p['origin'])}"
-                f"{_el('gpg-key-id', p['gpg-key-id'])}</package>")
+                f"{xml_leaf('rpm-fingerprint-install-time', p['install-time'])}"
+                f"{xml_leaf('rpm-fingerprint-run-time', st['run-time'].get(n, '0'))}</rpm-fingerprint>"
+                f"{xml_leaf('name', p['name'])}{xml_leaf('architecture', p['arch'])}{xml_leaf('version', p['version'])}"
+                f"{xml_leaf('release', p['release'])}{xml_leaf('epoch', p['epoch'])}{xml_leaf('origin', p['origin'])}"
+                f"{xml_leaf('gpg-key-id', p['gpg-key-id'])}</package>")
         return "".join(parts)
 
     def _set_hash(self, nvras: list[str], origin: str | None) -> str:
@@ -120,8 +112,8 @@ class InstallBackend(Backend):
     def integrity_xml(self) -> str:
         info = self.kgv_info
         inner = "" if info is None else (
-            f"<known-good-values>{_el('source', info['source'])}{_el('loaded-at', info['loaded-at'])}"
-            f"{_el('entries', len(self.kgv))}</known-good-values>")
+            f"<known-good-values>{xml_leaf('source', info['source'])}{xml_leaf('loaded-at', info['loaded-at'])}"
+            f"{xml_leaf('entries', len(self.kgv))}</known-good-values>")
         return f'<install-integrity xmlns="{NS}">{inner}</install-integrity>'
 
     # -- install actions
@@ -310,9 +302,9 @@ class InstallBackend(Backend):
 
     def _verdict_xml(self, nvra: str, result: str, run_time: str, known: str | None) -> str:
         p = self.store.state["packages"][nvra]
-        return (f"{_el('name', p['name'])}{_el('version', p['version'])}{_el('release', p['release'])}"
-                f"{_el('architecture', p['arch'])}{_el('result', result)}{_el('known-good-value', known)}"
-                f"{_el('install-time', p['install-time'])}{_el('run-time', run_time)}")
+        return (f"{xml_leaf('name', p['name'])}{xml_leaf('version', p['version'])}{xml_leaf('release', p['release'])}"
+                f"{xml_leaf('architecture', p['arch'])}{xml_leaf('result', result)}{xml_leaf('known-good-value', known)}"
+                f"{xml_leaf('install-time', p['install-time'])}{xml_leaf('run-time', run_time)}")
 
     def _notify(self, nvra: str, result: str, run_time: str, by: str, known: str | None = None) -> None:
         if self.services.notify is not None:

@@ -16,7 +16,7 @@ from datetime import datetime
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from nc_server.backend import Backend, BackendError, Services, register
+from nc_server.backend import Backend, BackendError, Services, register, xml_leaf, xml_text
 from nc_server.datastore import atomic_write
 from nc_server.devfs import DevFSError
 
@@ -38,14 +38,6 @@ MAX_OC = 1024 * 1024
 MAX_KPKG = 1024 * 1024
 
 
-def _esc(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def _el(tag: str, value) -> str:
-    return "" if value is None else f"<{tag}>{_esc(str(value))}</{tag}>"
-
-
 def _pem(cert: x509.Certificate) -> str:
     return cert.public_bytes(serialization.Encoding.PEM).decode()
 
@@ -55,11 +47,11 @@ def _load(pem: str) -> x509.Certificate:
 
 
 def _summary(cert: x509.Certificate) -> str:
-    return (_el("subject", cert.subject.rfc4514_string()) + _el("issuer", cert.issuer.rfc4514_string())
-            + _el("serial", f"{cert.serial_number:x}")
-            + _el("sha256-fingerprint", hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest())
-            + _el("not-before", cert.not_valid_before_utc.isoformat())
-            + _el("not-after", cert.not_valid_after_utc.isoformat()))
+    return (xml_leaf("subject", cert.subject.rfc4514_string()) + xml_leaf("issuer", cert.issuer.rfc4514_string())
+            + xml_leaf("serial", f"{cert.serial_number:x}")
+            + xml_leaf("sha256-fingerprint", hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest())
+            + xml_leaf("not-before", cert.not_valid_before_utc.isoformat())
+            + xml_leaf("not-after", cert.not_valid_after_utc.isoformat()))
 
 
 def _cepki_certificate(cert: x509.Certificate) -> str:
@@ -69,14 +61,14 @@ def _cepki_certificate(cert: x509.Certificate) -> str:
         cdps = []
     uris = [n.value for dp in cdps for n in (dp.full_name or []) if isinstance(n, x509.UniformResourceIdentifier)]
     return ("<crl-distribution-points>"
-            + "".join(f"<crl-distribution-point><index>{i}</index>{_el('cdp-content', u)}</crl-distribution-point>"
+            + "".join(f"<crl-distribution-point><index>{i}</index>{xml_leaf('cdp-content', u)}</crl-distribution-point>"
                       for i, u in enumerate(uris, 1))
             + "</crl-distribution-points>"
-            + _el("subject", cert.subject.rfc4514_string()) + _el("serial-num", f"{cert.serial_number:x}")
-            + _el("finger-print", cert.fingerprint(hashes.SHA1()).hex().upper())
-            + _el("issuer", cert.issuer.rfc4514_string()) + _el("certificate-data", _pem(cert))
-            + _el("certificate-valid-from", int(cert.not_valid_before_utc.timestamp()))
-            + _el("certificate-expires-on", int(cert.not_valid_after_utc.timestamp())))
+            + xml_leaf("subject", cert.subject.rfc4514_string()) + xml_leaf("serial-num", f"{cert.serial_number:x}")
+            + xml_leaf("finger-print", cert.fingerprint(hashes.SHA1()).hex().upper())
+            + xml_leaf("issuer", cert.issuer.rfc4514_string()) + xml_leaf("certificate-data", _pem(cert))
+            + xml_leaf("certificate-valid-from", int(cert.not_valid_before_utc.timestamp()))
+            + xml_leaf("certificate-expires-on", int(cert.not_valid_after_utc.timestamp())))
 
 
 def _error(exc) -> BackendError:
@@ -117,17 +109,17 @@ class OwnershipBackend(Backend):
         prof = policy.security_profile(self.data)
         setting = PROFILE_SETTINGS.get(prof or "default")
         parts = [f'<ownership xmlns="{OPER_NS}"><security-profile>',
-                 _el("signed-rpm", setting), _el("signed-rpm-current", setting),
-                 _el("secure-ztp", setting), _el("secure-ztp-current", setting), "</security-profile>",
-                 f"<anti-theft>{_el('reimage-status', self.data['reimage-protection'])}</anti-theft>"]
+                 xml_leaf("signed-rpm", setting), xml_leaf("signed-rpm-current", setting),
+                 xml_leaf("secure-ztp", setting), xml_leaf("secure-ztp-current", setting), "</security-profile>",
+                 f"<anti-theft>{xml_leaf('reimage-status', self.data['reimage-protection'])}</anti-theft>"]
         rec = self._device_record()
         if rec is not None:
             oc = _load(rec["oc-chain"][0])
             serial = rec["voucher"]["serial-number"]
             parts.append("<device-ownership><ov-summary>"
-                         + (_el("serial-no", serial) if serial.isdigit() and int(serial) < 2 ** 31 else "")
-                         + _el("pdc", rec["pdc"]) + "</ov-summary>"
-                         + _el("oc-info", f"subject {oc.subject.rfc4514_string()}; issuer {oc.issuer.rfc4514_string()}; "
+                         + (xml_leaf("serial-no", serial) if serial.isdigit() and int(serial) < 2 ** 31 else "")
+                         + xml_leaf("pdc", rec["pdc"]) + "</ov-summary>"
+                         + xml_leaf("oc-info", f"subject {oc.subject.rfc4514_string()}; issuer {oc.issuer.rfc4514_string()}; "
                                           f"serial {oc.serial_number:x}; valid {oc.not_valid_before_utc.isoformat()} "
                                           f"to {oc.not_valid_after_utc.isoformat()}")
                          + "</device-ownership>")
@@ -150,33 +142,33 @@ class OwnershipBackend(Backend):
         return (f'<crypto-certificate-authority xmlns="{CEPKI_NS}"><trustpoints><trustpoint>'
                 f"<name>{TRUSTPOINT}</name><certificate-authority-certificate>{_cepki_certificate(pdc)}"
                 "</certificate-authority-certificate>"
-                + "".join(f'<ca-certificate-data xmlns="{NS}">{_esc(pem)}</ca-certificate-data>' for pem in pems)
+                + "".join(f'<ca-certificate-data xmlns="{NS}">{xml_text(pem)}</ca-certificate-data>' for pem in pems)
                 + "</trustpoint></trustpoints></crypto-certificate-authority>")
 
     def detail_xml(self) -> str:
         parts = [f'<ownership xmlns="{NS}">']
         for serial, location in self.serials.items():
             rec = self.data["nodes"].get(location)
-            parts.append(f"<node>{_el('location', location)}{_el('serial-number', serial)}"
-                         f"{_el('state', 'established' if rec else 'none')}")
+            parts.append(f"<node>{xml_leaf('location', location)}{xml_leaf('serial-number', serial)}"
+                         f"{xml_leaf('state', 'established' if rec else 'none')}")
             if rec:
                 v = rec["voucher"]
-                parts.append("<voucher>" + "".join(_el(k, v.get(k)) for k in (
+                parts.append("<voucher>" + "".join(xml_leaf(k, v.get(k)) for k in (
                     "serial-number", "created-on", "expires-on", "assertion", "issuer", "content-type",
                     "security-profile", "source")) + "</voucher>")
                 parts.append(f"<pinned-domain-cert>{_summary(_load(rec['pdc']))}</pinned-domain-cert>")
                 for i, pem in enumerate(rec["oc-chain"]):
                     parts.append(f"<owner-certificate-chain><position>{i}</position>{_summary(_load(pem))}"
                                  "</owner-certificate-chain>")
-                parts.append(_el("installed-at", rec["installed-at"]) + _el("installed-by", rec["installed-by"]))
+                parts.append(xml_leaf("installed-at", rec["installed-at"]) + xml_leaf("installed-by", rec["installed-by"]))
             parts.append("</node>")
         kp = self.data["key-packages"]
         for name, k in sorted((kp or {}).get("keys", {}).items()):
             key = keypackage.Key(name, k["key_type"], k["metadata"], k["value"])
-            parts.append(f"<key-package>{_el('name', name)}"
-                         f"{_el('usage', 'consent-token' if name == keypackage.CONSENT_TOKEN_KEY else k['metadata'])}"
-                         f"{_el('key-type', k['key_type'])}{_el('timestamp', kp['timestamp-text'])}"
-                         f"{_el('sha256-fingerprint', key.fingerprint())}</key-package>")
+            parts.append(f"<key-package>{xml_leaf('name', name)}"
+                         f"{xml_leaf('usage', 'consent-token' if name == keypackage.CONSENT_TOKEN_KEY else k['metadata'])}"
+                         f"{xml_leaf('key-type', k['key_type'])}{xml_leaf('timestamp', kp['timestamp-text'])}"
+                         f"{xml_leaf('sha256-fingerprint', key.fingerprint())}</key-package>")
         parts.append("</ownership>")
         return "".join(parts)
 
@@ -216,8 +208,8 @@ class OwnershipBackend(Backend):
         log.info("%s (%s)", ESTABLISHED, ", ".join(established))
         oc_subject = _load(state["nodes"][established[0]]["oc-chain"][0]).subject.rfc4514_string()
         self._notify(f'<ownership-established xmlns="{NS}">'
-                     + "".join(_el("location", loc) for loc in established)
-                     + f"{_el('owner-certificate', oc_subject)}</ownership-established>")
+                     + "".join(xml_leaf("location", loc) for loc in established)
+                     + f"{xml_leaf('owner-certificate', oc_subject)}</ownership-established>")
         return "".join(f'<voucher xmlns="{NS}">{row}</voucher>' for row in rows)
 
     def _check_apply(self, ov_data: bytes, ov_source: str, oc_data: bytes, params: dict, session):
@@ -273,15 +265,15 @@ class OwnershipBackend(Backend):
         rows: dict[str, str] = {}  # member -> row; a name repeated in the tar is reported once
         for name, _data in members:
             if name in applied:
-                rows.setdefault(name, f"{_el('result', 'applied')}{_el('location', applied[name])}")
+                rows.setdefault(name, f"{xml_leaf('result', 'applied')}{xml_leaf('location', applied[name])}")
             elif name in sel.foreign:
-                rows.setdefault(name, _el("result", "other-device"))
+                rows.setdefault(name, xml_leaf("result", "other-device"))
                 log.info("device ownership: %s is for another device; ignored", name)
         for name, serial, code, message in sel.rejected:
-            rows.setdefault(name, f"{_el('serial-number', serial or None)}{_el('result', 'rejected')}"
-                                  f"{_el('reason', f'{code}: {message}')}")
+            rows.setdefault(name, f"{xml_leaf('serial-number', serial or None)}{xml_leaf('result', 'rejected')}"
+                                  f"{xml_leaf('reason', f'{code}: {message}')}")
             log.warning("device ownership: %s rejected: %s: %s", name, code, message)
-        rows = [f"{_el('member', name)}{row}" for name, row in rows.items()]
+        rows = [f"{xml_leaf('member', name)}{row}" for name, row in rows.items()]
         return state, rows, sorted(chosen)
 
     # -- key packages
@@ -363,7 +355,7 @@ class OwnershipBackend(Backend):
             state["key-packages"] = None
         self._commit(state)
         log.warning("device ownership cleared on %s by %s", location, getattr(session, "username", "unknown"))
-        self._notify(f'<ownership-cleared xmlns="{NS}">{_el("location", location)}</ownership-cleared>')
+        self._notify(f'<ownership-cleared xmlns="{NS}">{xml_leaf("location", location)}</ownership-cleared>')
 
     # -- reimage protection
 
