@@ -14,9 +14,9 @@ import logging
 from datetime import datetime
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 
-from nc_server.backend import Backend, BackendError, Services, register, xml_leaf, xml_text
+from nc_server.backend import Backend, BackendError, Services, register, xml_leaf
 from nc_server.datastore import atomic_write
 from nc_server.devfs import DevFSError
 
@@ -28,8 +28,6 @@ log = logging.getLogger(__name__)
 
 NS = "urn:trustplane:yang:trustplane-ownership"
 OPER_NS = "http://cisco.com/ns/yang/Cisco-IOS-XR-ownership-oper"
-CEPKI_NS = "http://cisco.com/ns/yang/Cisco-IOS-XR-crypto-cepki-oper"
-TRUSTPOINT = "device_ownership"
 ACT = "/Cisco-IOS-XR-ownership-act:"
 CHASSIS = "chassis"
 PROFILE_SETTINGS = {"strict": "enable", "default": "default", "relaxed": "disable"}
@@ -54,23 +52,6 @@ def _summary(cert: x509.Certificate) -> str:
             + xml_leaf("not-after", cert.not_valid_after_utc.isoformat()))
 
 
-def _cepki_certificate(cert: x509.Certificate) -> str:
-    try:
-        cdps = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
-    except x509.ExtensionNotFound:
-        cdps = []
-    uris = [n.value for dp in cdps for n in (dp.full_name or []) if isinstance(n, x509.UniformResourceIdentifier)]
-    return ("<crl-distribution-points>"
-            + "".join(f"<crl-distribution-point><index>{i}</index>{xml_leaf('cdp-content', u)}</crl-distribution-point>"
-                      for i, u in enumerate(uris, 1))
-            + "</crl-distribution-points>"
-            + xml_leaf("subject", cert.subject.rfc4514_string()) + xml_leaf("serial-num", f"{cert.serial_number:x}")
-            + xml_leaf("finger-print", cert.fingerprint(hashes.SHA1()).hex().upper())
-            + xml_leaf("issuer", cert.issuer.rfc4514_string()) + xml_leaf("certificate-data", _pem(cert))
-            + xml_leaf("certificate-valid-from", int(cert.not_valid_before_utc.timestamp()))
-            + xml_leaf("certificate-expires-on", int(cert.not_valid_after_utc.timestamp())))
-
-
 def _error(exc) -> BackendError:
     return BackendError(exc.message, app_tag=exc.code, tag=exc.tag)
 
@@ -80,9 +61,8 @@ class OwnershipBackend(Backend):
         super().__init__(
             name="ownership",
             modules=("Cisco-IOS-XR-ownership-act", "Cisco-IOS-XR-ownership-oper", "Cisco-IOS-XR-key-package-act",
-                     "Cisco-IOS-XR-crypto-cepki-oper", "trustplane-ownership"),
+                     "trustplane-ownership"),
             state={"/Cisco-IOS-XR-ownership-oper:ownership": self.oper_xml,
-                   "/Cisco-IOS-XR-crypto-cepki-oper:crypto-certificate-authority": self.trustpoint_xml,
                    "/trustplane-ownership:ownership": self.detail_xml},
             rpcs={ACT + "oshp-ovoc-apply": self.ovoc_apply,
                   ACT + "oshp-ct-session-terminate": self.session_terminate,
@@ -130,20 +110,6 @@ class OwnershipBackend(Backend):
         """The ownership of the first node that has it: the device-wide view IOS XR models."""
         return next((self.data["nodes"][n.location] for n in self.profile.nodes
                      if n.location in self.data["nodes"]), None)
-
-    def trustpoint_xml(self) -> str:
-        """The device_ownership trustpoint: the PDC as its CA certificate, and every CA
-        certificate it holds (PDC, then the OC chain) in the trustplane-ownership augment."""
-        rec = self._device_record()
-        if rec is None:
-            return ""
-        pdc = _load(rec["pdc"])
-        pems = [rec["pdc"], *(pem for pem in rec["oc-chain"] if pem != rec["pdc"])]
-        return (f'<crypto-certificate-authority xmlns="{CEPKI_NS}"><trustpoints><trustpoint>'
-                f"<name>{TRUSTPOINT}</name><certificate-authority-certificate>{_cepki_certificate(pdc)}"
-                "</certificate-authority-certificate>"
-                + "".join(f'<ca-certificate-data xmlns="{NS}">{xml_text(pem)}</ca-certificate-data>' for pem in pems)
-                + "</trustpoint></trustpoints></crypto-certificate-authority>")
 
     def detail_xml(self) -> str:
         parts = [f'<ownership xmlns="{NS}">']

@@ -1,6 +1,7 @@
 """What device ownership decides for other parts of the device, read from the ownership
-state: the security profile in force and the owner's package signing keys (GPGKEY
-entries of the customer key packages)."""
+state: the security profile in force, the owner's package signing keys (GPGKEY
+entries of the customer key packages) and the device_ownership trustpoint's CA
+certificates."""
 from __future__ import annotations
 
 import json
@@ -17,6 +18,8 @@ log = logging.getLogger(__name__)
 class Policy:
     security_profile: str | None = None  # None: no ownership established
     owner_package_keys: dict[str, openpgp.PublicKey] = field(default_factory=dict)  # key id -> key
+    # PEMs of the device_ownership trustpoint: the PDC, then the OC chain
+    trustpoint_certificates: list[str] = field(default_factory=list)
 
 
 def state_path(state_dir: Path) -> Path:
@@ -43,4 +46,13 @@ def read(state_dir: Path) -> Policy:
                 keys[key.key_id] = key
         except openpgp.OpenPGPError as exc:
             log.warning("key package key %s is not a usable OpenPGP key: %s", name, exc)
-    return Policy(security_profile(data), keys)
+    return Policy(security_profile(data), keys, trustpoint_certificates(data))
+
+
+def trustpoint_certificates(data: dict) -> list[str]:
+    """IOS XR's device_ownership trustpoint holds the PDC and the OC chain as CA certificates.
+    The device-wide view is that of the first node with ownership (all nodes share one owner)."""
+    rec = next(iter(data.get("nodes", {}).values()), None)
+    if rec is None:
+        return []
+    return [rec["pdc"], *(pem for pem in rec["oc-chain"] if pem != rec["pdc"])]

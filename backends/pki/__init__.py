@@ -1,0 +1,1 @@
+"""PKI: keys, trustpoints, enrollment, the trust pool and expiry alerts."""
