@@ -28,6 +28,7 @@ from pathlib import Path
 
 import openssl_speed  # bench/openssl_speed.py
 import ownership  # bench/ownership.py
+import pki  # bench/pki.py
 from summary import summary  # bench/summary.py
 from client import NC, connect  # bench/client.py, next to this script
 
@@ -483,11 +484,15 @@ def main() -> int:
     print("bench: ownership ...", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="tp-bench-") as tmpname:
         res["ownership"] = ownership.run(Path(tmpname))
+    print("bench: PKI ...", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory(prefix="tp-bench-") as tmpname:
+        res["pki"] = pki.run(Path(tmpname))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(res, indent=2) + "\n")
     print(report(res))
     print(fingerprint_report(res["fingerprint"]))
     print(ownership.report(res["ownership"]))
+    print(pki.report(res["pki"]))
     print(f"\nresults: {args.json}")
     return 0
 

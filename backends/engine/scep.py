@@ -503,7 +503,8 @@ def _read_cert_rep(body: bytes, ca: CACerts, key: rsa.RSAPrivateKey, tx: Transac
     attrs = _attributes(signer_info)
     message_type = _string(attrs, ID_MESSAGE_TYPE, "messageType")
     if message_type != MSG_CERT_REP:
-        raise ScepError("scep-bad-response", f"the reply's messageType is {message_type!r}, not CertRep (3)")
+        raise ScepError("scep-bad-response",
+                        f"the reply's messageType is {_printable(message_type, 20)!r}, not CertRep (3)")
     if _string(attrs, ID_TRANSACTION_ID, "transactionID") != tx.transaction_id:
         raise ScepError("scep-bad-response", "the CertRep's transactionID is not ours")
     if not hmac.compare_digest(_octets(attrs, ID_RECIPIENT_NONCE, "recipientNonce"), nonce):
@@ -511,14 +512,17 @@ def _read_cert_rep(body: bytes, ca: CACerts, key: rsa.RSAPrivateKey, tx: Transac
     pki_status = _string(attrs, ID_PKI_STATUS, "pkiStatus")
     status = PKI_STATUS.get(pki_status)
     if status is None:
-        raise ScepError("scep-bad-response", f"unknown pkiStatus {pki_status!r}")
+        raise ScepError("scep-bad-response", f"unknown pkiStatus {_printable(pki_status, 20)!r}")
 
     if status == "PENDING":
         return Result("PENDING", None, None, tx.transaction_id), None
     if status == "FAILURE":
         code = _string(attrs, ID_FAIL_INFO, "failInfo", required=False)
         fail_info = FAIL_INFO.get(code)
-        why = fail_info or (f"unknown failInfo {_printable(code, 20)!r}" if code is not None else "no failInfo given")
+        if fail_info is not None:
+            why = fail_info
+        else:
+            why = f"unknown failInfo {_printable(code, 20)!r}" if code is not None else "no failInfo given"
         text = _fail_info_text(attrs)
         return Result("FAILURE", None, fail_info, tx.transaction_id), f"{why} ({text})" if text else why
     if signed.content is None:
@@ -526,19 +530,23 @@ def _read_cert_rep(body: bytes, ca: CACerts, key: rsa.RSAPrivateKey, tx: Transac
     return Result("SUCCESS", _issued_cert(signed.content, key, tx), None, tx.transaction_id), None
 
 
+def _undecodable(what: str, e: Exception) -> ScepError:
+    return ScepError("scep-bad-response", f"the CertRep's {what} cannot be read: {_printable(str(e), 200)}")
+
+
 def _signer_info(body: bytes) -> asn1_cms.SignerInfo:
     """The reply's one signerInfo, once cms.load has bounded and checked the same bytes."""
     try:
         return asn1_cms.ContentInfo.load(body)["content"]["signer_infos"][0]
     except _DECODE_ERRORS as e:
-        raise ScepError("scep-bad-response", f"the CertRep's signerInfo cannot be read: {e}") from None
+        raise _undecodable("signerInfo", e) from None
 
 
 def _attributes(signer_info: asn1_cms.SignerInfo) -> dict[str, list]:
     try:
         return {a["type"].dotted: list(a["values"]) for a in signer_info["signed_attrs"]}
     except _DECODE_ERRORS as e:
-        raise ScepError("scep-bad-response", f"the CertRep's attributes cannot be read: {e}") from None
+        raise _undecodable("attributes", e) from None
 
 
 def _typed(values: list, spec):
@@ -656,7 +664,7 @@ def _open_envelope(data: bytes, key: rsa.RSAPrivateKey, signer_cert: x509.Certif
         key_size, block = _REPLY_CIPHERS[name]
         iv = algorithm["parameters"].native
     except _DECODE_ERRORS as e:
-        raise ScepError("scep-bad-response", f"the CertRep's EnvelopedData cannot be read: {e}") from None
+        raise _undecodable("EnvelopedData", e) from None
     if not isinstance(iv, bytes) or len(iv) != block or not ciphertext or len(ciphertext) % block:
         raise ScepError("scep-bad-response", "the CertRep's encrypted content is malformed")
     try:

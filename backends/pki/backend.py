@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 from cryptography import x509
@@ -101,6 +103,8 @@ class PkiBackend(Backend):
         self._pollers: dict[str, asyncio.Task] = {}
         self._tasks: set[asyncio.Task] = set()
         self._wake = asyncio.Event()
+        # key generation keeps one core for the event loop: sessions answer while RSA-4096 keys are made
+        self._keygen = ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 2) - 1), thread_name_prefix="keygen")
         self._spawn(self._expiry_loop())
         self._spawn(self._trustpool_loop())
 
@@ -245,7 +249,8 @@ class PkiBackend(Backend):
 
     async def _generate(self, fn, *args):
         try:
-            infos = await asyncio.get_running_loop().run_in_executor(None, lambda: fn(*args, now=self.services.clock()))
+            infos = await asyncio.get_running_loop().run_in_executor(self._keygen,
+                                                                     lambda: fn(*args, now=self.services.clock()))
         except EngineError as exc:
             raise _error(exc) from None
         infos = infos if isinstance(infos, list) else [infos]
@@ -897,6 +902,7 @@ class PkiBackend(Backend):
     def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
+        self._keygen.shutdown(wait=False, cancel_futures=True)
 
 
 def spki(cert: x509.Certificate) -> bytes:
