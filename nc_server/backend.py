@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
+from .devfs import DEFAULT_MAX_READ, DevFSError
+
 log = logging.getLogger(__name__)
 
 
@@ -22,6 +24,14 @@ def xml_text(text: str) -> str:
 def xml_leaf(tag: str, value) -> str:
     """<tag>value</tag>, or nothing when value is None: the shape of an optional leaf."""
     return "" if value is None else f"<{tag}>{xml_text(str(value))}</{tag}>"
+
+
+def read_device_file(devfs, path: str, max_size: int | None = None) -> tuple[bytes, str]:
+    """A file of the device filesystem and its canonical name; a bad path is a BackendError."""
+    try:
+        return devfs.read_bytes(path, max_size=max_size or DEFAULT_MAX_READ), devfs.device_path(devfs.resolve(path))
+    except DevFSError as exc:
+        raise BackendError(exc.message, app_tag=exc.code, tag=exc.tag) from None
 
 
 class BackendError(Exception):

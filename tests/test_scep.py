@@ -361,7 +361,8 @@ class FakeScep:
 
     def reply(self, request: Request, status: str, *, fail_info: str | None = None,
               certs: list[x509.Certificate] | None = None, signer=None, transaction_id: str | None = None,
-              recipient_nonce: bytes | None = None, message_type: str = "3") -> tuple[str, bytes]:
+              recipient_nonce: bytes | None = None, message_type: str = "3",
+              fail_text: str | None = None) -> tuple[str, bytes]:
         """A CertRep built independently of the client: asn1crypto for the SignedData,
         cryptography's PKCS#7 builders for the envelope and the certificate list."""
         signer_key, signer_cert = signer or (self.key, self.cert)
@@ -382,6 +383,8 @@ class FakeScep:
         ]
         if fail_info is not None:
             values.append((VERISIGN + "4", string(fail_info)))
+        if fail_text is not None:
+            values.append(("1.3.6.1.5.5.7.24.1", core.UTF8String(fail_text)))  # id-scep-failInfoText
         attrs = asn1_cms.CMSAttributes([{"type": t, "values": [v]} for t, v in values])
         signature = signer_key.sign(attrs.dump(), padding.PKCS1v15(), hashes.SHA256())
         a_signer = asn1_x509.Certificate.load(signer_cert.public_bytes(Encoding.DER))
@@ -475,6 +478,15 @@ def test_poll_failure(fake, key):
         scep.cert_poll(fake.url, ca, key, tx, caps=caps, now=FIXED_NOW)
     assert (e.value.code, e.value.fail_info) == ("scep-failed", "badCertId")
     assert e.value.message == "the SCEP server refused the request: badCertId"
+
+
+def test_failure_with_text(fake, key):
+    fake.plan = [lambda req: fake.reply(req, "2", fail_info="2", fail_text="challenge expired\n")]
+    ca = scep.get_ca_cert(fake.url)
+    with pytest.raises(ScepError) as e:
+        scep.pkcs_req(fake.url, ca, key, make_csr(key, name("refused")), caps={"SCEPStandard"}, now=FIXED_NOW)
+    assert (e.value.code, e.value.fail_info) == ("scep-failed", "badRequest")
+    assert e.value.message == "the SCEP server refused the request: badRequest (challenge expired?)"
 
 
 def stranger():

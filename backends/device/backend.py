@@ -6,8 +6,7 @@ import logging
 
 from cryptography.hazmat.primitives import serialization
 
-from nc_server.backend import Backend, BackendError, ConfigDiff, Services, register, xml_text
-from nc_server.devfs import DevFSError
+from nc_server.backend import Backend, BackendError, ConfigDiff, Services, read_device_file, register, xml_text
 
 from .profile import Profile, load_profile, save_profile
 
@@ -61,12 +60,7 @@ class DeviceBackend(Backend):
         return "".join(parts)
 
     def file_checksum(self, session, params: dict) -> str:
-        path = params["path"]
-        try:
-            data = self.devfs.read_bytes(path)
-            canonical = self.devfs.device_path(self.devfs.resolve(path))
-        except DevFSError as exc:
-            raise BackendError(exc.message, app_tag=exc.code, tag=exc.tag) from None
+        data, canonical = read_device_file(self.devfs, params["path"])
         digest = hashlib.new(params.get("algorithm", "sha256"), data).hexdigest()
         return (f'<path xmlns="{NS}">{xml_text(canonical)}</path><size xmlns="{NS}">{len(data)}</size>'
                 f'<checksum xmlns="{NS}">{digest}</checksum>')

@@ -562,9 +562,10 @@ def _typed(values: list, spec):
 def _verify_sha1(signer_info: asn1_cms.SignerInfo, cert: x509.Certificate, content: bytes) -> None:
     """An RSA SHA-1 CertRep signature, which `cms` refuses on principle.
 
-    Accepted only from a server that lists SHA-1: some servers (micromdm's among them) sign
-    every CertRep with SHA-1 whatever the request used. The signed attributes hold our fresh
-    nonce, so a forger would need a second preimage, not just a collision.
+    Accepted only from a server that lists SHA-1 (or when we had to sign with it): some
+    servers, micromdm's among them, sign every CertRep with SHA-1 whatever the request used.
+    What the CA signs holds a fresh nonce of its own and ours, so a forger cannot prepare a
+    collision in advance; a SHA-1 second preimage is still out of reach.
     """
     try:
         algorithm = signer_info["signature_algorithm"]["algorithm"].native
@@ -631,7 +632,7 @@ def _issued_cert(envelope: bytes, key: rsa.RSAPrivateKey, tx: Transaction) -> x5
         try:
             if _spki(cert.public_key()) == ours:
                 return cert
-        except ValueError:
+        except (ValueError, UnsupportedAlgorithm):
             continue
     raise ScepError("scep-bad-response", "the CertRep holds no certificate for our key")
 

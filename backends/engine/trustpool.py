@@ -20,6 +20,7 @@ from asn1crypto import pem as asn1_pem
 from cryptography import x509
 
 from .errors import EngineError
+from .x509path import unique
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +46,6 @@ class TrustpoolError(EngineError):
 
 def _invalid(message: str) -> TrustpoolError:
     return TrustpoolError(BUNDLE_INVALID, message, tag="invalid-value")
-
-
-def _unique(certs: Iterable[x509.Certificate]) -> list[x509.Certificate]:
-    """Drops repeats of the same certificate (equal DER), keeping the first one's place."""
-    seen: set[x509.Certificate] = set()
-    out = []
-    for c in certs:
-        if c not in seen:
-            seen.add(c)
-            out.append(c)
-    return out
 
 
 def _pem_cert_blocks(data: bytes) -> Iterator[tuple[int, bytes | None]]:
@@ -161,7 +151,7 @@ def parse_bundle(data: bytes) -> list[x509.Certificate]:
         raise _invalid(f"the bundle holds {len(certs)} certificates, over the limit of {MAX_BUNDLE_CERTS}")
     if not certs:
         raise _invalid("the bundle holds no certificates")
-    return _unique(certs)
+    return unique(certs)
 
 
 def system_bundle(path: str | Path = SYSTEM_BUNDLE) -> list[x509.Certificate]:
@@ -178,7 +168,7 @@ def system_bundle(path: str | Path = SYSTEM_BUNDLE) -> list[x509.Certificate]:
     if len(data) > MAX_BUNDLE_BYTES:
         raise _invalid(f"{path} is over the {MAX_BUNDLE_BYTES}-byte limit")
     certs, skipped = _parse_pem_certs(data, strict=False)
-    certs = _unique(certs)
+    certs = unique(certs)
     log.info("trustpool: %d built-in certificates from %s (%d skipped)", len(certs), path, skipped)
     return certs
 
@@ -189,14 +179,14 @@ def active(builtin: Iterable[x509.Certificate],
     subject no downloaded certificate has."""
     downloaded = list(downloaded)
     replaced = {c.subject for c in downloaded}
-    return _unique([*downloaded, *(c for c in builtin if c.subject not in replaced)])
+    return unique([*downloaded, *(c for c in builtin if c.subject not in replaced)])
 
 
 def inactive(builtin: Iterable[x509.Certificate],
              downloaded: Iterable[x509.Certificate]) -> list[x509.Certificate]:
     """The built-in certificates rendered inactive by a downloaded one with the same subject."""
     replaced = {c.subject for c in downloaded}
-    return _unique(c for c in builtin if c.subject in replaced)
+    return unique(c for c in builtin if c.subject in replaced)
 
 
 def earliest_expiry(certs: Iterable[x509.Certificate]) -> datetime | None:

@@ -182,7 +182,8 @@ def _validity_error(cert: x509.Certificate, at: datetime, role: str) -> PathErro
                               f"(notBefore {_utc(nb)}, notAfter {_utc(na)})")
 
 
-def _unique(certs: Iterable[x509.Certificate]) -> list[x509.Certificate]:
+def unique(certs: Iterable[x509.Certificate]) -> list[x509.Certificate]:
+    """Drops repeats of the same certificate (equal DER), keeping the first one's place."""
     seen: set[x509.Certificate] = set()
     out = []
     for c in certs:
@@ -396,10 +397,10 @@ def validate(leaf: x509.Certificate, anchors: Iterable[x509.Certificate],
     if at.tzinfo is None or at.utcoffset() is None:
         raise ValueError("`at` must be a timezone-aware datetime")
     at = at.astimezone(timezone.utc)
-    anchors = _unique(anchors)
+    anchors = unique(anchors)
     anchor_set = set(anchors)
     # Certificates with unparsable extensions can never be on a valid path: leave them out.
-    intermediates = [c for c in _unique(intermediates) if c not in anchor_set and _extensions_parse(c)]
+    intermediates = [c for c in unique(intermediates) if c not in anchor_set and _extensions_parse(c)]
     anchors = [a for a in anchors if _extensions_parse(a)]
     if len(anchors) + len(intermediates) > MAX_CANDIDATES:
         raise PathError(UNTRUSTED, f"too many candidate certificates "

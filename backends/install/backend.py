@@ -13,7 +13,7 @@ import json
 import logging
 from datetime import datetime
 
-from nc_server.backend import Backend, BackendError, ConfigDiff, Services, register, xml_leaf, xml_text
+from nc_server.backend import Backend, BackendError, ConfigDiff, Services, read_device_file, register, xml_leaf, xml_text
 from nc_server.datastore import atomic_write
 from nc_server.devfs import DevFSError
 
@@ -252,12 +252,7 @@ class InstallBackend(Backend):
 
     async def load_kgv(self, session, params: dict) -> str:
         path = params["path"]
-        devfs = self.services.devfs
-        try:
-            data = devfs.read_bytes(path, max_size=MAX_KGV_FILE)
-            source = devfs.device_path(devfs.resolve(path))
-        except DevFSError as exc:
-            raise BackendError(exc.message, app_tag=exc.code, tag=exc.tag) from None
+        data, source = read_device_file(self.services.devfs, path, MAX_KGV_FILE)
         try:
             entries = kgv.parse(data)
         except kgv.KgvError as exc:

@@ -16,9 +16,8 @@ from datetime import datetime
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from nc_server.backend import Backend, BackendError, Services, register, xml_leaf
+from nc_server.backend import Backend, BackendError, Services, read_device_file, register, xml_leaf
 from nc_server.datastore import atomic_write
-from nc_server.devfs import DevFSError
 
 from backends.device.profile import load_profile
 from backends.engine import consent, keypackage, ownership, voucher
@@ -140,13 +139,6 @@ class OwnershipBackend(Backend):
 
     # -- helpers
 
-    def _read(self, path: str, max_size: int) -> tuple[bytes, str]:
-        devfs = self.services.devfs
-        try:
-            return devfs.read_bytes(path, max_size=max_size), devfs.device_path(devfs.resolve(path))
-        except DevFSError as exc:
-            raise BackendError(exc.message, app_tag=exc.code, tag=exc.tag) from None
-
     def _commit(self, state: dict) -> None:
         try:
             atomic_write(self.path, json.dumps(state, indent=1).encode(), mode=0o600)
@@ -161,8 +153,8 @@ class OwnershipBackend(Backend):
     # -- oshp-ovoc-apply
 
     async def ovoc_apply(self, session, params: dict) -> str:
-        ov_data, ov_source = self._read(params["ov-path"], ownership.MAX_BUNDLE)
-        oc_data, _ = self._read(params["oc-path"], MAX_OC)
+        ov_data, ov_source = read_device_file(self.services.devfs, params["ov-path"], ownership.MAX_BUNDLE)
+        oc_data, _ = read_device_file(self.services.devfs, params["oc-path"], MAX_OC)
         async with self.lock:
             loop = asyncio.get_running_loop()
             try:
@@ -245,7 +237,7 @@ class OwnershipBackend(Backend):
     # -- key packages
 
     async def kpkg_apply(self, session, params: dict) -> None:
-        data, source = self._read(params["keypackage-file"], MAX_KPKG)
+        data, source = read_device_file(self.services.devfs, params["keypackage-file"], MAX_KPKG)
         async with self.lock:  # one state change at a time: ovoc-apply copies the state off the loop
             self._kpkg_apply(data, source)
 

@@ -16,7 +16,7 @@ from datetime import datetime
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from nc_server.backend import Backend, BackendError, ConfigDiff, Services, register, xml_leaf
+from nc_server.backend import Backend, BackendError, ConfigDiff, Services, read_device_file, register, xml_leaf
 from nc_server.datastore import atomic_write
 from nc_server.devfs import DevFSError
 
@@ -215,13 +215,6 @@ class PkiBackend(Backend):
 
     # -- helpers
 
-    def _read(self, path: str, max_size: int) -> tuple[bytes, str]:
-        devfs = self.services.devfs
-        try:
-            return devfs.read_bytes(path, max_size=max_size), devfs.device_path(devfs.resolve(path))
-        except DevFSError as exc:
-            raise BackendError(exc.message, app_tag=exc.code, tag=exc.tag) from None
-
     async def _run(self, fn, *args):
         """Engine work off the event loop; engine errors become rpc-errors."""
         try:
@@ -295,7 +288,7 @@ class PkiBackend(Backend):
         return handler
 
     async def key_import(self, session, params: dict) -> None:
-        data, source = self._read(params["path"], MAX_CERT_FILE)
+        data, source = read_device_file(self.services.devfs, params["path"], MAX_CERT_FILE)
         try:
             info = self.keys.import_authentication_rsa(data, params.get("key-num") or "first",
                                                        now=self.services.clock())
@@ -315,7 +308,7 @@ class PkiBackend(Backend):
             caps: list[str] = []
             ra: list[x509.Certificate] = []
             if params.get("file-path"):
-                data, source = self._read(params["file-path"], MAX_CERT_FILE)
+                data, source = read_device_file(self.services.devfs, params["file-path"], MAX_CERT_FILE)
                 ca, how = _load_certificate(data, source), "file"
             elif tp.enrollment == "url":
                 caps_set, cacerts = await self._run(self._scep_ca, tp.url)
@@ -632,7 +625,7 @@ class PkiBackend(Backend):
         if params.get("certificate"):
             cert = _load_certificate(params["certificate"].encode(), "certificate")
         elif params.get("file-path"):
-            data, source = self._read(params["file-path"], MAX_CERT_FILE)
+            data, source = read_device_file(self.services.devfs, params["file-path"], MAX_CERT_FILE)
             cert = _load_certificate(data, source)
         else:
             raise BackendError("give the certificate: file-path or certificate", app_tag="certificate-missing",
@@ -710,7 +703,7 @@ class PkiBackend(Backend):
         if params.get("certificate"):
             leaf = _load_certificate(params["certificate"].encode(), "certificate")
         else:
-            data, source = self._read(params["file-path"], MAX_CERT_FILE)
+            data, source = read_device_file(self.services.devfs, params["file-path"], MAX_CERT_FILE)
             leaf = _load_certificate(data, source)
         intermediates = [_load_certificate(p.encode(), "intermediate") for p in params.get("intermediate") or []]
         verified, by = await self._run(self._verify, leaf, intermediates)
@@ -770,7 +763,7 @@ class PkiBackend(Backend):
                                                           code="trustpool-download-failed"))
             source = url
         else:
-            data, source = self._read(url, trustpool.MAX_BUNDLE_BYTES)
+            data, source = read_device_file(self.services.devfs, url, trustpool.MAX_BUNDLE_BYTES)
         try:
             certs = trustpool.parse_bundle(data)
         except EngineError as exc:
