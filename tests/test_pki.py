@@ -677,3 +677,27 @@ def test_trustpool_automatic_update(tmp_path, files):
             assert when(p.findtext(f"{{{PKI}}}next-update-attempt")) == datetime(2030, 1, 17, tzinfo=timezone.utc)
     finally:
         srv.stop()
+
+
+def test_usage_keys_terminal_enrollment(m, pki_server, tmp_path):
+    """Usage keys give two requests and take two imports (seed: enter crypto ca import twice)."""
+    ca = OpensslCA(tmp_path / "uca", "Usage Root")
+    (disk(pki_server) / "uca.pem").write_text(ca.pem)
+    act(m, "key-generate-rsa-usage-keys", "<key-label>ukeys</key-label><key-modulus>2048</key-modulus>")
+    edit(m, trustpoint_cfg("usage", "<enrollment><terminal/></enrollment><rsakeypair>ukeys</rsakeypair>"
+                                    "<subject-name>CN=u1</subject-name><crl><optional/></crl>"))
+    assert fails(act, m, "ca-cancel-enroll", "<server-name>usage</server-name>")[:2] == \
+        ("data-missing", "no-pending-enrollment")
+    act(m, "ca-authenticate", "<server-name>usage</server-name><file-path>disk0:/uca.pem</file-path>")
+    out = act(m, "ca-enroll", "<server-name>usage</server-name><file-path>disk0:/usage.csr</file-path>")
+    requests = {r.findtext(f"{{{PKI}}}usage"): r.findtext(f"{{{PKI}}}file-path") for r in out.iter(f"{{{PKI}}}request")}
+    assert requests == {"signature": "disk0:/usage.csr.signature", "encryption": "disk0:/usage.csr.encryption"}
+    for usage in ("encryption", "signature"):
+        cert = ca.sign(disk(pki_server) / f"usage.csr.{usage}", tmp_path / f"{usage}.pem")
+        out = act(m, "ca-import-certificate", "<server-name>usage</server-name>",
+                  f'<certificate xmlns="{PKI}">{cert.read_text()}</certificate>')
+        assert out.findtext(f"{{{PKI}}}usage") == usage
+    tp = trustpoints(m)["usage"]
+    assert tp.find(f"{{{CEPKI}}}router-signature-certificate") is not None
+    assert tp.find(f"{{{CEPKI}}}router-encryption-certificate") is not None
+    assert tp.findtext(f"{{{PKI}}}enrollment-state") == "enrolled"

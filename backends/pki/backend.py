@@ -102,7 +102,7 @@ class PkiBackend(Backend):
         self.lock = asyncio.Lock()
         self._pollers: dict[str, asyncio.Task] = {}
         self._tasks: set[asyncio.Task] = set()
-        self._wake = asyncio.Event()
+        self._wakes = {"expiry": asyncio.Event(), "trustpool": asyncio.Event()}
         # key generation keeps one core for the event loop: sessions answer while RSA-4096 keys are made
         self._keygen = ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 2) - 1), thread_name_prefix="keygen")
         self._spawn(self._expiry_loop())
@@ -138,7 +138,7 @@ class PkiBackend(Backend):
 
     def apply(self, diff: ConfigDiff) -> None:
         self.cfg = config.parse(diff.new)
-        self._wake.set()
+        self._changed()
 
     def _tp(self, name: str) -> config.Trustpoint:
         tp = self.cfg.trustpoints.get(name)
@@ -249,7 +249,7 @@ class PkiBackend(Backend):
         infos = infos if isinstance(infos, list) else [infos]
         log.info("Generating %s keys ... Done w/ crypto generate keypair [OK] (%s)", infos[0].type_text(),
                  infos[0].label)
-        self._wake.set()  # a regenerated key changes which certificates are usable
+        self._changed()  # a regenerated key changes which certificates are usable
         return render.generated_keys(infos)
 
     async def key_generate_rsa(self, session, params: dict) -> str:
@@ -527,7 +527,7 @@ class PkiBackend(Backend):
         for k in ("pending", "requests", "issued"):
             rec.pop(k, None)
         self.store.commit(state)
-        self._wake.set()
+        self._changed()
         for usage, c in certs.items():
             log.info("trustpoint %s: router certificate installed (%s, serial %s, %s)", tp.name, usage,
                      expiry.serial_text(c.serial_number), c.subject.rfc4514_string())
@@ -651,7 +651,7 @@ class PkiBackend(Backend):
             if not requests:
                 rec.pop("requests", None)
             self.store.commit(state)
-        self._wake.set()
+        self._changed()
         log.info("trustpoint %s: router certificate imported (%s, serial %s)", tp.name, key.usage,
                  expiry.serial_text(cert.serial_number))
         return render.leaves({"usage": key.usage}, NS) + render.certificate_info(cert, NS)
@@ -754,7 +754,7 @@ class PkiBackend(Backend):
                 state["trustpool"].update({"downloaded": [], "source": None, "last-update": None})
                 self.store.commit(state)
                 log.info("trustpool: downloaded CA certificates removed")
-        self._wake.set()
+        self._changed()
         return self._pool_counts(NS)
 
     async def _import_pool(self, url: str) -> None:
@@ -775,7 +775,7 @@ class PkiBackend(Backend):
                                    "last-update": render.utc(now), "last-error": None,
                                    "last-attempt": now.isoformat()})
         self.store.commit(state)
-        self._wake.set()
+        self._changed()
         log.info("trustpool: %d CA certificates imported from %s; %d built-in certificates inactive", len(certs),
                  source, len(trustpool.inactive(self.builtin, certs)))
 
@@ -793,13 +793,14 @@ class PkiBackend(Backend):
 
     async def _trustpool_loop(self) -> None:
         while True:
+            self._wakes["trustpool"].clear()
             due = self._next_pool_update()
             now = self.services.clock()
             if due is not None and due <= now:
                 await self._auto_update(now)
                 continue
             delay = HOUR if due is None else min(HOUR, (due - now).total_seconds())
-            await self._sleep(delay)
+            await self._sleep("trustpool", delay)
 
     async def _auto_update(self, now: datetime) -> None:
         policy = self.cfg.trustpool
@@ -824,11 +825,15 @@ class PkiBackend(Backend):
             state["trustpool"].update({"last-attempt": now.isoformat(), "last-error": error})
             self.store.commit(state)
 
-    async def _sleep(self, seconds: float) -> None:
-        """Sleep, or wake early when the configuration or the certificates change."""
-        self._wake.clear()
+    def _changed(self) -> None:
+        """Configuration, keys or certificates changed: the timers look again."""
+        for event in self._wakes.values():
+            event.set()
+
+    async def _sleep(self, timer: str, seconds: float) -> None:
+        """Sleep, or wake early when something changed since this timer last looked."""
         try:
-            await asyncio.wait_for(self._wake.wait(), max(seconds, 0.05))
+            await asyncio.wait_for(self._wakes[timer].wait(), max(seconds, 0.05))
         except asyncio.TimeoutError:
             pass
 
@@ -884,13 +889,14 @@ class PkiBackend(Backend):
 
     async def _expiry_loop(self) -> None:
         while True:
+            self._wakes["expiry"].clear()
             now = self.services.clock()
             try:
                 nxt = self._check_expiry(now)
             except BackendError as exc:
                 log.error("expiry check: %s", exc.message)
                 nxt = None
-            await self._sleep(HOUR if nxt is None else min(HOUR, (nxt - now).total_seconds()))
+            await self._sleep("expiry", HOUR if nxt is None else min(HOUR, (nxt - now).total_seconds()))
 
     def close(self) -> None:
         for task in list(self._tasks):
