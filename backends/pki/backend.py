@@ -33,7 +33,6 @@ NS = render.NS
 ACT = "/Cisco-IOS-XR-crypto-act:"
 ACT_NS = "http://cisco.com/ns/yang/Cisco-IOS-XR-crypto-act"
 MAX_CERT_FILE = 256 * 1024
-MAX_CRL = 4 * 1024 * 1024
 ECDSA_CURVES = ("nistp256", "nistp384", "nistp521")
 HOUR = 3600.0
 
@@ -97,7 +96,7 @@ class PkiBackend(Backend):
             raise RuntimeError(exc.message) from None
         self.store = PkiStore(base / "state.json")
         self.builtin = self._builtin_pool(base / "trustpool-builtin.pem")
-        self.crls = crl.CrlCache(base / "crl-cache", fetch=self._fetch_crl)
+        self.crls = crl.CrlCache(base / "crl-cache")
         self.cfg = config.PkiConfig()
         self.lock = asyncio.Lock()
         self._pollers: dict[str, asyncio.Task] = {}
@@ -138,6 +137,7 @@ class PkiBackend(Backend):
 
     def apply(self, diff: ConfigDiff) -> None:
         self.cfg = config.parse(diff.new)
+        self.crls.timeout = self.cfg.crl_timeout
         self._changed()
 
     def _tp(self, name: str) -> config.Trustpoint:
@@ -341,8 +341,8 @@ class PkiBackend(Backend):
             want = _normal_fingerprint(expected)
             have = render.sha1(ca) if len(want) == 40 else render.sha256(ca)
             if want != have:
-                raise BackendError(f"trustpoint {tp.name}: the CA certificate's fingerprint is {have}, not the expected "
-                                   f"{want}; nothing was installed", app_tag="fingerprint-mismatch",
+                raise BackendError(f"trustpoint {tp.name}: the CA certificate's fingerprint is {have}, not the "
+                                   f"expected {want}; nothing was installed", app_tag="fingerprint-mismatch",
                                    tag="operation-failed")
         try:
             bc = ca.extensions.get_extension_for_class(x509.BasicConstraints).value
@@ -671,10 +671,6 @@ class PkiBackend(Backend):
 
     # -- CRLs
 
-    def _fetch_crl(self, url: str, timeout: float, max_size: int) -> bytes:
-        return download.fetch(url, timeout=self.cfg.crl_timeout, max_size=max_size, schemes=("http",),
-                              code="crl-unavailable")
-
     def _known_cas(self) -> list[x509.Certificate]:
         cas = [render.load(p) for rec in self.store.data["trustpoints"].values() for p in rec.get("ca") or []]
         return cas + self._pool()
@@ -683,19 +679,15 @@ class PkiBackend(Backend):
         uri = params["uri"]
 
         def fetch():
-            data = download.fetch(uri, timeout=self.cfg.crl_timeout, max_size=MAX_CRL, schemes=("http",),
-                                  code="crl-unavailable")
-            try:
-                parsed = (x509.load_pem_x509_crl(data) if b"-----BEGIN" in data else x509.load_der_x509_crl(data))
-            except ValueError:
-                raise BackendError(f"{uri} did not return a CRL", app_tag="crl-invalid", tag="operation-failed") from None
-            issuer = next((c for c in self._known_cas() if c.subject == parsed.issuer), None)
+            found = crl.parse_crl(crl.http_get(uri, self.crls.timeout, self.crls.max_size), uri)
+            issuer = next((c for c in self._known_cas() if c.subject == found.issuer), None)
             if issuer is None:
-                raise BackendError(f"the CRL's issuer {parsed.issuer.rfc4514_string()} is not a CA of any trustpoint "
+                raise BackendError(f"the CRL's issuer {found.issuer.rfc4514_string()} is not a CA of any trustpoint "
                                    "or of the trust pool", app_tag="crl-issuer-unknown", tag="operation-failed")
-            return self.crls.get(uri, issuer, self.services.clock())
-        fetched = await self._run(fetch)
-        return render.leaves({"certificate": fetched.public_bytes(serialization.Encoding.PEM).decode()}, ACT_NS)
+            crl.check_crl(found, issuer, uri)
+            return found
+        found = await self._run(fetch)
+        return render.leaves({"certificate": found.public_bytes(serialization.Encoding.PEM).decode()}, ACT_NS)
 
     # -- path validation
 
@@ -715,21 +707,19 @@ class PkiBackend(Backend):
         """Each trustpoint's CA with its own CRL policy first (seed: a trustpoint's CA and policy
         come before the pool's), then the pool."""
         now = self.services.clock()
-        first_error = None
         for name in sorted(self.cfg.trustpoints):
             rec = self.store.trustpoint(name)
             if not rec.get("ca"):
                 continue
-            tp = self.cfg.trustpoints[name]
+            cas = [render.load(p) for p in rec["ca"]]
             try:
-                v = pkipath.verify(leaf, intermediates=intermediates, trustpoint_cas=[render.load(p) for p in rec["ca"]],
-                                   trustpool=[], at=now, trustpoint_crl_optional=tp.crl_optional,
+                v = pkipath.verify(leaf, intermediates=intermediates, trustpoint_cas=cas, trustpool=[], at=now,
+                                   trustpoint_crl_optional=self.cfg.trustpoints[name].crl_optional,
                                    trustpool_crl_optional=True, crls=self.crls)
                 return v, name
             except pkipath.PkiPathError as exc:
-                if exc.code != "cert-untrusted":
+                if exc.code != "cert-untrusted":  # this trustpoint anchors the path: its verdict stands
                     raise
-                first_error = first_error or exc
         policy = self.cfg.trustpool
         v = pkipath.verify(leaf, intermediates=intermediates, trustpoint_cas=[], trustpool=self._pool(), at=now,
                            trustpoint_crl_optional=True, trustpool_crl_optional=bool(policy and policy.crl_optional),

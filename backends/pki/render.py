@@ -123,8 +123,8 @@ def mypubkey(keys) -> str:
                                             for k in rsa) + "</rsa-keys>")
     if any(ecdsa.values()):
         parts.append("<ecdsa>" + "".join(
-            f"<{c}-keys>" + "".join(f"<{c}-key>{key_entry(k, 'key-name', k.label)}</{c}-key>" for k in ks) + f"</{c}-keys>"
-            for c, ks in ecdsa.items() if ks) + "</ecdsa>")
+            f"<{c}-keys>" + "".join(f"<{c}-key>{key_entry(k, 'key-name', k.label)}</{c}-key>" for k in ks)
+            + f"</{c}-keys>" for c, ks in ecdsa.items() if ks) + "</ecdsa>")
     if ed:
         parts.append(f'<ed25519-keys xmlns="{NS}">' + "".join(f"<ed25519-key>{key_entry(k, 'key-name', k.label)}"
                                                              "</ed25519-key>" for k in ed) + "</ed25519-keys>")
