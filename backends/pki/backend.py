@@ -455,7 +455,8 @@ class PkiBackend(Backend):
                 except DevFSError as exc:
                     raise BackendError(exc.message, app_tag=exc.code, tag=exc.tag) from None
         state = self.store.copy()
-        state["trustpoints"][tp.name]["requests"] = {u: {"csr": pem, "file": files.get(u)} for u, pem in csrs.items()}
+        # what is outstanding, not the requests: they carry the challenge password
+        state["trustpoints"][tp.name]["requests"] = {u: {"file": files.get(u)} for u in csrs}
         self.store.commit(state)
         log.info("trustpoint %s: certificate request(s) written%s", tp.name,
                  f" to {', '.join(files.values())}" if files else "")
@@ -479,17 +480,17 @@ class PkiBackend(Backend):
         def request(k):
             key = self.keys.private_key(k.family, k.label, usage=k.usage)
             csr = certissue.make_csr(key, subject, challenge_password=password, digest_name=tp.digest)
-            result, tx = scep.pkcs_req(tp.url, cacerts, key, csr, caps=caps, now=self.services.clock())
-            return result, tx, certissue.csr_pem(csr)
+            return scep.pkcs_req(tp.url, cacerts, key, csr, caps=caps, now=self.services.clock())
         issued, pending = {}, {}
         for k in keys:
-            result, tx, csr = await self._run(request, k)
+            result, tx = await self._run(request, k)
             if result.status == "FAILURE":
                 raise BackendError(f"trustpoint {tp.name}: the CA refused the request ({result.fail_info})",
                                    app_tag="scep-failed", tag="operation-failed")
             if result.status == "PENDING":
-                pending[k.usage] = {"transaction-id": tx.transaction_id, "signer": render.pem(tx.signer_cert),
-                                    "csr": csr}
+                # the signer certificate carries the request's subject; the request itself (with the
+                # challenge password) is not kept
+                pending[k.usage] = {"transaction-id": tx.transaction_id, "signer": render.pem(tx.signer_cert)}
             else:
                 issued[k.usage] = result.certificate
         if issued:
@@ -578,8 +579,8 @@ class PkiBackend(Backend):
 
             def poll(k=k, p=p):
                 key = self.keys.private_key(k.family, k.label, usage=k.usage)
-                csr = x509.load_pem_x509_csr(p["csr"].encode())
-                tx = scep.Transaction(p["transaction-id"], render.load(p["signer"]), csr.subject)
+                signer = render.load(p["signer"])
+                tx = scep.Transaction(p["transaction-id"], signer, signer.subject)
                 return scep.cert_poll(tp.url, cacerts, key, tx, caps=caps, now=self.services.clock())
             result = await self._run(poll)
             if result.status == "FAILURE":
