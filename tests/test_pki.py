@@ -19,6 +19,7 @@ from ncclient.operations import RPCError
 
 from conftest import KEEP_ADMIN, NC, ServerProcess, rpc
 from scep_server import ScepServer
+from test_scep import FakeScep
 
 ACT = "http://cisco.com/ns/yang/Cisco-IOS-XR-crypto-act"
 CFG = "http://cisco.com/ns/yang/Cisco-IOS-XR-um-crypto-cfg"
@@ -481,6 +482,47 @@ def test_scep_needs_an_rsa_key(m, pki_server, scep_ca):
     act(m, "ca-authenticate", "<server-name>scep-ec</server-name>")
     assert fails(act, m, "ca-enroll", "<server-name>scep-ec</server-name>",
                  f'<challenge-password xmlns="{PKI}">s3cret</challenge-password>')[1] == "scep-key-unsupported"
+
+
+def wait_state(m, name: str, want: str, seconds: float) -> str:
+    state = None
+    for _ in range(int(seconds * 4)):
+        state = trustpoints(m)[name].findtext(f"{{{PKI}}}enrollment-state")
+        if state == want:
+            break
+        threading.Event().wait(0.25)
+    return state
+
+
+def test_scep_pending_poll_and_cancel(m, pki_server, tmp_path):
+    """A CA that answers PENDING: the device polls with CertPoll after the retry period (one
+    minute, the shortest) and installs what it gets; a cancelled enrollment is never polled."""
+    act(m, "key-generate-rsa", "<key-label>pendkey</key-label><key-modulus>2048</key-modulus>")
+    with FakeScep() as ca:
+        for name in ("pend", "pendcancel"):
+            edit(m, trustpoint_cfg(name, f"<enrollment><url>{ca.url}</url><retry><period>1</period><count>2</count>"
+                                         "</retry></enrollment><rsakeypair>pendkey</rsakeypair>"
+                                         f"<subject-name>CN={name}</subject-name>"))
+            act(m, "ca-authenticate", f"<server-name>{name}</server-name>")
+        ca.plan = [lambda req: ca.reply(req, "3")]
+        out = act(m, "ca-enroll", "<server-name>pendcancel</server-name>")
+        assert out.findtext(f"{{{PKI}}}status") == "pending"
+        assert trustpoints(m)["pendcancel"].findtext(f"{{{PKI}}}enrollment-state") == "pending"
+        assert fails(act, m, "ca-enroll", "<server-name>pendcancel</server-name>")[1] == "enrollment-pending"
+        act(m, "ca-cancel-enroll", "<server-name>pendcancel</server-name>")
+        assert trustpoints(m)["pendcancel"].findtext(f"{{{PKI}}}enrollment-state") == "authenticated"
+
+        ca.plan = [lambda req: ca.reply(req, "3"),
+                   lambda req: ca.reply(req, "0", certs=[ca.ca_cert, ca.issue()])]
+        out = act(m, "ca-enroll", "<server-name>pend</server-name>")
+        assert out.findtext(f"{{{PKI}}}status") == "pending"
+        tx = out.findtext(f"{{{PKI}}}transaction-id")
+        assert wait_state(m, "pend", "enrolled", 90) == "enrolled"
+        assert [r.message_type for r in ca.requests] == ["19", "19", "20"]  # PKCSReq, PKCSReq, CertPoll
+        assert ca.requests[2].transaction_id == tx
+        assert "CN=pend" in trustpoints(m)["pend"].find(f"{{{CEPKI}}}router-certificate").findtext(
+            f"{{{CEPKI}}}subject")
+        assert trustpoints(m)["pendcancel"].findtext(f"{{{PKI}}}enrollment-state") == "authenticated"
 
 
 # -- trust pool and path validation
