@@ -11,15 +11,11 @@ Times are timezone-aware datetimes given by the caller; nothing here reads the w
 from __future__ import annotations
 
 import hashlib
-import http.client
 import logging
 import os
 import tempfile
 import threading
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,6 +26,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from . import download
 from .errors import EngineError
 
 log = logging.getLogger(__name__)
@@ -40,9 +37,7 @@ CRL_UNAVAILABLE = "crl-unavailable"
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_MAX_SIZE = 4 * 1024 * 1024
 MAX_MEMORY_ENTRIES = 256
-MAX_REDIRECTS = 3
 MAX_URL = 2048
-_CHUNK = 64 * 1024
 
 Fetch = Callable[[str, float, int], bytes]
 
@@ -51,52 +46,13 @@ class CrlError(EngineError):
     pass
 
 
-class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
-    """Follows a few redirects, and only to http: a distribution point must not bounce the
-    device to another scheme (file:, ftp:) through a redirect."""
-    max_redirections = MAX_REDIRECTS
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        if urllib.parse.urlsplit(newurl).scheme.lower() != "http":
-            raise CrlError(CRL_UNAVAILABLE, f"redirect from {req.full_url} to a non-http URL refused")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
 def http_get(url: str, timeout: float, max_size: int) -> bytes:
-    """GET an http:// URL: at most max_size bytes, in about `timeout` seconds.
-
-    The socket timeout bounds each read; a monotonic deadline bounds the whole body, so a
-    server sending a byte at a time cannot hold the caller. Proxies from the environment are
-    ignored so that revocation checks go where the certificate says."""
+    """GET an http:// distribution point (see download.fetch for the bounds)."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme.lower() != "http" or not parts.hostname:
         raise CrlError(CRL_UNAVAILABLE, f"CRL distribution point {url} is not an http URL")
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _HttpOnlyRedirects())
-    request = urllib.request.Request(url, headers={"Accept": "application/pkix-crl, */*"})
-    deadline = time.monotonic() + timeout
-    try:
-        with opener.open(request, timeout=timeout) as resp:
-            length = resp.headers.get("Content-Length")
-            if length is not None and length.isdigit() and int(length) > max_size:
-                raise CrlError(CRL_UNAVAILABLE, f"CRL at {url} is {length} bytes, over {max_size}")
-            chunks, total = [], 0
-            while True:
-                if time.monotonic() > deadline:
-                    raise CrlError(CRL_UNAVAILABLE, f"CRL download from {url} took over {timeout:g} s")
-                chunk = resp.read(min(_CHUNK, max_size + 1 - total))
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                total += len(chunk)
-                if total > max_size:
-                    raise CrlError(CRL_UNAVAILABLE, f"CRL at {url} is over {max_size} bytes")
-    except urllib.error.HTTPError as e:
-        raise CrlError(CRL_UNAVAILABLE, f"CRL download from {url} failed: HTTP {e.code}") from None
-    except urllib.error.URLError as e:
-        raise CrlError(CRL_UNAVAILABLE, f"CRL download from {url} failed: {e.reason}") from None
-    except (OSError, http.client.HTTPException, ValueError) as e:
-        raise CrlError(CRL_UNAVAILABLE, f"CRL download from {url} failed: {e}") from None
-    return b"".join(chunks)
+    return download.fetch(url, timeout=timeout, max_size=max_size, schemes=("http",), what="CRL",
+                          code=CRL_UNAVAILABLE, error=CrlError)
 
 
 def parse_crl(data: bytes, origin: str) -> x509.CertificateRevocationList:

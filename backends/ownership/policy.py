@@ -18,8 +18,6 @@ log = logging.getLogger(__name__)
 class Policy:
     security_profile: str | None = None  # None: no ownership established
     owner_package_keys: dict[str, openpgp.PublicKey] = field(default_factory=dict)  # key id -> key
-    # PEMs of the device_ownership trustpoint: the PDC, then the OC chain
-    trustpoint_certificates: list[str] = field(default_factory=list)
 
 
 def state_path(state_dir: Path) -> Path:
@@ -32,11 +30,15 @@ def security_profile(data: dict) -> str | None:
     return None if not profiles else "strict" if "strict" in profiles else min(profiles)
 
 
-def read(state_dir: Path) -> Policy:
+def _load(state_dir: Path) -> dict:
     path = state_path(state_dir)
-    if not path.exists():
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def read(state_dir: Path) -> Policy:
+    data = _load(state_dir)
+    if not data:
         return Policy()
-    data = json.loads(path.read_text())
     keys: dict[str, openpgp.PublicKey] = {}
     for name, k in ((data.get("key-packages") or {}).get("keys") or {}).items():
         if k["key_type"] != "GPGKEY":
@@ -46,13 +48,13 @@ def read(state_dir: Path) -> Policy:
                 keys[key.key_id] = key
         except openpgp.OpenPGPError as exc:
             log.warning("key package key %s is not a usable OpenPGP key: %s", name, exc)
-    return Policy(security_profile(data), keys, trustpoint_certificates(data))
+    return Policy(security_profile(data), keys)
 
 
-def trustpoint_certificates(data: dict) -> list[str]:
+def trustpoint_certificates(state_dir: Path) -> list[str]:
     """IOS XR's device_ownership trustpoint holds the PDC and the OC chain as CA certificates.
     The device-wide view is that of the first node with ownership (all nodes share one owner)."""
-    rec = next(iter(data.get("nodes", {}).values()), None)
+    rec = next(iter(_load(state_dir).get("nodes", {}).values()), None)
     if rec is None:
         return []
     return [rec["pdc"], *(pem for pem in rec["oc-chain"] if pem != rec["pdc"])]

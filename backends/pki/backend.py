@@ -96,6 +96,7 @@ class PkiBackend(Backend):
             raise RuntimeError(exc.message) from None
         self.store = PkiStore(base / "state.json")
         self.builtin = self._builtin_pool(base / "trustpool-builtin.pem")
+        self._parsed_pool: tuple[list | None, list[x509.Certificate]] = (None, [])
         self.crls = crl.CrlCache(base / "crl-cache")
         self.cfg = config.PkiConfig()
         self.lock = asyncio.Lock()
@@ -122,7 +123,11 @@ class PkiBackend(Backend):
         return trustpool.parse_bundle(data) if data.strip() else []
 
     def _downloaded(self) -> list[x509.Certificate]:
-        return [render.load(p) for p in self.store.data["trustpool"]["downloaded"]]
+        """The downloaded pool, parsed once for each state it has (reads and timers ask often)."""
+        pems = self.store.data["trustpool"]["downloaded"]
+        if self._parsed_pool[0] is not pems:
+            self._parsed_pool = (pems, [render.load(p) for p in pems])
+        return self._parsed_pool[1]
 
     def _pool(self) -> list[x509.Certificate]:
         return trustpool.active(self.builtin, self._downloaded())
@@ -155,8 +160,8 @@ class PkiBackend(Backend):
     def _router_status(self, tp: config.Trustpoint, routers: dict[str, x509.Certificate]) -> str | None:
         if not routers:
             return None
-        keys = {k.usage: k.public_der for k in self._router_keys(tp)}
-        usable = all(keys.get(u) == spki(c) for u, c in routers.items())
+        keys = {k.usage: k for k in self._router_keys(tp)}
+        usable = all(u in keys and certissue.matches_key(c, keys[u].public_key()) for u, c in routers.items())
         return "available" if usable else "unusable"
 
     def _enrollment_state(self, rec: dict) -> str:
@@ -178,7 +183,7 @@ class PkiBackend(Backend):
             routers = {u: render.load(r["pem"]) for u, r in (rec.get("router") or {}).items()}
             parts.append(render.trustpoint(name, ca, routers, self._enrollment_state(rec),
                                            self._router_status(tp, routers)))
-        owned = ownership_policy.read(self.services.state_dir).trustpoint_certificates
+        owned = ownership_policy.trustpoint_certificates(self.services.state_dir)
         if owned:
             parts.append(render.ownership_trustpoint(owned))
         parts.append("</trustpoints></crypto-certificate-authority>")
@@ -511,9 +516,9 @@ class PkiBackend(Backend):
 
     def _check_issued(self, tp, ca: x509.Certificate, certs: dict[str, x509.Certificate], keys) -> None:
         """An issued certificate must be for our key and chain to the authenticated CA."""
-        wanted = {k.usage: k.public_der for k in keys}
+        wanted = {k.usage: k for k in keys}
         for usage, cert in certs.items():
-            if spki(cert) != wanted.get(usage):
+            if usage not in wanted or not certissue.matches_key(cert, wanted[usage].public_key()):
                 raise BackendError(f"trustpoint {tp.name}: the issued certificate {cert.subject.rfc4514_string()} is "
                                    "not for this router's key", app_tag="cert-key-mismatch", tag="operation-failed")
             pkipath.verify(cert, intermediates=[], trustpoint_cas=[ca], trustpool=[], at=self.services.clock(),
@@ -637,7 +642,7 @@ class PkiBackend(Backend):
                 raise BackendError(f"trustpoint {tp.name} has no CA certificate: authenticate the CA first",
                                    app_tag="ca-not-authenticated", tag="operation-failed")
             keys = self._enroll_keys(tp)
-            key = next((k for k in keys if k.public_der == spki(cert)), None)
+            key = next((k for k in keys if certissue.matches_key(cert, k.public_key())), None)
             if key is None:
                 raise BackendError(f"trustpoint {tp.name}: the certificate {cert.subject.rfc4514_string()} does not "
                                    f"match {tp.key.text()}", app_tag="cert-key-mismatch", tag="invalid-value")
@@ -751,7 +756,7 @@ class PkiBackend(Backend):
     async def _import_pool(self, url: str) -> None:
         if url.lower().startswith(("http://", "https://")):
             data = await self._run(lambda: download.fetch(url, timeout=30, max_size=trustpool.MAX_BUNDLE_BYTES,
-                                                          code="trustpool-download-failed"))
+                                                          what="CA bundle", code="trustpool-download-failed"))
             source = url
         else:
             data, source = read_device_file(self.services.devfs, url, trustpool.MAX_BUNDLE_BYTES)
@@ -893,10 +898,6 @@ class PkiBackend(Backend):
         for task in list(self._tasks):
             task.cancel()
         self._keygen.shutdown(wait=False, cancel_futures=True)
-
-
-def spki(cert: x509.Certificate) -> bytes:
-    return cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 register("pki")(PkiBackend)
