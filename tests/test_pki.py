@@ -288,7 +288,8 @@ SYSTEM_TP = (f'<crypto xmlns="{CFG}"><ca><trustpoint><system-trustpoint>'
              "<key-usage><ca-certificate><digitalsignature>true</digitalsignature><keycertsign>true</keycertsign>"
              "<crlsign>true</crlsign></ca-certificate><certificate><digitalsignature/><keyagreement/>"
              "<dataencipherment/></certificate></key-usage>"
-             "<message-digest>sha256</message-digest>"
+             "<message-digest>sha256</message-digest><ip-address><ipv4-address>10.1.1.1</ipv4-address></ip-address>"
+             "<query><url>ldap://ca.example.com</url></query><description>Trust Insights</description>"
              "</system-trustpoint></trustpoint></ca></crypto>"
              f'<device xmlns="{DEV}"><system><hostname>ios</hostname><domain-name>cisco.com</domain-name>'
              "</system></device>")
@@ -319,6 +320,7 @@ def test_system_trustpoint_self_enrollment(m, pki_server, tmp_path):
     assert "CA:TRUE" in root and "Digital Signature, Certificate Sign, CRL Sign" in root
     assert "Digital Signature, Data Encipherment, Key Agreement" in leaf and "CA:FALSE" in leaf
     assert "CN=lab1-ads" in leaf and "unstructuredName=ios.cisco.com" in leaf
+    assert "unstructuredAddress=10.1.1.1" in leaf and "unstructuredAddress" not in root
     serial = json.loads((pki_server.state_dir / "device.json").read_text())["chassis"]["serial-number"]
     assert f"serialNumber={serial}" in leaf
     assert "CN=lab1-ca" in root
