@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import secrets
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,16 +40,18 @@ def _artifacts(state: Path, lab_dir: Path, count: int):
     pdc_key, pdc = lab.make_owner_ca(now - timedelta(hours=1))
     _oc_key, oc, chain = lab.make_owner_cert(pdc_key, pdc, now - timedelta(hours=1))
     serials = local + [f"BEN{26:02d}{(i % 52) + 1:02d}{i:04d}" for i in range(count - len(local))]
-    members = [(f"{s}.vcj", lab.make_voucher(masa_key, masa, ca, s, pdc, now - timedelta(minutes=5))) for s in serials]
+    vouchers = [(s, lab.make_voucher(masa_key, masa, ca, s, pdc, now - timedelta(minutes=5))) for s in serials]
     disk = state / "fs" / "disk0:"
-    (disk / "bulk.tar.gz").write_bytes(lab.bundle(members))
+    (disk / "bulk.tar.gz").write_bytes(lab.bundle([(f"{s}.vcj", data) for s, data in vouchers]))
     (disk / "oc.cms").write_bytes(lab.owner_cert_cms(oc, chain, pdc))
-    return members[0][1], local[0], ca, now
+    return vouchers, ca, now
 
 
-def _verify_rate(data: bytes, serial: str, ca, at: datetime, seconds: float = 2.0) -> float:
+def _verify_rate(vouchers: list[tuple[str, bytes]], ca, at: datetime, seconds: float = 2.0) -> float:
+    """Full verifications per second, each of a different voucher (all from one MASA, as in a bundle)."""
     n, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
+        serial, data = vouchers[n % len(vouchers)]
         voucher.verify(data, anchors=[ca], serial=serial, at=at)
         n += 1
     return n / (time.perf_counter() - start)
@@ -77,7 +80,7 @@ def run(tmp: Path, count: int = 1000, rounds: int = 5) -> dict:
     subprocess.run([sys.executable, "-m", "trustplane.cli", "init", "--state-dir", str(state)], cwd=ROOT, env=env,
                    check=True, capture_output=True)
     t = time.perf_counter()
-    sample, serial, ca, now = _artifacts(state, state.with_name("own-lab"), count)
+    vouchers, ca, now = _artifacts(state, state.with_name("own-lab"), count)
     made = time.perf_counter() - t
     proc = subprocess.Popen([sys.executable, "-m", "trustplane.cli", "serve", "--state-dir", str(state), "--port", "0",
                              "--log-level", "WARNING"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
@@ -89,16 +92,19 @@ def run(tmp: Path, count: int = 1000, rounds: int = 5) -> dict:
     finally:
         proc.terminate()
         proc.wait(timeout=15)
-    ours = _verify_rate(sample, serial, ca, now)
-    theirs = openssl_speed.verify_per_s("ecdsap256")
+    ours, theirs = [], []
+    for _ in range(3):  # interleaved, so both see the same machine
+        ours.append(_verify_rate(vouchers, ca, now))
+        theirs.append(openssl_speed.verify_per_s("ecdsap256"))
     return {"vouchers": count, "lab_issue_s": made, "apply_s": summary(times),
-            "voucher_verify_per_s": ours, "openssl_ecdsa_p256_verify_per_s": theirs}
+            "voucher_verify_per_s": statistics.median(ours),
+            "openssl_ecdsa_p256_verify_per_s": statistics.median(theirs)}
 
 
 def report(r: dict) -> str:
     return (f"oshp-ovoc-apply of {r['vouchers']} vouchers (2 local) median: {r['apply_s']['median'] * 1e3:.0f} ms "
             f"(min {r['apply_s']['min'] * 1e3:.0f}, max {r['apply_s']['max'] * 1e3:.0f})\n"
-            f"voucher verify/s (CMS + chain + JSON): trustplane {r['voucher_verify_per_s']:.0f}, openssl ECDSA P-256 "
+            f"voucher verify/s (CMS + chain + JSON), median of 3 interleaved: trustplane {r['voucher_verify_per_s']:.0f}, openssl ECDSA P-256 "
             f"verify {r['openssl_ecdsa_p256_verify_per_s']:.0f} "
             f"({r['voucher_verify_per_s'] / r['openssl_ecdsa_p256_verify_per_s']:.2f}x)")
 

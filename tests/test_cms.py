@@ -449,3 +449,20 @@ def test_mutated_input_fails_only_with_cms_error(pki, msg):
                 cms.verify(cms.load(bytes(data)), CONTENT)
             except CmsError:
                 pass
+
+
+def test_every_truncation_is_malformed(pki, msg):
+    for der in (openssl_sign(pki["p256"], msg, "-nodetach"), openssl_sign(pki["p256"], msg, "-nodetach", "-stream")):
+        for cut in range(len(der)):
+            assert code_of(lambda: cms.load(der[:cut])) == "cms-malformed", cut
+
+
+@pytest.mark.parametrize("data", [
+    b"\x30\x80" * 40 + b"\0\0" * 40,          # indefinite lengths nested past the limit
+    b"\x04\x80\x04\x00\x00\x00",              # indefinite length on a primitive
+    b"\x3f\x81\x01\x00",                      # high tag number
+    b"\x30\x85\x01\x00\x00\x00\x00",          # length of five octets
+    b"\x30\x06\x06\x09\x2a\x86\x48\x86",      # child longer than its parent
+], ids=["deep", "primitive-indefinite", "high-tag", "long-length", "child-overruns"])
+def test_bad_encodings_are_malformed(data):
+    assert code_of(lambda: cms.load(data)) == "cms-malformed"

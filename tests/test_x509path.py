@@ -238,6 +238,19 @@ def test_expired_intermediate(pki):
     assert pki.openssl_verify(leaf.cert, [root.cert], [inter.cert], at=earlier)
 
 
+def test_remembered_path_is_rechecked_for_dates(pki):
+    # A path found once is kept; a later call at another time must still see the intermediate expire.
+    root = pki.issue("root", "Root")
+    inter = pki.issue("inter", "Old Inter", root, end="20240101000000Z")
+    leaf = pki.issue("leaf", "leaf.example", inter, ext=LEAF_EXT)
+    earlier = datetime(2023, 6, 1, tzinfo=timezone.utc)
+    for _ in range(2):
+        assert validate(leaf.cert, [root.cert], [inter.cert], at=earlier) == [leaf.cert, inter.cert, root.cert]
+        assert code_of(leaf.cert, [root.cert], [inter.cert]) == "path-expired"
+    # the intermediate must be offered again: it is not remembered across calls
+    assert code_of(leaf.cert, [root.cert], at=earlier) == "path-untrusted"
+
+
 def test_leaf_not_yet_valid_and_expired_anchor(pki):
     root = pki.issue("root", "Root", end="20250101000000Z")
     leaf = pki.issue("leaf", "leaf.example", root, ext=LEAF_EXT, start="20300101000000Z")

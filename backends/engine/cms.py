@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hmac
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -77,7 +78,6 @@ class SignerInfo:
     digest_algorithm: str
     signature_algorithm: str
     has_signed_attrs: bool
-    signing_time: datetime | None
     _signature: bytes = field(default=b"", repr=False)
     # DER of the signed attributes as a SET (tag 0x31): what the signature covers
     _signed_attrs: bytes | None = field(default=None, repr=False)
@@ -85,6 +85,11 @@ class SignerInfo:
     _message_digest: bytes | None = field(default=None, repr=False)
     # RSA-PSS (hash, MGF1 hash or None for another mask function, salt length)
     _pss: tuple[str, str | None, int] | None = field(default=None, repr=False)
+    _signing_time: bytes | None = field(default=None, repr=False)  # decoded only when asked for
+
+    @property
+    def signing_time(self) -> datetime | None:
+        return cms.Time.load(self._signing_time).native if self._signing_time is not None else None
 
 
 @dataclass
@@ -133,145 +138,264 @@ def _unarmor(data: bytes) -> bytes | None:
         return None
 
 
+# The structure is walked with the small BER reader below rather than asn1crypto's
+# schema classes: those build an object per element and made reading a voucher cost
+# several times its signature check. asn1crypto still decodes the rare leaves
+# (OIDs, times, RSA-PSS parameters) and names the algorithms.
+
+_MAX_NESTING = 32
+
+# An element is a tuple (identifier octet, offset, contents start, contents stop, end) into
+# the buffer it was read from; tuples keep the walk cheap.
+_ID, _POS, _START, _STOP, _END = range(5)
+
+
+def _read(buf: bytes, pos: int, limit: int, depth: int = 0) -> tuple[int, int, int, int, int]:
+    """The BER element at buf[pos:limit]."""
+    if pos + 2 > limit:
+        raise ValueError("truncated encoding")
+    ident, first = buf[pos], buf[pos + 1]
+    if ident & 0x1F == 0x1F:
+        raise ValueError("high tag numbers do not occur in CMS")
+    start = pos + 2
+    if first < 0x80:
+        stop = start + first
+    elif first == 0x80:  # indefinite length: elements up to an end-of-contents
+        if not ident & 0x20 or depth >= _MAX_NESTING:
+            raise ValueError("bad indefinite-length element")
+        stop = start
+        while True:
+            if stop + 2 > limit:
+                raise ValueError("truncated encoding")
+            if buf[stop] == 0 and buf[stop + 1] == 0:
+                return ident, pos, start, stop, stop + 2
+            stop = _read(buf, stop, limit, depth + 1)[_END]
+    else:
+        size = first & 0x7F
+        if size > 4:
+            raise ValueError("bad length")
+        stop = start + size + int.from_bytes(buf[start:start + size], "big")
+        start += size
+    if stop > limit:
+        raise ValueError("truncated encoding")
+    return ident, pos, start, stop, stop
+
+
+def _children(buf: bytes, el: tuple, limit: int, what: str) -> list[tuple]:
+    ident, _, pos, stop, _ = el
+    if not ident & 0x20:
+        raise CmsError("cms-malformed", f"{what}: primitive element {ident:#04x} where a constructed one belongs")
+    out = []
+    while pos < stop:
+        if len(out) == limit:
+            raise CmsError("cms-malformed", f"more than {limit} {what}")
+        child = _read(buf, pos, stop)
+        out.append(child)
+        pos = child[_END]
+    return out
+
+
+def _expect(el: tuple | None, ident: int, what: str) -> tuple:
+    if el is None or el[_ID] != ident:
+        found = "nothing" if el is None else f"tag {el[_ID]:#04x}"
+        raise CmsError("cms-malformed", f"{what}: expected tag {ident:#04x}, found {found}")
+    return el
+
+
+class _Fields:
+    """The fields of a SEQUENCE, taken in order; optional ones by their tag."""
+
+    def __init__(self, buf: bytes, seq: tuple | None, what: str):
+        self.buf, self.what, self.i = buf, what, 0
+        self.items = _children(buf, _expect(seq, 0x30, what), 16, f"fields of {what}")
+
+    def take(self, ident: int, what: str) -> tuple:
+        return _expect(self.next(), ident, f"{self.what}: {what}")
+
+    def optional(self, ident: int) -> tuple | None:
+        if self.i < len(self.items) and self.items[self.i][_ID] == ident:
+            return self.next()
+        return None
+
+    def next(self) -> tuple | None:
+        """The next field whatever its tag, or None at the end."""
+        if self.i == len(self.items):
+            return None
+        self.i += 1
+        return self.items[self.i - 1]
+
+    def done(self) -> None:
+        if self.i != len(self.items):
+            raise CmsError("cms-malformed", f"{self.what}: unexpected tag {self.items[self.i][_ID]:#04x}")
+
+
+def _contents(buf: bytes, el: tuple) -> bytes:
+    return buf[el[_START]:el[_STOP]]
+
+
+def _encoding(buf: bytes, el: tuple) -> bytes:
+    return buf[el[_POS]:el[_END]]
+
+
+@functools.lru_cache(maxsize=256)
+def _dotted(encoding: bytes) -> str:
+    return core.ObjectIdentifier.load(encoding).dotted
+
+
+def _oid(buf: bytes, el: tuple | None) -> str:
+    return _dotted(_encoding(buf, _expect(el, 0x06, "object identifier")))
+
+
+def _integer(buf: bytes, el: tuple | None, what: str) -> int:
+    contents = _contents(buf, _expect(el, 0x02, what))
+    if not contents:
+        raise CmsError("cms-malformed", f"{what} is an empty INTEGER")
+    return int.from_bytes(contents, "big", signed=True)
+
+
+def _octets(buf: bytes, el: tuple | None, what: str, depth: int = 0) -> bytes:
+    """An OCTET STRING's value; BER may split it into a constructed string of pieces."""
+    if el is not None and el[_ID] == 0x04:
+        return _contents(buf, el)
+    _expect(el, 0x24, what)
+    if depth > 4:
+        raise CmsError("cms-malformed", f"{what} nested too deeply")
+    return b"".join(_octets(buf, piece, what, depth + 1) for piece in _children(buf, el, 4096, f"pieces of {what}"))
+
+
+def _algorithm(buf: bytes, el: tuple | None, what: str) -> tuple[str, tuple | None]:
+    """An AlgorithmIdentifier: its dotted OID and its parameters, if any."""
+    fields = _Fields(buf, el, what)
+    oid = _oid(buf, fields.take(0x06, "algorithm"))
+    params = fields.next()
+    fields.done()
+    return oid, params
+
+
 def _parse(der: bytes) -> SignedData:
     try:
-        info = cms.ContentInfo.load(der, strict=True)
-        if info["content_type"].dotted != ID_SIGNED_DATA:
-            raise CmsError("cms-malformed", f"content type {info['content_type'].dotted} is not SignedData")
-        sd = info["content"]
-        if not isinstance(sd, cms.SignedData):
+        top = _read(der, 0, len(der))
+        if top[_END] != len(der):
+            raise CmsError("cms-malformed", f"{len(der) - top[_END]} bytes after the ContentInfo")
+        info = _Fields(der, top, "ContentInfo")
+        content_type = _oid(der, info.take(0x06, "contentType"))
+        if content_type != ID_SIGNED_DATA:
+            raise CmsError("cms-malformed", f"content type {content_type} is not SignedData")
+        wrapper = info.optional(0xA0)
+        info.done()
+        inner = _children(der, wrapper, 1, "SignedData") if wrapper is not None else []
+        if not inner:
             raise CmsError("cms-malformed", "SignedData is missing")
-        # asn1crypto reads a v1 encapContentInfo as PKCS#7 ContentInfo; CMS always wraps eContent in an OCTET STRING
-        eci = cms.EncapsulatedContentInfo.load(sd["encap_content_info"].dump())
-        content = None if isinstance(eci["content"], core.Void) else bytes(eci["content"])
+        sd = _Fields(der, inner[0], "SignedData")
+        version = _integer(der, sd.take(0x02, "version"), "version")
+        _children(der, sd.take(0x31, "digestAlgorithms"), MAX_SIGNERS, "digest algorithms")
+        eci = _Fields(der, sd.take(0x30, "encapContentInfo"), "encapContentInfo")
+        econtent_type = _oid(der, eci.take(0x06, "eContentType"))
+        explicit = eci.optional(0xA0)
+        eci.done()
+        content = None
+        if explicit is not None:
+            wrapped = _children(der, explicit, 1, "eContent")
+            # CMS always wraps eContent in an OCTET STRING
+            content = _octets(der, wrapped[0] if wrapped else None, "eContent")
 
         certs = []
-        for choice in _bounded(sd["certificates"], MAX_CERTS, "certificates"):
-            if choice.name == "certificate":  # attribute certificates are of no use here
-                certs.append(x509.load_der_x509_certificate(choice.chosen.dump()))
-        crls = [choice.chosen.dump() for choice in _bounded(sd["crls"], MAX_CRLS, "CRLs")
-                if choice.name == "crl"]
-        signers = [_signer(s) for s in _bounded(sd["signer_infos"], MAX_SIGNERS, "signers")]
-        return SignedData(
-            version=int(sd["version"]),
-            content_type=eci["content_type"].dotted,
-            content=content,
-            certificates=certs,
-            crls=crls,
-            signers=signers,
-        )
+        cert_set = sd.optional(0xA0)
+        for choice in _children(der, cert_set, MAX_CERTS, "certificates") if cert_set else ():
+            if choice[_ID] == 0x30:
+                certs.append(x509.load_der_x509_certificate(_encoding(der, choice)))
+            elif not 0xA0 <= choice[_ID] <= 0xA3:  # attribute and other certificates are of no use here
+                raise CmsError("cms-malformed", f"certificate choice with tag {choice[_ID]:#04x}")
+        crls = []
+        crl_set = sd.optional(0xA1)
+        for choice in _children(der, crl_set, MAX_CRLS, "CRLs") if crl_set else ():
+            if choice[_ID] == 0x30:
+                crls.append(_encoding(der, choice))
+            elif choice[_ID] != 0xA1:  # other revocation information formats
+                raise CmsError("cms-malformed", f"revocation choice with tag {choice[_ID]:#04x}")
+        signers = [_signer(der, s) for s in _children(der, sd.take(0x31, "signerInfos"), MAX_SIGNERS, "signers")]
+        sd.done()
+        return SignedData(version=version, content_type=econtent_type, content=content,
+                          certificates=certs, crls=crls, signers=signers)
     except _DECODE_ERRORS as e:
         raise CmsError("cms-malformed", f"bad CMS structure: {e}") from None
 
 
-def _signer(si: cms.SignerInfo) -> SignerInfo:
-    sid = si["sid"]
+def _signer(der: bytes, el: tuple) -> SignerInfo:
+    si = _Fields(der, el, "SignerInfo")
+    _integer(der, si.take(0x02, "version"), "SignerInfo version")
     issuer_serial = key_id = None
-    if sid.name == "issuer_and_serial_number":
-        issuer_serial = (sid.chosen["issuer"].dump(), sid.chosen["serial_number"].native)
+    sid = si.optional(0x80)
+    if sid is not None:
+        key_id = _contents(der, sid)
     else:
-        key_id = sid.chosen.native
+        ias = _Fields(der, si.take(0x30, "sid"), "IssuerAndSerialNumber")
+        issuer = _encoding(der, ias.take(0x30, "issuer"))
+        issuer_serial = (issuer, _integer(der, ias.take(0x02, "serialNumber"), "serialNumber"))
+        ias.done()
+    digest_oid, _ = _algorithm(der, si.next(), "digestAlgorithm")
 
-    attrs = si["signed_attrs"]
-    values = {}
-    if not isinstance(attrs, core.Void):
-        for attr in _bounded(attrs, MAX_SIGNED_ATTRS, "signed attributes"):
-            oid = attr["type"].dotted
+    attrs = si.optional(0xA0)
+    values: dict[str, list[tuple]] = {}
+    if attrs is not None:
+        for attr in _children(der, attrs, MAX_SIGNED_ATTRS, "signed attributes"):
+            fields = _Fields(der, attr, "Attribute")
+            oid = _oid(der, fields.take(0x06, "attrType"))
             if oid in values:
                 raise CmsError("cms-malformed", f"signed attribute {oid} appears twice")
-            values[oid] = attr["values"]
+            values[oid] = _children(der, fields.take(0x31, "attrValues"), MAX_SIGNED_ATTRS, "attribute values")
+            fields.done()
         if not values:
             raise CmsError("cms-malformed", "empty signed attributes")  # SET SIZE (1..MAX)
     content_type = _single(values, _ID_CONTENT_TYPE)
     digest = _single(values, _ID_MESSAGE_DIGEST)
     signing_time = _single(values, _ID_SIGNING_TIME)
+    if signing_time is not None and signing_time[_ID] not in (0x17, 0x18):  # UTCTime, GeneralizedTime
+        raise CmsError("cms-malformed", "signing-time is not a time")
 
-    sig_alg = si["signature_algorithm"]
-    pss = None
-    if sig_alg["algorithm"].native == "rsassa_pss":
-        params = sig_alg["parameters"]
-        if isinstance(params, core.Void):  # RFC 4056: present when signing
-            raise CmsError("cms-malformed", "RSA-PSS without parameters")
-        if params["trailer_field"].native != "trailer_field_bc":
-            raise CmsError("cms-malformed", "RSA-PSS trailer field is not 1")
-        mgf = params["mask_gen_algorithm"]
-        mgf_hash = mgf["parameters"]["algorithm"].native if mgf["algorithm"].native == "mgf1" else None
-        salt = params["salt_length"].native
-        if not 0 <= salt <= 4096:  # far more than a 16384-bit key leaves room for
-            raise CmsError("cms-malformed", f"RSA-PSS salt length {salt}")
-        pss = (params["hash_algorithm"]["algorithm"].native, mgf_hash, salt)
-
+    sig_oid, params = _algorithm(der, si.next(), "signatureAlgorithm")
+    sig_name = algos.SignedDigestAlgorithmId.map(sig_oid)
+    pss = _pss(_encoding(der, params) if params else None) if sig_name == "rsassa_pss" else None
+    signature = _octets(der, si.next(), "signature")
+    si.optional(0xA1)  # unsigned attributes
+    si.done()
     return SignerInfo(
         sid_issuer_serial=issuer_serial,
         sid_key_id=key_id,
-        digest_algorithm=si["digest_algorithm"]["algorithm"].native,
-        signature_algorithm=sig_alg["algorithm"].native,
+        digest_algorithm=algos.DigestAlgorithmId.map(digest_oid),
+        signature_algorithm=sig_name,
         has_signed_attrs=bool(values),
-        signing_time=signing_time.native if signing_time is not None else None,
-        _signature=si["signature"].native,
+        _signature=signature,
         # the [0] IMPLICIT tag is replaced by the SET tag (RFC 5652 section 5.4)
-        _signed_attrs=parser.emit(0, 1, 17, attrs.contents) if values else None,
-        _content_type=content_type.dotted if content_type is not None else None,
-        _message_digest=digest.native if digest is not None else None,
+        _signed_attrs=parser.emit(0, 1, 17, _contents(der, attrs)) if values else None,
+        _content_type=_oid(der, content_type) if content_type is not None else None,
+        _message_digest=_octets(der, digest, "message-digest") if digest is not None else None,
         _pss=pss,
+        _signing_time=_encoding(der, signing_time) if signing_time is not None else None,
     )
 
 
-def _single(values: dict, oid: str):
+def _pss(params: bytes | None) -> tuple[str, str | None, int]:
+    if params is None:  # RFC 4056: present when signing
+        raise CmsError("cms-malformed", "RSA-PSS without parameters")
+    p = algos.RSASSAPSSParams.load(params)
+    if p["trailer_field"].native != "trailer_field_bc":
+        raise CmsError("cms-malformed", "RSA-PSS trailer field is not 1")
+    mgf = p["mask_gen_algorithm"]
+    mgf_hash = mgf["parameters"]["algorithm"].native if mgf["algorithm"].native == "mgf1" else None
+    salt = p["salt_length"].native
+    if not 0 <= salt <= 4096:  # far more than a 16384-bit key leaves room for
+        raise CmsError("cms-malformed", f"RSA-PSS salt length {salt}")
+    return p["hash_algorithm"]["algorithm"].native, mgf_hash, salt
+
+
+def _single(values: dict, oid: str) -> tuple | None:
     """The value of a signed attribute that must have exactly one (RFC 5652 section 11), or None."""
     if oid not in values:
         return None
-    if _count(values[oid].contents, 1) != 1:
+    if len(values[oid]) != 1:
         raise CmsError("cms-malformed", f"signed attribute {oid} must have one value")
     return values[oid][0]
-
-
-def _bounded(items, limit: int, what: str):
-    """items (an asn1crypto SET OF, possibly absent) once it is known to hold at most limit elements."""
-    if isinstance(items, core.Void):
-        return []
-    if _count(items.contents, limit) > limit:
-        raise CmsError("cms-malformed", f"more than {limit} {what}")
-    return items
-
-
-def _count(contents: bytes | None, limit: int) -> int:
-    """How many encodings contents holds, counting no further than limit + 1.
-
-    asn1crypto builds every element of a SET OF before one can ask its length,
-    which for 16 MiB of tiny elements takes seconds and gigabytes.
-    """
-    n = pos = 0
-    while contents and pos < len(contents) and n <= limit:
-        pos = _skip(contents, pos, 0)
-        n += 1
-    return n
-
-
-def _skip(buf: bytes, pos: int, depth: int) -> int:
-    """The offset past the BER encoding that starts at pos."""
-    if depth > 32:
-        raise ValueError("encoding nested too deeply")
-    if buf[pos] & 0x1F == 0x1F:  # high tag number: base-128 digits follow
-        pos += 1
-        while buf[pos] & 0x80:
-            pos += 1
-    pos += 1
-    first = buf[pos]
-    pos += 1
-    if first == 0x80:  # indefinite length: elements up to an end-of-contents
-        while buf[pos:pos + 2] != b"\0\0":
-            pos = _skip(buf, pos, depth + 1)
-        return pos + 2
-    if first & 0x80:
-        size = first & 0x7F
-        length = int.from_bytes(buf[pos:pos + size], "big")
-        pos += size
-    else:
-        length = first
-    if pos + length > len(buf):
-        raise ValueError("truncated encoding")
-    return pos + length
 
 
 # ---- verifying --------------------------------------------------------------
@@ -290,8 +414,16 @@ def signer_certificate(sd: SignedData, signer: SignerInfo,
     raise CmsError("cms-signer-not-found", "no certificate matches the signer identifier")
 
 
+# Certificates hash and compare by their DER, so these hold across loads of the same
+# certificate, such as the one signer of a bundle of vouchers.
+@functools.lru_cache(maxsize=256)
 def _issuer_der(cert: x509.Certificate) -> bytes:
-    return asn1_x509.Certificate.load(cert.public_bytes(Encoding.DER)).issuer.dump()
+    der = cert.public_bytes(Encoding.DER)
+    tbs = _Fields(der, _Fields(der, _read(der, 0, len(der)), "Certificate").next(), "tbsCertificate")
+    tbs.optional(0xA0)  # version
+    tbs.take(0x02, "serialNumber")
+    tbs.take(0x30, "signature")
+    return _encoding(der, tbs.take(0x30, "issuer"))
 
 
 def _key_id(cert: x509.Certificate) -> bytes | None:
@@ -311,11 +443,7 @@ def verify_signer(sd: SignedData, signer: SignerInfo, cert: x509.Certificate,
     elif content is None:
         raise CmsError("cms-malformed", "detached signature and no content given")
 
-    try:
-        key = cert.public_key()
-    except (ValueError, UnsupportedAlgorithm):
-        raise CmsError("cms-unsupported-algorithm", "the certificate's key type is not supported") from None
-    check = _verifier(signer, key)
+    check = _verifier(signer, _public_key(cert))
     if signer.has_signed_attrs:
         if signer._content_type is None or signer._message_digest is None:
             raise CmsError("cms-malformed", "signed attributes lack content-type or message-digest")
@@ -334,6 +462,14 @@ def verify_signer(sd: SignedData, signer: SignerInfo, cert: x509.Certificate,
         check(signed)
     except InvalidSignature:
         raise CmsError("cms-signature-invalid", "the signature does not verify") from None
+
+
+@functools.lru_cache(maxsize=256)
+def _public_key(cert: x509.Certificate):
+    try:
+        return cert.public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        raise CmsError("cms-unsupported-algorithm", "the certificate's key type is not supported") from None
 
 
 def verify(sd: SignedData, content: bytes | None = None,

@@ -14,7 +14,7 @@ Failures are PathError with a stable `code`, used as a NETCONF error-app-tag.
 from __future__ import annotations
 
 import functools
-
+import threading
 from datetime import datetime, timezone
 from typing import Iterable
 
@@ -397,6 +397,36 @@ def validate(leaf: x509.Certificate, anchors: Iterable[x509.Certificate],
     if at.tzinfo is None or at.utcoffset() is None:
         raise ValueError("`at` must be a timezone-aware datetime")
     at = at.astimezone(timezone.utc)
+    anchors, intermediates, crls = list(anchors), list(intermediates), list(crls)
+    key = None
+    if not crls and not require_revocation:
+        key = (leaf, tuple(anchors), tuple(intermediates), allow_sha1, partial_chain, anchor_min_rsa_bits)
+        with _paths_lock:
+            found = _paths.get(key)
+        if found is not None and found[1] <= at <= found[2]:
+            return list(found[0])
+    path = _search_path(leaf, anchors, intermediates, at, allow_sha1, partial_chain, crls, require_revocation,
+                        anchor_min_rsa_bits)
+    if key is not None:
+        # the path holds while every certificate on it is within its validity dates
+        window = (max(c.not_valid_before_utc for c in path), min(c.not_valid_after_utc for c in path))
+        with _paths_lock:
+            if len(_paths) >= _PATHS_KEPT:
+                _paths.pop(next(iter(_paths)))
+            _paths[key] = (tuple(path), *window)
+    return path
+
+
+# Paths validated without revocation data, keyed by all the inputs but the time. Only the
+# validity dates depend on the time, so a path found earlier still holds when each of its
+# certificates is current now; a bulk install checks the same signer chain once.
+_PATHS_KEPT = 256
+_paths: dict[tuple, tuple[tuple[x509.Certificate, ...], datetime, datetime]] = {}
+_paths_lock = threading.Lock()
+
+
+def _search_path(leaf, anchors, intermediates, at, allow_sha1, partial_chain, crls, require_revocation,
+                 anchor_min_rsa_bits) -> list[x509.Certificate]:
     anchors = unique(anchors)
     anchor_set = set(anchors)
     # Certificates with unparsable extensions can never be on a valid path: leave them out.
@@ -408,7 +438,7 @@ def validate(leaf: x509.Certificate, anchors: Iterable[x509.Certificate],
     if not _extensions_parse(leaf):
         raise PathError(UNTRUSTED, f"{_name(leaf)} has malformed extensions")
 
-    search = _Search(anchors, intermediates, list(crls), at, allow_sha1, partial_chain, require_revocation,
+    search = _Search(anchors, intermediates, crls, at, allow_sha1, partial_chain, require_revocation,
                      anchor_min_rsa_bits)
     # The leaf pinned as an anchor is trusted as it is: only its validity matters.
     if search.terminates(leaf):
