@@ -1,6 +1,7 @@
 """CMS SignedData (RFC 5652): read, verify and make signatures.
 
-asn1crypto handles the ASN.1 structure, `cryptography` the signature maths.
+A small BER walker reads the structure, asn1crypto decodes a few leaves and
+writes signatures, `cryptography` does the signature maths.
 Only the CMS signatures are checked here: X.509 path validation is the
 caller's job. Algorithms: SHA-2 and SHA-3 digests (RFC 5754, RFC 8702),
 RSA PKCS#1 v1.5, RSA-PSS (RFC 4056), ECDSA on P-256/384/521 (RFC 5753) and
@@ -139,7 +140,7 @@ def _unarmor(data: bytes) -> bytes | None:
 
 
 # The structure is walked with the small BER reader below rather than asn1crypto's
-# schema classes: those build an object per element and made reading a voucher cost
+# schema classes: those build an object per element, which made reading a voucher cost
 # several times its signature check. asn1crypto still decodes the rare leaves
 # (OIDs, times, RSA-PSS parameters) and names the algorithms.
 
