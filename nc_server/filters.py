@@ -89,6 +89,9 @@ class _Schema:
                 self.by_ns[_s(mod.ns)] = mod
             mod = lib.ly_ctx_get_module_iter(ctx.cdata, idx)
         self._kids: dict[int, dict[str, list]] = {}
+        # subtree filters already converted, by their text and in-scope namespaces: clients
+        # poll with the same few filters, and converting one costs more than the select
+        self.subtree_xpaths: dict[tuple, list[str]] = {}
 
     def children(self, parent) -> dict[str, list]:
         """Data-node children of parent (None: top level of every module), by name.
@@ -127,6 +130,10 @@ class _Schema:
     def module_name(self, ns: str | None) -> str | None:
         mod = self.by_ns.get(ns) if ns is not None else None
         return _s(mod.name) if mod is not None else None
+
+
+_SUBTREE_KEPT = 128           # filters remembered
+_SUBTREE_KEPT_SIZE = 4096     # the largest remembered, in bytes of XML
 
 
 def _schema_for(ctx) -> _Schema:
@@ -206,11 +213,22 @@ def subtree_to_xpaths(filter_el: etree._Element, ctx) -> list[str]:
     filter selects nothing: [].
     """
     schema = _schema_for(ctx)
+    text = etree.tostring(filter_el, with_tail=False)
+    key = (text, tuple(sorted(filter_el.nsmap.items(), key=str)))
+    known = schema.subtree_xpaths.get(key)
+    if known is not None:
+        return list(known)
     out: list[str] = []
     for el in _elements(filter_el):
         for snode in schema.match(el, None):
             out.extend(_node_xpaths(el, snode, "", None, schema))
-    return list(dict.fromkeys(out))
+    out = list(dict.fromkeys(out))
+    if len(text) > _SUBTREE_KEPT_SIZE:
+        return out
+    if len(schema.subtree_xpaths) >= _SUBTREE_KEPT:
+        schema.subtree_xpaths.pop(next(iter(schema.subtree_xpaths)))
+    schema.subtree_xpaths[key] = out
+    return list(out)
 
 
 def _node_xpaths(el: etree._Element, snode, base: str, parent_mod, schema: _Schema) -> list[str]:

@@ -1,9 +1,12 @@
 """SSH transport (RFC 6242) on asyncssh: the netconf subsystem, plus SFTP/SCP for the device filesystem."""
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import asyncssh
+from asyncssh.constants import MSG_IGNORE
+from asyncssh.packet import String
 
 from .devfs import sftp_factory
 from .session import Session
@@ -14,6 +17,22 @@ log = logging.getLogger(__name__)
 # AES-GCM first and chacha20-poly1305 left out: SSH takes the client's first choice
 # the server offers, and asyncssh's chacha20 costs about 8 times more per packet.
 ENCRYPTION_ALGS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes192-ctr", "aes256-ctr")
+
+
+_EMPTY = String(b"")
+
+
+class _Connection(asyncssh.SSHServerConnection):
+    """asyncssh's server connection without the empty SSH_MSG_IGNORE it puts before every packet.
+
+    That packet defends CBC mode (RFC 4251 section 9.3.1); only GCM and CTR are offered
+    here, so it would only cost an encryption and a send per reply.
+    """
+
+    def send_packet(self, pkttype, *args, handler=None):
+        if pkttype == MSG_IGNORE and args == (_EMPTY,):
+            return
+        super().send_packet(pkttype, *args, handler=handler)
 
 
 class _Auth(asyncssh.SSHServer):
@@ -90,8 +109,7 @@ async def listen(server, host: str, port: int, host_key_path, users: UserDB, dev
                           proc.stdout.drain, close)
         await session.run()
 
-    return await asyncssh.listen(
-        host, port,
+    options = await asyncssh.SSHServerConnectionOptions.construct(
         server_factory=lambda: _Auth(users, limiter),
         server_host_keys=[str(host_key_path)],
         process_factory=process,
@@ -103,3 +121,7 @@ async def listen(server, host: str, port: int, host_key_path, users: UserDB, dev
         keepalive_interval=0,
         encryption_algs=ENCRYPTION_ALGS,
     )
+    loop = asyncio.get_running_loop()
+    # what asyncssh.listen does, with the connection class above
+    listener = await loop.create_server(lambda: _Connection(loop, options), host, port)
+    return asyncssh.SSHAcceptor(listener, options)
