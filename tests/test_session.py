@@ -259,6 +259,27 @@ def test_only_the_netconf_subsystem(server):
     run(go())
 
 
+def test_no_ignore_packet_before_each_reply(server, caplog):
+    # asyncssh would put an empty SSH_MSG_IGNORE before every packet; the server leaves it out
+    asyncssh.set_debug_level(3)
+    try:
+        async def go():
+            async with Raw(server) as s:
+                s.writer.write(hello(BASE11))
+                for i in range(3):
+                    s.writer.write(chunk(f'<rpc message-id="{i}" xmlns="{NC}"><get-config><source><running/>'
+                                         f'</source></get-config></rpc>'))
+                    await s.read_until(b"\n##\n")
+        with caplog.at_level("DEBUG", logger="asyncssh"):
+            run(go())
+    finally:
+        asyncssh.set_debug_level(1)
+    received = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[conn=")
+                and "Received" in r.getMessage()]
+    assert any("MSG_CHANNEL_DATA" in m for m in received)
+    assert not any("MSG_IGNORE" in m for m in received)
+
+
 def test_wrong_password_is_refused(server):
     async def go():
         with pytest.raises(asyncssh.PermissionDenied):
