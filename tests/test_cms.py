@@ -141,6 +141,15 @@ def test_verify_openssl_streamed_ber(pki, msg):
     assert cms.verify(sd) == [pki["p256"].cert]
 
 
+def test_verify_openssl_streamed_large_content(pki, tmp_path):
+    # a streamed eContent arrives as many OCTET STRING pieces
+    big = tmp_path / "big"
+    big.write_bytes(bytes(range(256)) * 16384)  # 4 MiB
+    sd = cms.load(openssl_sign(pki["p256"], big, "-nodetach", "-stream"))
+    assert sd.content == big.read_bytes()
+    assert cms.verify(sd) == [pki["p256"].cert]
+
+
 def test_verify_openssl_voucher_content_type(pki, msg):
     sd = cms.load(openssl_sign(pki["p256"], msg, "-nodetach", "-econtent_type", VOUCHER))
     assert (sd.version, sd.content_type, sd.content) == (3, VOUCHER, CONTENT)

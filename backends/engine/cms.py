@@ -145,6 +145,8 @@ def _unarmor(data: bytes) -> bytes | None:
 # (OIDs, times, RSA-PSS parameters) and names the algorithms.
 
 _MAX_NESTING = 32
+# a streamed (BER) OCTET STRING comes in pieces; 16 MiB in 256-byte pieces is 65,536
+_MAX_PIECES = 1 << 16
 
 # An element is a tuple (identifier octet, offset, contents start, contents stop, end) into
 # the buffer it was read from; tuples keep the walk cheap.
@@ -261,7 +263,7 @@ def _octets(buf: bytes, el: tuple | None, what: str, depth: int = 0) -> bytes:
     _expect(el, 0x24, what)
     if depth > 4:
         raise CmsError("cms-malformed", f"{what} nested too deeply")
-    return b"".join(_octets(buf, piece, what, depth + 1) for piece in _children(buf, el, 4096, f"pieces of {what}"))
+    return b"".join(_octets(buf, piece, what, depth + 1) for piece in _children(buf, el, _MAX_PIECES, f"pieces of {what}"))
 
 
 def _algorithm(buf: bytes, el: tuple | None, what: str) -> tuple[str, tuple | None]:
