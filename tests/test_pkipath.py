@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import http.server
-import os
 import socket
 import subprocess
 import threading
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -25,115 +22,19 @@ from backends.engine.crl import CrlCache, CrlError
 from backends.engine.errors import EngineError
 from backends.engine.expiry import serial_text
 from backends.engine.pkipath import PkiPathError, Verified, is_expired_anchor, verify
+from openssl_ca import CA_EXT, Issued, OpensslCa
 
 AT = datetime(2025, 6, 1, tzinfo=timezone.utc)
-START, END = "20200101000000Z", "20400101000000Z"
 CRL_LAST, CRL_NEXT = "20250501000000Z", "20250701000000Z"
 REVOKED_AT = "250315120000Z"      # index.txt form of 2025-03-15T12:00:00Z
 
-CA_EXT = "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n"
 # A router certificate as IOS XR enrolls it: no subjectAltName, no extendedKeyUsage.
 ROUTER_EXT = "keyUsage=critical,digitalSignature,keyEncipherment\n"
 
-KEY_ARGS = {
-    "p256": ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
-    "rsa1024": ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:1024"],
-}
-
-CA_CNF = """\
-[ ca ]
-default_ca = CA_default
-[ CA_default ]
-dir = $ENV::CADIR
-database = $dir/index.txt
-new_certs_dir = $dir/new
-serial = $dir/serial
-crlnumber = $dir/crlnumber
-default_md = sha256
-policy = policy_any
-unique_subject = no
-copy_extensions = none
-default_days = 365
-default_crl_days = 30
-[ policy_any ]
-commonName = supplied
-[ req ]
-distinguished_name = req_dn
-[ req_dn ]
-"""
-
-
-@dataclass
-class Issued:
-    name: str
-    cert: x509.Certificate
-    pem: Path
-    key: Path
-    cadir: Path     # the `openssl ca` database of what this certificate signs
-
-
-class Pki:
-    """`openssl ca` with one database per signing certificate."""
-
-    def __init__(self, base: Path):
-        self.base = base
-        self.cnf = base / "ca.cnf"
-        self.cnf.write_text(CA_CNF)
-
-    def run(self, *args: str, cadir: Path | None = None) -> None:
-        env = {**os.environ, "CADIR": str(cadir or self.base)}
-        p = subprocess.run(["openssl", *args], cwd=self.base, env=env, capture_output=True, text=True)
-        assert p.returncode == 0, f"openssl {' '.join(args)}\n{p.stdout}\n{p.stderr}"
-
-    def issue(self, name: str, cn: str, issuer: Issued | None = None, *, ext: str = CA_EXT,
-              start: str = START, end: str = END, serial: int | None = None,
-              cdp: str | None = None, alg: str = "p256", md: str = "sha256") -> Issued:
-        key = self.base / f"{name}.key"
-        self.run("genpkey", *KEY_ARGS[alg], "-out", str(key))
-        csr, pem, extfile = (self.base / f"{name}.{x}" for x in ("csr", "pem", "ext"))
-        lines = ext + "subjectKeyIdentifier=hash\n"
-        if issuer is not None:
-            lines += "authorityKeyIdentifier=keyid\n"
-        if cdp is not None:
-            lines += f"crlDistributionPoints=URI:{cdp}\n"
-        extfile.write_text(lines)
-        cadir = self.base / f"db-{name}"
-        (cadir / "new").mkdir(parents=True)
-        (cadir / "index.txt").touch()
-        (cadir / "serial").write_text("1000\n")
-        (cadir / "crlnumber").write_text("01\n")
-        self.run("req", "-new", "-key", str(key), "-subj", f"/CN={cn}", "-config", str(self.cnf), "-out", str(csr))
-        signer = cadir if issuer is None else issuer.cadir
-        if serial is not None:
-            (signer / "serial").write_text(f"{serial:04X}\n")
-        args = ["ca", "-batch", "-config", str(self.cnf), "-in", str(csr), "-out", str(pem), "-notext", "-md", md,
-                "-startdate", start, "-enddate", end, "-extfile", str(extfile)]
-        if issuer is None:
-            self.run(*args, "-selfsign", "-keyfile", str(key), cadir=cadir)
-        else:
-            self.run(*args, "-cert", str(issuer.pem), "-keyfile", str(issuer.key), cadir=issuer.cadir)
-        return Issued(name, x509.load_pem_x509_certificate(pem.read_bytes()), pem, key, cadir)
-
-    def revoke(self, issuer: Issued, cert: Issued) -> None:
-        self.run("ca", "-config", str(self.cnf), "-revoke", str(cert.pem), "-cert", str(issuer.pem),
-                 "-keyfile", str(issuer.key), cadir=issuer.cadir)
-        # Pin the revocation date (openssl records the current time) so messages are exact.
-        index = issuer.cadir / "index.txt"
-        lines = []
-        for line in index.read_text().splitlines():
-            f = line.split("\t")
-            if f[0] == "R" and int(f[3], 16) == cert.cert.serial_number:
-                f[2] = REVOKED_AT
-            lines.append("\t".join(f))
-        index.write_text("\n".join(lines) + "\n")
-
+class Pki(OpensslCa):
     def crl(self, issuer: Issued, name: str, last: str = CRL_LAST, nxt: str = CRL_NEXT,
             pem: bool = False) -> bytes:
-        out = self.base / f"{name}.crl.pem"
-        self.run("ca", "-config", str(self.cnf), "-gencrl", "-cert", str(issuer.pem), "-keyfile",
-                 str(issuer.key), "-crl_lastupdate", last, "-crl_nextupdate", nxt, "-out", str(out),
-                 cadir=issuer.cadir)
-        data = out.read_bytes()
+        data = self.crl_pem(issuer, name, last, nxt)
         return data if pem else x509.load_pem_x509_crl(data).public_bytes(Encoding.DER)
 
     def openssl_verify(self, leaf: Issued, anchor: Issued, intermediates: list[Issued], at: datetime) -> bool:
@@ -436,7 +337,7 @@ def test_crl_checked_and_cached(pki, server, served, cache):
 
 def test_revoked_leaf(pki, server, served, cache):
     root, inter, leaf = served
-    pki.revoke(inter, leaf)
+    pki.revoke(inter, leaf, date=REVOKED_AT)
     server.files["/inter.crl"] = pki.crl(inter, "inter2")
     e = refused("cert-revoked", leaf=leaf.cert, intermediates=[inter.cert], trustpoint_cas=[root.cert],
                 trustpoint_crl_optional=False, crls=cache)
@@ -448,7 +349,7 @@ def test_revoked_leaf(pki, server, served, cache):
 
 def test_revoked_intermediate(pki, server, served, cache):
     root, inter, leaf = served
-    pki.revoke(root, inter)
+    pki.revoke(root, inter, date=REVOKED_AT)
     server.files["/root.crl"] = pki.crl(root, "root2")
     e = refused("cert-revoked", leaf=leaf.cert, intermediates=[inter.cert], trustpoint_cas=[root.cert],
                 trustpoint_crl_optional=False, crls=cache)
@@ -475,7 +376,7 @@ def test_second_cdp_used_when_first_fails(pki, server, cache):
     leaf = pki.issue("leaf", "router1.example", root, ext=ROUTER_EXT,
                      cdp=f"{dead},URI:{server.url('/root.crl')}")
     server.files["/root.crl"] = pki.crl(root, "root")
-    pki.revoke(root, leaf)
+    pki.revoke(root, leaf, date=REVOKED_AT)
     server.files["/root.crl"] = pki.crl(root, "root2")
     refused("cert-revoked", leaf=leaf.cert, trustpoint_cas=[root.cert], trustpoint_crl_optional=False, crls=cache)
     # The first CRL obtained decides: a dead mirror after it is not even tried.

@@ -6,9 +6,7 @@ with `openssl verify -attime ... -partial_chain`.
 """
 from __future__ import annotations
 
-import os
 import subprocess
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -18,113 +16,16 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from backends.engine import x509path
 from backends.engine.x509path import PathError, check_key_usage_digital_signature, validate
+from openssl_ca import Issued, OpensslCa
 
 AT = datetime(2025, 6, 1, tzinfo=timezone.utc)
-START, END = "20200101000000Z", "20400101000000Z"
-
-CA_EXT = "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n"
 LEAF_EXT = "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n"
 
-CA_CNF = """\
-[ ca ]
-default_ca = CA_default
-[ CA_default ]
-dir = $ENV::CADIR
-database = $dir/index.txt
-new_certs_dir = $dir/new
-serial = $dir/serial
-crlnumber = $dir/crlnumber
-default_md = default
-policy = policy_any
-unique_subject = no
-copy_extensions = none
-default_days = 365
-default_crl_days = 30
-[ policy_any ]
-commonName = supplied
-[ req ]
-distinguished_name = req_dn
-[ req_dn ]
-"""
 
-KEY_ARGS = {
-    "rsa2048": ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
-    "rsa1024": ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:1024"],
-    "p256": ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
-    "p384": ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"],
-    "ed25519": ["-algorithm", "ED25519"],
-}
-
-
-@dataclass
-class Issued:
-    name: str
-    cert: x509.Certificate
-    pem: Path
-    key: Path
-    cadir: Path  # this certificate's own `openssl ca` database, for what it signs
-
-
-class Pki:
-    """A tiny `openssl ca` setup: one database directory per signing certificate."""
-
-    def __init__(self, base: Path):
-        self.base = base
-        self.cnf = base / "ca.cnf"
-        self.cnf.write_text(CA_CNF)
-
-    def run(self, *args: str, cadir: Path | None = None) -> subprocess.CompletedProcess:
-        env = {**os.environ, "CADIR": str(cadir or self.base)}
-        p = subprocess.run(["openssl", *args], cwd=self.base, env=env, capture_output=True, text=True)
-        assert p.returncode == 0, f"openssl {' '.join(args)}\n{p.stdout}\n{p.stderr}"
-        return p
-
-    def key(self, name: str, alg: str) -> Path:
-        path = self.base / f"{name}.key"
-        self.run("genpkey", *KEY_ARGS[alg], "-out", str(path))
-        return path
-
-    def issue(self, name: str, cn: str, issuer: Issued | None = None, *, alg: str = "p256",
-              key: Path | None = None, ext: str = CA_EXT, aki: bool = True, ski: str = "hash",
-              start: str = START, end: str = END, md: str | None = None,
-              sigopts: tuple[str, ...] = ()) -> Issued:
-        key = key or self.key(name, alg)
-        csr = self.base / f"{name}.csr"
-        pem = self.base / f"{name}.pem"
-        extfile = self.base / f"{name}.ext"
-        lines = ext + (f"subjectKeyIdentifier={ski}\n" if ski else "")
-        if issuer is not None and aki:
-            lines += "authorityKeyIdentifier=keyid\n"
-        extfile.write_text(lines)
-        cadir = self.base / f"db-{name}"
-        (cadir / "new").mkdir(parents=True)
-        (cadir / "index.txt").touch()
-        (cadir / "serial").write_text("01\n")
-        (cadir / "crlnumber").write_text("01\n")
-        self.run("req", "-new", "-key", str(key), "-subj", f"/CN={cn}", "-config", str(self.cnf), "-out", str(csr))
-        args = ["ca", "-batch", "-config", str(self.cnf), "-in", str(csr), "-out", str(pem), "-notext",
-                "-rand_serial", "-startdate", start, "-enddate", end, "-extfile", str(extfile)]
-        if md:
-            args += ["-md", md]
-        for opt in sigopts:
-            args += ["-sigopt", opt]
-        if issuer is None:
-            self.run(*args, "-selfsign", "-keyfile", str(key), cadir=cadir)
-        else:
-            self.run(*args, "-cert", str(issuer.pem), "-keyfile", str(issuer.key), cadir=issuer.cadir)
-        cert = x509.load_pem_x509_certificate(pem.read_bytes())
-        return Issued(name, cert, pem, key, cadir)
-
-    def revoke(self, issuer: Issued, cert: Issued) -> None:
-        self.run("ca", "-config", str(self.cnf), "-revoke", str(cert.pem), "-cert", str(issuer.pem),
-                 "-keyfile", str(issuer.key), cadir=issuer.cadir)
-
+class Pki(OpensslCa):
     def crl(self, issuer: Issued, name: str, last: str = "20250101000000Z",
             nxt: str = "20260101000000Z") -> x509.CertificateRevocationList:
-        out = self.base / f"{name}.crl.pem"
-        self.run("ca", "-config", str(self.cnf), "-gencrl", "-cert", str(issuer.pem), "-keyfile", str(issuer.key),
-                 "-crl_lastupdate", last, "-crl_nextupdate", nxt, "-out", str(out), cadir=issuer.cadir)
-        return x509.load_pem_x509_crl(out.read_bytes())
+        return x509.load_pem_x509_crl(self.crl_pem(issuer, name, last, nxt))
 
     def write_pems(self, name: str, certs: list[x509.Certificate]) -> Path:
         path = self.base / f"{name}.bundle.pem"
