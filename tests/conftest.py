@@ -1,6 +1,7 @@
 """Shared fixtures: a real `trustplane serve` process on loopback, and ncclient sessions to it."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -20,6 +21,16 @@ NC = "urn:ietf:params:xml:ns:netconf:base:1.0"
 # a whole configuration must keep a local user (admin keeps the hash it has)
 KEEP_ADMIN = ('<system xmlns="urn:ietf:params:xml:ns:yang:ietf-system"><authentication>'
               "<user><name>admin</name></user></authentication></system>")
+
+
+@contextlib.contextmanager
+def raises_code(exc_type, code: str, tag: str | None = None):
+    """pytest.raises(exc_type), then the engine error's code and, if given, its NETCONF tag."""
+    with pytest.raises(exc_type) as info:
+        yield info
+    assert info.value.code == code, info.value.message
+    if tag:
+        assert info.value.tag == tag
 
 
 def free_port() -> int:

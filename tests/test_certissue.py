@@ -19,6 +19,7 @@ from cryptography.x509.oid import NameOID
 from backends.engine.certissue import (KEY_USAGE_NAMES, CertIssueError, csr_pem, device_subject,
                                        digest, issue, make_csr, matches_key, new_serial,
                                        parse_subject, self_signed_ca, subject_text)
+from conftest import raises_code
 
 NOW = datetime(2019, 10, 20, 13, 7, 26, tzinfo=timezone.utc)
 AT = int((NOW + timedelta(days=1)).timestamp())     # for openssl verify -attime
@@ -67,19 +68,7 @@ def x509_text(cert: x509.Certificate, tmp_path: Path, name: str = "c.pem") -> st
 
 
 def expect(code: str, tag: str | None = None):
-    class _Ctx:
-        def __enter__(self):
-            self.cm = pytest.raises(CertIssueError)
-            self.info = self.cm.__enter__()
-            return self.info
-
-        def __exit__(self, *exc):
-            handled = self.cm.__exit__(*exc)
-            assert self.info.value.code == code, self.info.value.message
-            if tag:
-                assert self.info.value.tag == tag
-            return handled
-    return _Ctx()
+    return raises_code(CertIssueError, code, tag)
 
 
 def system_trustpoint(ca_key, leaf_key, *, digest_name="sha256", leaf_usage=None):

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import hashes
 from backends.engine import keystore as ks_mod
 from backends.engine.errors import EngineError
 from backends.engine.keystore import DEFAULT_LABEL, KeyInfo, Keystore, KeystoreError
+from conftest import raises_code
 
 NOW = datetime(2020, 2, 6, 1, 13, 10, tzinfo=timezone.utc)
 LATER = datetime(2020, 3, 27, 14, 0, 20, tzinfo=timezone.utc)
@@ -84,19 +85,7 @@ def store(store_dir: Path) -> Keystore:
 
 
 def expect(code: str, tag: str | None = None):
-    class _Ctx:
-        def __enter__(self):
-            self.cm = pytest.raises(KeystoreError)
-            self.info = self.cm.__enter__()
-            return self.info
-
-        def __exit__(self, *exc):
-            handled = self.cm.__exit__(*exc)
-            assert self.info.value.code == code, self.info.value.message
-            if tag:
-                assert self.info.value.tag == tag
-            return handled
-    return _Ctx()
+    return raises_code(KeystoreError, code, tag)
 
 
 # ---- generation, files and modes ------------------------------------------------

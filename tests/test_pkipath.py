@@ -31,6 +31,7 @@ REVOKED_AT = "250315120000Z"      # index.txt form of 2025-03-15T12:00:00Z
 # A router certificate as IOS XR enrolls it: no subjectAltName, no extendedKeyUsage.
 ROUTER_EXT = "keyUsage=critical,digitalSignature,keyEncipherment\n"
 
+
 class Pki(OpensslCa):
     def crl(self, issuer: Issued, name: str, last: str = CRL_LAST, nxt: str = CRL_NEXT,
             pem: bool = False) -> bytes:

@@ -152,6 +152,18 @@ def _spki(public_key) -> bytes:
                                    serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
+def _write_new(path: Path, data: bytes) -> None:
+    """Create path (it must not exist yet) readable by the owner only, write data and sync it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -340,15 +352,7 @@ class Keystore:
                                 serialization.NoEncryption())
         path = self.directory / name
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL
-                         | getattr(os, "O_NOFOLLOW", 0), 0o600)
-            try:
-                view = memoryview(pem)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _write_new(path, pem)
         except OSError as exc:
             raise _err("keystore-write-failed",
                        f"cannot write a key file: {exc.strerror}") from None
@@ -407,15 +411,7 @@ class Keystore:
         data = json.dumps(doc, indent=1, sort_keys=True).encode()
         tmp = self.directory / f".index.json.{secrets.token_hex(8)}.tmp"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL
-                         | getattr(os, "O_NOFOLLOW", 0), 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _write_new(tmp, data)
             os.replace(tmp, self.directory / INDEX_NAME)
             _fsync_dir(self.directory)
         except OSError as exc:
