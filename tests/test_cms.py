@@ -475,3 +475,49 @@ def test_every_truncation_is_malformed(pki, msg):
 ], ids=["deep", "primitive-indefinite", "high-tag", "long-length", "child-overruns"])
 def test_bad_encodings_are_malformed(data):
     assert code_of(lambda: cms.load(data)) == "cms-malformed"
+
+
+# ---- the DER reader and the walker agree -------------------------------------
+
+def _readers_agree(der: bytes) -> bool:
+    """The DER reader either declines or reads what the walker reads; True when it read."""
+    fast = cms._read_der(der)
+    try:
+        walked = cms._walk(der)
+    except CmsError:
+        assert fast is None
+        return False
+    assert fast is None or fast == walked
+    return fast is not None
+
+
+def test_der_reader_reads_common_shapes_as_the_walker_does(pki, msg):
+    read = {
+        "lab voucher": cms.sign(CONTENT, pki["p256"].key, pki["p256"].cert, chain=[pki["ca"].cert],
+                                content_type=VOUCHER, signing_time=datetime(2026, 5, 1, tzinfo=timezone.utc)),
+        "openssl p256": openssl_sign(pki["p256"], msg, "-nodetach", "-certfile", pki["ca"].cert_path),
+        "openssl rsa detached": openssl_sign(pki["rsa"], msg),
+        "openssl key id": openssl_sign(pki["p384"], msg, "-nodetach", "-keyid", "-md", "sha384"),
+        "ed25519": cms.sign(CONTENT, pki["ed25519"].key, pki["ed25519"].cert),
+        "certificates only": cms.certs_only([pki["ca"].cert, pki["p256"].cert]),
+    }
+    for name, der in read.items():
+        assert _readers_agree(der), name
+    left = {  # the walker alone reads these
+        "streamed": openssl_sign(pki["p256"], msg, "-nodetach", "-stream"),
+        "rsa-pss": openssl_sign(pki["rsa"], msg, "-nodetach", "-keyopt", "rsa_padding_mode:pss"),
+        "no signed attributes": openssl_sign(pki["p256"], msg, "-nodetach", "-noattr"),
+    }
+    for name, der in left.items():
+        assert not _readers_agree(der), name
+
+
+def test_der_reader_never_reads_what_the_walker_refuses(pki, msg):
+    rnd = random.Random(8366)
+    der = openssl_sign(pki["p256"], msg, "-nodetach", "-certfile", pki["ca"].cert_path)
+    for cut in range(len(der)):
+        _readers_agree(der[:cut])
+    for _ in range(2000):
+        data = bytearray(der)
+        data[rnd.randrange(len(data))] = rnd.randrange(256)
+        _readers_agree(bytes(data))

@@ -91,6 +91,37 @@ def test_created_on_forms(pki, text, ok):
         refused(pki, data, "ov-malformed")
 
 
+@pytest.mark.parametrize("text, utc", [
+    ("2026-05-01T10:00:00Z", datetime(2026, 5, 1, 10, 0, 0, tzinfo=timezone.utc)),
+    ("2026-05-01t10:00:00z", datetime(2026, 5, 1, 10, 0, 0, tzinfo=timezone.utc)),
+    ("2026-05-01T06:00:00.123-04:00", datetime(2026, 5, 1, 10, 0, 0, 123000, tzinfo=timezone.utc)),
+    ("2026-05-01T10:00:00.123456789+00:00", datetime(2026, 5, 1, 10, 0, 0, 123456, tzinfo=timezone.utc)),
+    ("2016-12-31T23:59:60Z", datetime(2016, 12, 31, 23, 59, 59, tzinfo=timezone.utc)),  # a leap second
+])
+def test_parse_datetime_values(text, utc):
+    got = voucher.parse_datetime(text, "created-on")
+    assert got == utc and got.utcoffset() == timedelta(0)
+
+
+@pytest.mark.parametrize("text", ["2026-02-30T10:00:00Z", "2026-05-01T24:00:00Z", "2026-05-01T10:00:00+24:00",
+                                  "2026-05-01 10:00:00Z", "2026-05-01T10:00:00", 20260501])
+def test_parse_datetime_refuses(text):
+    with pytest.raises(voucher.VoucherError) as err:
+        voucher.parse_datetime(text, "created-on")
+    assert err.value.code == "ov-malformed"
+
+
+@pytest.mark.parametrize("text, ok", [("AAEC", True), ("AAECAw", True), ("AAECAw==", True), ("AAEC Aw==", True),
+                                      ("AA-_", True), ("AAECAw===", False), ("AA=ECAw", False), ("AAE*", False)])
+def test_parse_binary_forms(text, ok):
+    if ok:
+        assert voucher.parse_binary(text, "nonce") == base64.b64decode(text.replace("-", "+").replace("_", "/")
+                                                                         .replace(" ", "") + "==")
+    else:
+        with pytest.raises(voucher.VoucherError):
+            voucher.parse_binary(text, "nonce")
+
+
 def test_revocation_checks_accepts_boolean_and_rfc_example_string(pki):
     assert check(pki, signed(pki, {"domain-cert-revocation-checks": "true"})).revocation_checks is True
     assert check(pki, signed(pki, {"domain-cert-revocation-checks": False})).revocation_checks is False
@@ -110,6 +141,11 @@ def test_nonce_forms_and_issuance(pki):
     refused(pki, data, "ov-nonce-mismatch")  # the device never issued it
     refused(pki, signed(pki, {"nonce": nonce.hex(), "expires-on": None}), "ov-malformed", nonces=[nonce])
     refused(pki, signed(pki, {"nonce": base64.b64encode(b"short").decode(), "expires-on": None}), "ov-malformed")
+
+
+@pytest.mark.parametrize("pdc", [["MIIB"], 7, "", "AAECAw==", base64.b64encode(b"not a certificate").decode()])
+def test_pinned_domain_cert_must_be_a_base64_certificate(pki, pdc):
+    refused(pki, signed(pki, {"pinned-domain-cert": pdc}), "ov-malformed")
 
 
 def test_pem_line_breaks_in_the_pdc_are_tolerated(pki):

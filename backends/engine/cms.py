@@ -16,15 +16,18 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import hashlib
 import hmac
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable, Iterable
+from typing import Annotated, Callable, Iterable, Literal
 
 from asn1crypto import algos, cms, core, parser, pem
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat import asn1
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -275,7 +278,171 @@ def _algorithm(buf: bytes, el: tuple | None, what: str) -> tuple[str, tuple | No
     return oid, params
 
 
+# Most CMS is DER in one common shape. cryptography's declarative ASN.1 reads that shape in
+# one call, several times faster than the walker. It is strict DER (sorted SETs, minimal
+# lengths, no trailing bytes) and the shapes below are narrow; whatever it does not read,
+# or reads into something out of the ordinary, is left to the walker, which reads all of
+# BER and names every error. So both give the same SignedData for what both read.
+
+@asn1.sequence
+class _DerAttribute:
+    type: x509.ObjectIdentifier
+    values: asn1.SetOf[asn1.TLV]
+
+
+@asn1.sequence
+class _DerAttributes:  # signed attributes, once given a SEQUENCE tag
+    attributes: asn1.SetOf[_DerAttribute]
+
+
+@asn1.sequence
+class _DerIssuerSerial:
+    issuer: asn1.TLV
+    serial: int
+
+
+@asn1.sequence
+class _DerAlgorithm:  # parameters absent or NULL: RSA-PSS is left to the walker
+    algorithm: x509.ObjectIdentifier
+    parameters: asn1.Null | None
+
+
+@asn1.sequence
+class _DerSignerInfo:  # a signer without signed attributes does not fit: the walker reads it
+    version: int
+    sid: (asn1.Variant[_DerIssuerSerial, Literal["issuer-serial"]]
+          | Annotated[asn1.Variant[bytes, Literal["key-id"]], asn1.Implicit(0)])
+    digest_algorithm: _DerAlgorithm
+    signed_attrs: asn1.TLV  # kept whole: the signature covers its encoding
+    signature_algorithm: _DerAlgorithm
+    signature: bytes
+    unsigned_attrs: Annotated[asn1.SetOf[asn1.TLV] | None, asn1.Implicit(1)]
+
+
+@asn1.sequence
+class _DerEncapContentInfo:
+    content_type: x509.ObjectIdentifier
+    content: Annotated[bytes | None, asn1.Explicit(0)]
+
+
+@asn1.sequence
+class _DerSignedData:
+    version: int
+    digest_algorithms: asn1.SetOf[asn1.TLV]
+    encap_content_info: _DerEncapContentInfo
+    certificates: Annotated[asn1.SetOf[asn1.TLV] | None, asn1.Implicit(0)]
+    crls: Annotated[asn1.SetOf[asn1.TLV] | None, asn1.Implicit(1)]
+    signer_infos: asn1.SetOf[_DerSignerInfo]
+
+
+@asn1.sequence
+class _DerContentInfo:
+    content_type: x509.ObjectIdentifier
+    content: Annotated[_DerSignedData, asn1.Explicit(0)]
+
+
+class _Decline(Exception):
+    """The DER reader leaves this input to the walker."""
+
+
+def _read_der(der: bytes) -> SignedData | None:
+    try:
+        info = asn1.decode_der(_DerContentInfo, der)
+        if info.content_type.dotted_string != ID_SIGNED_DATA:
+            return None
+        sd = info.content
+        _limited(sd.digest_algorithms, MAX_SIGNERS)
+        certs = []
+        for choice in _limited(sd.certificates, MAX_CERTS):
+            if choice.tag_bytes == b"\x30":
+                certs.append(certificate(_tlv(b"\x30", choice.data)))
+            elif not b"\xa0" <= choice.tag_bytes <= b"\xa3":
+                return None
+        crls = []
+        for choice in _limited(sd.crls, MAX_CRLS):
+            if choice.tag_bytes == b"\x30":
+                crls.append(_tlv(b"\x30", choice.data))
+            elif choice.tag_bytes != b"\xa1":
+                return None
+        eci = sd.encap_content_info
+        return SignedData(version=sd.version, content_type=eci.content_type.dotted_string, content=eci.content,
+                          certificates=certs, crls=crls,
+                          signers=[_der_signer(si) for si in _limited(sd.signer_infos, MAX_SIGNERS)])
+    except (ValueError, _Decline):
+        return None
+
+
+def _limited(items: asn1.SetOf | None, limit: int) -> list:
+    items = items.as_list() if items is not None else []
+    if len(items) > limit:
+        raise _Decline
+    return items
+
+
+def _tlv(tag: bytes, contents) -> bytes:
+    """The DER encoding of an element with a one-octet tag."""
+    size = len(contents)
+    if size < 0x80:
+        return tag + bytes((size,)) + contents
+    octets = (size.bit_length() + 7) // 8
+    return tag + bytes((0x80 | octets,)) + size.to_bytes(octets, "big") + contents
+
+
+def _der_signer(si: _DerSignerInfo) -> SignerInfo:
+    issuer_serial = key_id = None
+    if si.sid.tag == "key-id":
+        key_id = si.sid.value
+    elif si.sid.value.issuer.tag_bytes == b"\x30":
+        issuer_serial = (_tlv(b"\x30", si.sid.value.issuer.data), si.sid.value.serial)
+    else:
+        raise _Decline
+    sig_name = algos.SignedDigestAlgorithmId.map(si.signature_algorithm.algorithm.dotted_string)
+    if si.signed_attrs.tag_bytes != b"\xa0" or sig_name == "rsassa_pss":
+        raise _Decline
+    # the [0] IMPLICIT tag is replaced by the SET tag (RFC 5652 section 5.4)
+    signed_attrs = _tlv(b"\x31", si.signed_attrs.data)
+    attrs = _limited(asn1.decode_der(_DerAttributes, _tlv(b"\x30", signed_attrs)).attributes, MAX_SIGNED_ATTRS)
+    if not attrs:
+        raise _Decline
+    single: dict[str, asn1.TLV] = {}  # the one value of each attribute in _SINGLE_VALUED
+    seen = set()
+    for attr in attrs:
+        oid, values = attr.type.dotted_string, _limited(attr.values, MAX_SIGNED_ATTRS)
+        if oid in seen:
+            raise _Decline
+        seen.add(oid)
+        if oid in _SINGLE_VALUED:
+            if len(values) != 1 or values[0].tag_bytes not in _SINGLE_VALUED[oid]:
+                raise _Decline
+            single[oid] = values[0]
+    content_type = single.get(_ID_CONTENT_TYPE)
+    digest = single.get(_ID_MESSAGE_DIGEST)
+    signing_time = single.get(_ID_SIGNING_TIME)
+    return SignerInfo(
+        sid_issuer_serial=issuer_serial,
+        sid_key_id=key_id,
+        digest_algorithm=algos.DigestAlgorithmId.map(si.digest_algorithm.algorithm.dotted_string),
+        signature_algorithm=sig_name,
+        has_signed_attrs=True,
+        _signature=si.signature,
+        _signed_attrs=signed_attrs,
+        _content_type=_dotted(_tlv(b"\x06", content_type.data)) if content_type is not None else None,
+        _message_digest=bytes(digest.data) if digest is not None else None,
+        _pss=None,
+        _signing_time=_tlv(signing_time.tag_bytes, signing_time.data) if signing_time is not None else None,
+    )
+
+
+# The attributes RFC 5652 section 11 allows one value, and the tags the DER reader takes for it.
+_SINGLE_VALUED = {_ID_CONTENT_TYPE: (b"\x06",), _ID_MESSAGE_DIGEST: (b"\x04",),
+                  _ID_SIGNING_TIME: (b"\x17", b"\x18")}
+
+
 def _parse(der: bytes) -> SignedData:
+    return _read_der(der) or _walk(der)
+
+
+def _walk(der: bytes) -> SignedData:
     try:
         top = _read(der, 0, len(der))
         if top[_END] != len(der):
@@ -306,7 +473,7 @@ def _parse(der: bytes) -> SignedData:
         cert_set = sd.optional(0xA0)
         for choice in _children(der, cert_set, MAX_CERTS, "certificates") if cert_set else ():
             if choice[_ID] == 0x30:
-                certs.append(x509.load_der_x509_certificate(_encoding(der, choice)))
+                certs.append(certificate(_encoding(der, choice)))
             elif not 0xA0 <= choice[_ID] <= 0xA3:  # attribute and other certificates are of no use here
                 raise CmsError("cms-malformed", f"certificate choice with tag {choice[_ID]:#04x}")
         crls = []
@@ -417,9 +584,35 @@ def signer_certificate(sd: SignedData, signer: SignerInfo,
     raise CmsError("cms-signer-not-found", "no certificate matches the signer identifier")
 
 
-# Certificates hash and compare by their DER, so these hold across loads of the same
-# certificate, such as the one signer of a bundle of vouchers.
 @functools.lru_cache(maxsize=256)
+def certificate(der: bytes) -> x509.Certificate:
+    """The certificate a DER encoding holds, as one object per encoding: the memos below,
+    keyed by the object, then hold across loads, as for the one signer of a bundle of vouchers."""
+    return x509.load_der_x509_certificate(der)
+
+
+def _per_certificate(fn: Callable[[x509.Certificate], object]) -> Callable:
+    """Memoize fn by the certificate object itself. Hashing a certificate costs more than most
+    of what is memoized, so entries are keyed by id(); each entry holds its certificate, so
+    that id cannot name another object while the entry exists."""
+    memo: dict[int, tuple[x509.Certificate, object]] = {}
+    lock = threading.Lock()
+
+    @functools.wraps(fn)
+    def memoized(cert: x509.Certificate):
+        hit = memo.get(id(cert))
+        if hit is not None:
+            return hit[1]
+        value = fn(cert)
+        with lock:
+            if len(memo) >= 256:
+                memo.pop(next(iter(memo)))
+            memo[id(cert)] = (cert, value)
+        return value
+    return memoized
+
+
+@_per_certificate
 def _issuer_der(cert: x509.Certificate) -> bytes:
     der = cert.public_bytes(Encoding.DER)
     tbs = _Fields(der, _Fields(der, _read(der, 0, len(der)), "Certificate").next(), "tbsCertificate")
@@ -467,7 +660,7 @@ def verify_signer(sd: SignedData, signer: SignerInfo, cert: x509.Certificate,
         raise CmsError("cms-signature-invalid", "the signature does not verify") from None
 
 
-@functools.lru_cache(maxsize=256)
+@_per_certificate
 def _public_key(cert: x509.Certificate):
     try:
         return cert.public_key()
@@ -509,7 +702,8 @@ def _verifier(signer: SignerInfo, key) -> Callable[[bytes], None]:
         _same_hash(signer, _ECDSA_WITH.get(name))
         ec_key = _key_type(key, ec.EllipticCurvePublicKey)
         _check_curve(ec_key.curve)
-        return lambda data: ec_key.verify(signer._signature, data, ec.ECDSA(digest))
+        ecdsa = _ecdsa(signer.digest_algorithm)
+        return lambda data: ec_key.verify(signer._signature, data, ecdsa)
     if name == "ed25519":
         ed_key = _key_type(key, ed25519.Ed25519PublicKey)
         return lambda data: ed_key.verify(signer._signature, data)
@@ -542,10 +736,14 @@ def _hash(name: str) -> hashes.HashAlgorithm:
     return _HASHES[name]()
 
 
+@functools.lru_cache(maxsize=None)  # one per hash name
+def _ecdsa(digest: str) -> ec.ECDSA:
+    return ec.ECDSA(_hash(digest))
+
+
 def _digest(name: str, data: bytes) -> bytes:
-    h = hashes.Hash(_hash(name))
-    h.update(data)
-    return h.finalize()
+    _hash(name)  # refuses what is weak or unknown
+    return getattr(hashlib, name)(data).digest()
 
 
 # ---- making -----------------------------------------------------------------

@@ -18,8 +18,8 @@ Interop policy, one decision per quirk (the README lists them too):
 """
 from __future__ import annotations
 
-import base64
 import binascii
+import functools
 import json
 import re
 from dataclasses import dataclass, field
@@ -38,6 +38,8 @@ ASSERTIONS = ("verified", "logged", "proximity")
 SECURITY_PROFILES = ("strict", "default", "relaxed")
 CONTENT_TYPES = {cms.ID_DATA: "id-data", cms.ID_CT_ANIMA_JSON_VOUCHER: "id-ct-animaJSONVoucher"}
 MAX_VOUCHER = 256 * 1024
+_MEMBERS = {"serial-number", "assertion", "pinned-domain-cert", "created-on", "expires-on", "nonce",
+            "idevid-issuer", "domain-cert-revocation-checks", "last-renewal-date", PROFILE_MEMBER}
 _RFC3339 = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
 
 
@@ -66,15 +68,14 @@ def parse_datetime(text, what: str) -> datetime:
     m = _RFC3339.match(text) if isinstance(text, str) else None
     if m is None:
         raise VoucherError("ov-malformed", f"{what}: {text!r} is not an RFC 3339 date-and-time")
-    y, mo, d, h, mi, s, frac, tz = m.groups()
+    if m[6] == "60":  # a leap second is taken as the second before it
+        text = text[:17] + "59" + text[19:]
     try:
-        micro = int((frac or ".0")[1:].ljust(6, "0")[:6])
-        dt = datetime(int(y), int(mo), int(d), int(h), int(mi), min(int(s), 59), micro,
-                      tzinfo=timezone.utc if tz in "Zz" else
-                      datetime.strptime(tz.replace(":", ""), "%z").tzinfo)
+        # the pattern leaves only what fromisoformat reads the RFC 3339 way (digits past
+        # microseconds are dropped); it refuses dates and times that do not exist
+        return datetime.fromisoformat(text.upper()).astimezone(timezone.utc)
     except ValueError as exc:
         raise VoucherError("ov-malformed", f"{what}: {text!r}: {exc}") from None
-    return dt.astimezone(timezone.utc)
 
 
 def parse_binary(text, what: str) -> bytes:
@@ -86,7 +87,7 @@ def parse_binary(text, what: str) -> bytes:
         raise VoucherError("ov-malformed", f"{what} looks like hex; binary leaves are base64 (RFC 7951)")
     alphabet = compact.replace("-", "+").replace("_", "/")
     try:
-        return base64.b64decode(alphabet + "=" * (-len(alphabet) % 4), validate=True)
+        return binascii.a2b_base64(alphabet + "=" * (-len(alphabet) % 4), strict_mode=True)
     except (binascii.Error, ValueError):
         raise VoucherError("ov-malformed", f"{what} is not valid base64") from None
 
@@ -115,10 +116,10 @@ def parse(content: bytes) -> Voucher:
     if assertion not in ASSERTIONS:
         raise VoucherError("ov-assertion-unacceptable",
                            f"assertion {assertion!r} is not acceptable (one of {', '.join(ASSERTIONS)})")
-    try:
-        pdc = x509.load_der_x509_certificate(parse_binary(required("pinned-domain-cert"), "pinned-domain-cert"))
-    except ValueError:
-        raise VoucherError("ov-malformed", "pinned-domain-cert is not a DER X.509 certificate") from None
+    pdc_text = required("pinned-domain-cert")
+    if not isinstance(pdc_text, str):
+        raise VoucherError("ov-malformed", "pinned-domain-cert is not a base64 string")
+    pdc = _pinned_domain_cert(pdc_text)
     checks = v.get("domain-cert-revocation-checks")
     if isinstance(checks, str) and checks in ("true", "false"):
         checks = checks == "true"
@@ -130,8 +131,6 @@ def parse(content: bytes) -> Voucher:
     profile = v.get(PROFILE_MEMBER, "default")
     if profile not in SECURITY_PROFILES:
         raise VoucherError("ov-malformed", f"{PROFILE_MEMBER} {profile!r} is not one of {', '.join(SECURITY_PROFILES)}")
-    known = {"serial-number", "assertion", "pinned-domain-cert", "created-on", "expires-on", "nonce",
-             "idevid-issuer", "domain-cert-revocation-checks", "last-renewal-date", PROFILE_MEMBER}
     return Voucher(
         serial_number=serial,
         created_on=parse_datetime(required("created-on"), "created-on"),
@@ -140,7 +139,15 @@ def parse(content: bytes) -> Voucher:
         idevid_issuer=parse_binary(v["idevid-issuer"], "idevid-issuer") if "idevid-issuer" in v else None,
         revocation_checks=checks,
         last_renewal_date=parse_datetime(v["last-renewal-date"], "last-renewal-date") if "last-renewal-date" in v else None,
-        security_profile=profile, unknown_members=sorted(k for k in v if k not in known))
+        security_profile=profile, unknown_members=sorted(k for k in v if k not in _MEMBERS))
+
+
+@functools.lru_cache(maxsize=64)  # every voucher of an owner pins the same certificate
+def _pinned_domain_cert(text: str) -> x509.Certificate:
+    try:
+        return cms.certificate(parse_binary(text, "pinned-domain-cert"))
+    except ValueError:
+        raise VoucherError("ov-malformed", "pinned-domain-cert is not a DER X.509 certificate") from None
 
 
 def _aki_forms(idevid: x509.Certificate) -> set[bytes]:

@@ -400,11 +400,11 @@ def validate(leaf: x509.Certificate, anchors: Iterable[x509.Certificate],
     anchors, intermediates, crls = list(anchors), list(intermediates), list(crls)
     key = None
     if not crls and not require_revocation:
-        key = (leaf, tuple(anchors), tuple(intermediates), allow_sha1, partial_chain, anchor_min_rsa_bits)
-        with _paths_lock:
-            found = _paths.get(key)
-        if found is not None and found[1] <= at <= found[2]:
-            return list(found[0])
+        key = (id(leaf), tuple(map(id, anchors)), tuple(map(id, intermediates)), allow_sha1, partial_chain,
+               anchor_min_rsa_bits)
+        found = _paths.get(key)
+        if found is not None and found[2] <= at <= found[3]:
+            return list(found[1])
     path = _search_path(leaf, anchors, intermediates, at, allow_sha1, partial_chain, crls, require_revocation,
                         anchor_min_rsa_bits)
     if key is not None:
@@ -413,15 +413,18 @@ def validate(leaf: x509.Certificate, anchors: Iterable[x509.Certificate],
         with _paths_lock:
             if len(_paths) >= _PATHS_KEPT:
                 _paths.pop(next(iter(_paths)))
-            _paths[key] = (tuple(path), *window)
+            _paths[key] = ((leaf, anchors, intermediates), tuple(path), *window)
     return path
 
 
 # Paths validated without revocation data, keyed by all the inputs but the time. Only the
 # validity dates depend on the time, so a path found earlier still holds when each of its
 # certificates is current now; a bulk install checks the same signer chain once.
+# The certificates are keyed by identity, since hashing one costs more than a hit; each
+# entry holds its inputs, so their ids name no other objects while it exists. Equal
+# certificates loaded apart miss and are searched again (cms.certificate shares them).
 _PATHS_KEPT = 256
-_paths: dict[tuple, tuple[tuple[x509.Certificate, ...], datetime, datetime]] = {}
+_paths: dict[tuple, tuple[tuple, tuple[x509.Certificate, ...], datetime, datetime]] = {}
 _paths_lock = threading.Lock()
 
 
