@@ -521,3 +521,11 @@ def test_der_reader_never_reads_what_the_walker_refuses(pki, msg):
         data = bytearray(der)
         data[rnd.randrange(len(data))] = rnd.randrange(256)
         _readers_agree(bytes(data))
+
+
+def test_signer_on_an_unsupported_curve(tmp_path, msg):
+    key, cert = tmp_path / "k1.key", tmp_path / "k1.pem"
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:secp256k1", "-nodes", "-keyout", key,
+            "-out", cert, "-subj", "/CN=k1 signer", "-days", "2")
+    der = openssl("cms", "-sign", "-binary", "-nodetach", "-in", msg, "-signer", cert, "-inkey", key, "-outform", "DER")
+    assert code_of(lambda: cms.verify(cms.load(der))) == "cms-unsupported-algorithm"

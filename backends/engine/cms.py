@@ -663,9 +663,12 @@ def verify_signer(sd: SignedData, signer: SignerInfo, cert: x509.Certificate,
 @_per_certificate
 def _public_key(cert: x509.Certificate):
     try:
-        return cert.public_key()
+        key = cert.public_key()
     except (ValueError, UnsupportedAlgorithm):
         raise CmsError("cms-unsupported-algorithm", "the certificate's key type is not supported") from None
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        _check_curve(key.curve)
+    return key
 
 
 def verify(sd: SignedData, content: bytes | None = None,
@@ -700,8 +703,7 @@ def _verifier(signer: SignerInfo, key) -> Callable[[bytes], None]:
         return lambda data: rsa_key.verify(signer._signature, data, pad, digest)
     if name in ("ecdsa", _ID_EC_PUBLIC_KEY) or name in _ECDSA_WITH:
         _same_hash(signer, _ECDSA_WITH.get(name))
-        ec_key = _key_type(key, ec.EllipticCurvePublicKey)
-        _check_curve(ec_key.curve)
+        ec_key = _key_type(key, ec.EllipticCurvePublicKey)  # on a supported curve (_public_key)
         ecdsa = _ecdsa(signer.digest_algorithm)
         return lambda data: ec_key.verify(signer._signature, data, ecdsa)
     if name == "ed25519":
