@@ -34,6 +34,45 @@ class SessionEnd(Exception):
     pass
 
 
+class _Deadline:
+    """When the current read must end, for the task doing the reads. Moving it is an
+    assignment: the one timer handle is re-armed only when it fires early, where
+    asyncio.timeout schedules and cancels a handle around every read."""
+
+    def __init__(self) -> None:
+        self.task = asyncio.current_task()
+        self.loop = asyncio.get_running_loop()
+        self.at: float | None = None  # None: not reading
+        self.expired = False
+        self._handle: asyncio.TimerHandle | None = None
+
+    def start(self, seconds: float) -> None:
+        self.at = self.loop.time() + seconds
+        if self._handle is not None and self._handle.when() > self.at:
+            self._handle.cancel()
+            self._handle = None
+        if self._handle is None:
+            self._handle = self.loop.call_at(self.at, self._check)
+
+    def stop(self) -> None:
+        self.at = None
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _check(self) -> None:
+        self._handle = None
+        if self.at is None:
+            return
+        if self.loop.time() < self.at:
+            self._handle = self.loop.call_at(self.at, self._check)
+            return
+        self.expired = True
+        self.task.cancel()
+
+
 class Session:
     def __init__(self, server, username: str, source: str, transport: str, read, write, drain, close):
         self.server = server
@@ -62,6 +101,7 @@ class Session:
         server.sessions[self.id] = self
         server.stats.in_sessions += 1
         log.info("session %d started: user %s from %s", self.id, self.username, self.source)
+        self._deadline = _Deadline()
         try:
             self._send(self._hello_bytes())
             await self._hello()
@@ -90,6 +130,7 @@ class Session:
             self.end_reason = "other"
             log.exception("session %d: internal error, closing", self.id)
         finally:
+            self._deadline.close()
             if self.end_reason in DROPPED:
                 self.server.stats.dropped_sessions += 1
             self.server.end_session(self.id)
@@ -129,12 +170,17 @@ class Session:
             msg = self.decoder.next_message()
             if msg is not None:
                 return msg
+            self._deadline.start(timeout)
             try:
-                async with asyncio.timeout(timeout):  # unlike wait_for, no task per read
-                    data = await self._read()
-            except TimeoutError:
+                data = await self._read()
+            except asyncio.CancelledError:
+                if not self._deadline.expired:
+                    raise
+                self._deadline.task.uncancel()
                 self.end_reason = "timeout"
                 raise SessionEnd(f"{what} timeout after {timeout:g}s") from None
+            finally:
+                self._deadline.stop()
             if not data:
                 self.decoder.eof()
                 return None

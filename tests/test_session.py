@@ -2,6 +2,7 @@
 attributes, malformed and hostile XML, timeouts. The client is asyncssh with
 hand-written bytes, so nothing smooths over what the server sends."""
 import asyncio
+import time
 import re
 
 import asyncssh
@@ -230,6 +231,27 @@ def test_hello_timeout(tmp_path):
                 assert await s.closed(timeout=5)
         run(go())
         assert "hello timeout" in srv.log()
+    finally:
+        srv.stop()
+
+
+def test_idle_timeout_counts_from_the_last_message(tmp_path):
+    srv = ServerProcess(tmp_path / "state", "--idle-timeout", "2").start()
+    try:
+        async def go():
+            async with Raw(srv) as s:
+                s.writer.write(hello(BASE10))
+                start = time.monotonic()
+                for n in range(4):  # 3.6 s of activity, every gap under the 2 s timeout
+                    await asyncio.sleep(0.9)
+                    s.writer.write(f'<rpc message-id="{n}" xmlns="{NC}"><get-config><source><running/>'
+                                   "</source></get-config></rpc>]]>]]>".encode())
+                    assert parse(await s.read_until(b"]]>]]>")).get("message-id") == str(n)
+                idle = time.monotonic()
+                assert await s.closed(timeout=6)
+                assert time.monotonic() - idle >= 1.9 and idle - start > 3
+        run(go())
+        assert "idle timeout after 2s" in srv.log()
     finally:
         srv.stop()
 
