@@ -85,6 +85,16 @@ def run(coro):
     return asyncio.run(coro)
 
 
+def run_on_own_server(tmp_path, args: list[str], go) -> str:
+    """Run go(srv) against a server started with args; the server's log."""
+    srv = ServerProcess(tmp_path / "state", *args).start()
+    try:
+        run(go(srv))
+        return srv.log()
+    finally:
+        srv.stop()
+
+
 def parse(msg: bytes):
     return etree.fromstring(msg)
 
@@ -210,50 +220,35 @@ def test_bad_chunk_header_closes_only_that_session(server):
 
 
 def test_oversized_message_closes_the_session(tmp_path):
-    srv = ServerProcess(tmp_path / "state", "--max-message", "4096").start()
-    try:
-        async def go():
-            async with Raw(srv) as s:
-                s.writer.write(hello(BASE11))
-                s.writer.write(b"\n#5000\n")
-                assert await s.closed()
-        run(go())
-        assert "larger than 4096" in srv.log()
-    finally:
-        srv.stop()
+    async def go(srv):
+        async with Raw(srv) as s:
+            s.writer.write(hello(BASE11))
+            s.writer.write(b"\n#5000\n")
+            assert await s.closed()
+    assert "larger than 4096" in run_on_own_server(tmp_path, ["--max-message", "4096"], go)
 
 
 def test_hello_timeout(tmp_path):
-    srv = ServerProcess(tmp_path / "state", "--hello-timeout", "1").start()
-    try:
-        async def go():
-            async with Raw(srv) as s:
-                assert await s.closed(timeout=5)
-        run(go())
-        assert "hello timeout" in srv.log()
-    finally:
-        srv.stop()
+    async def go(srv):
+        async with Raw(srv) as s:
+            assert await s.closed(timeout=5)
+    assert "hello timeout" in run_on_own_server(tmp_path, ["--hello-timeout", "1"], go)
 
 
 def test_idle_timeout_counts_from_the_last_message(tmp_path):
-    srv = ServerProcess(tmp_path / "state", "--idle-timeout", "2").start()
-    try:
-        async def go():
-            async with Raw(srv) as s:
-                s.writer.write(hello(BASE10))
-                start = time.monotonic()
-                for n in range(4):  # 3.6 s of activity, every gap under the 2 s timeout
-                    await asyncio.sleep(0.9)
-                    s.writer.write(f'<rpc message-id="{n}" xmlns="{NC}"><get-config><source><running/>'
-                                   "</source></get-config></rpc>]]>]]>".encode())
-                    assert parse(await s.read_until(b"]]>]]>")).get("message-id") == str(n)
-                idle = time.monotonic()
-                assert await s.closed(timeout=6)
-                assert time.monotonic() - idle >= 1.9 and idle - start > 3
-        run(go())
-        assert "idle timeout after 2s" in srv.log()
-    finally:
-        srv.stop()
+    async def go(srv):
+        async with Raw(srv) as s:
+            s.writer.write(hello(BASE10))
+            start = time.monotonic()
+            for n in range(4):  # 3.6 s of activity, every gap under the 2 s timeout
+                await asyncio.sleep(0.9)
+                s.writer.write(f'<rpc message-id="{n}" xmlns="{NC}"><get-config><source><running/>'
+                               "</source></get-config></rpc>]]>]]>".encode())
+                assert parse(await s.read_until(b"]]>]]>")).get("message-id") == str(n)
+            idle = time.monotonic()
+            assert await s.closed(timeout=6)
+            assert time.monotonic() - idle >= 1.9 and idle - start > 3
+    assert "idle timeout after 2s" in run_on_own_server(tmp_path, ["--idle-timeout", "2"], go)
 
 
 @pytest.mark.parametrize("client_hello", [
@@ -311,19 +306,14 @@ def test_wrong_password_is_refused(server):
 
 
 def test_session_limit(tmp_path):
-    srv = ServerProcess(tmp_path / "state", "--max-sessions", "1").start()
-    try:
-        async def go():
-            async with Raw(srv):
-                conn = await asyncssh.connect(srv.host, srv.port, username="admin", password=PASSWORD,
-                                              known_hosts=None, client_keys=None)
-                writer, reader, _ = await conn.open_session(subsystem="netconf", encoding=None)
-                assert await asyncio.wait_for(reader.read(65536), 10) == b""  # no hello: refused
-                conn.close()
-        run(go())
-        assert "1 sessions open" in srv.log()
-    finally:
-        srv.stop()
+    async def go(srv):
+        async with Raw(srv):
+            conn = await asyncssh.connect(srv.host, srv.port, username="admin", password=PASSWORD,
+                                          known_hosts=None, client_keys=None)
+            writer, reader, _ = await conn.open_session(subsystem="netconf", encoding=None)
+            assert await asyncio.wait_for(reader.read(65536), 10) == b""  # no hello: refused
+            conn.close()
+    assert "1 sessions open" in run_on_own_server(tmp_path, ["--max-sessions", "1"], go)
 
 
 def test_error_path_prefixes_are_bound(server):
