@@ -10,7 +10,9 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from asn1crypto import x509 as asn1_x509
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 START, END = "20200101000000Z", "20400101000000Z"
 CA_EXT = "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n"
@@ -127,3 +129,17 @@ class OpensslCa:
         self.run("ca", "-config", str(self.cnf), "-gencrl", "-cert", str(issuer.pem), "-keyfile", str(issuer.key),
                  "-crl_lastupdate", last, "-crl_nextupdate", nxt, "-out", str(out), cadir=issuer.cadir)
         return out.read_bytes()
+
+
+def lazily_broken(cert: x509.Certificate, how: str) -> x509.Certificate:
+    """cert with a name ("name") or extensions ("extension") that load but fail when read:
+    a commonName whose value is a [9] element, or an extension twice. Its signature no longer holds."""
+    a = asn1_x509.Certificate.load(cert.public_bytes(Encoding.DER))
+    tbs = a["tbs_certificate"]
+    if how == "name":
+        tbs["subject"] = asn1_x509.Name.load(b"\x30\x0b\x31\x09\x30\x07\x06\x03\x55\x04\x03\xa9\x00")
+    else:
+        exts = list(tbs["extensions"])
+        tbs["extensions"] = asn1_x509.Extensions([*exts, exts[0]])
+    return x509.load_der_x509_certificate(a.dump())
+

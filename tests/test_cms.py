@@ -529,3 +529,11 @@ def test_signer_on_an_unsupported_curve(tmp_path, msg):
             "-out", cert, "-subj", "/CN=k1 signer", "-days", "2")
     der = openssl("cms", "-sign", "-binary", "-nodetach", "-in", msg, "-signer", cert, "-inkey", key, "-outform", "DER")
     assert code_of(lambda: cms.verify(cms.load(der))) == "cms-unsupported-algorithm"
+
+
+def test_certificate_of_an_unknown_version_is_malformed(pki, msg):
+    def bump(sd):
+        sd["certificates"][0].chosen["tbs_certificate"]["version"] = 34
+    der = edit(openssl_sign(pki["p256"], msg, "-nodetach"), bump)
+    assert cms._read_der(der) is None
+    assert code_of(lambda: cms.load(der)) == "cms-malformed"

@@ -22,7 +22,7 @@ from backends.engine.crl import CrlCache, CrlError
 from backends.engine.errors import EngineError
 from backends.engine.expiry import serial_text
 from backends.engine.pkipath import PkiPathError, Verified, is_expired_anchor, verify
-from openssl_ca import CA_EXT, Issued, OpensslCa
+from openssl_ca import CA_EXT, Issued, OpensslCa, lazily_broken
 
 AT = datetime(2025, 6, 1, tzinfo=timezone.utc)
 CRL_LAST, CRL_NEXT = "20250501000000Z", "20250701000000Z"
@@ -150,8 +150,23 @@ def test_no_path_is_untrusted(pki):
                          "of the trust point")
     assert e.tag == "invalid-value"
     e = refused("cert-untrusted", leaf=leaf.cert)
-    assert "hold no CA certificate" in e.message
+    assert "hold no usable CA certificate" in e.message
     assert not pki.openssl_verify(leaf, other, [], AT)
+
+
+@pytest.mark.parametrize("how", ["name", "extension"])
+def test_certificates_that_fail_when_read(pki, how):
+    root = pki.issue("root", "Root CA")
+    inter = pki.issue("inter", "Issuing CA", root)
+    leaf = pki.issue("leaf", "router1.example", inter, ext=ROUTER_EXT, serial=0x2EC)
+    e = refused("cert-untrusted", leaf=lazily_broken(leaf.cert, how), intermediates=[inter.cert],
+                trustpoint_cas=[root.cert])
+    assert "malformed name or malformed extensions" in e.message
+    refused("cert-untrusted", leaf=leaf.cert, intermediates=[lazily_broken(inter.cert, how)],
+            trustpoint_cas=[root.cert])
+    e = refused("cert-untrusted", leaf=leaf.cert, intermediates=[inter.cert],
+                trustpoint_cas=[lazily_broken(root.cert, how)])
+    assert "hold no usable CA certificate" in e.message
 
 
 def test_ca_without_basic_constraints_ca_is_refused(pki):

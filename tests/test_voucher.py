@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 import subprocess
 from datetime import datetime, timedelta, timezone
 
@@ -357,3 +358,18 @@ def test_key_packages(pki):
     digest = hashes.Hash(hashes.SHA256())
     digest.update(spki)
     assert key.fingerprint() == digest.finalize().hex()
+
+
+def test_mutated_vouchers_fail_only_with_voucher_errors(pki):
+    """Changed bytes anywhere, in the certificates too, give a VoucherError and never another exception."""
+    rnd = random.Random(8366)
+    der = signed(pki, {})
+    for _ in range(4000):
+        data = bytearray(der)
+        for _ in range(rnd.randint(1, 3)):
+            data[rnd.randrange(len(data))] = rnd.randrange(256)
+        try:
+            check(pki, bytes(data))
+        except voucher.VoucherError:
+            pass
+

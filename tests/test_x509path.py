@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from backends.engine import x509path
 from backends.engine.x509path import PathError, check_key_usage_digital_signature, validate
-from openssl_ca import Issued, OpensslCa
+from openssl_ca import Issued, OpensslCa, lazily_broken
 
 AT = datetime(2025, 6, 1, tzinfo=timezone.utc)
 LEAF_EXT = "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n"
@@ -448,3 +448,17 @@ def test_at_must_be_aware(rsa):
     _, root, inter, leaf = rsa
     with pytest.raises(ValueError):
         validate(leaf.cert, [root.cert], [inter.cert], at=datetime(2025, 6, 1))
+
+
+# --- certificates cryptography reads lazily ---------------------------------------------
+
+@pytest.mark.parametrize("how", ["name", "extension"])
+def test_certificates_that_fail_when_read_are_never_on_a_path(rsa, how):
+    p, root, inter, leaf = rsa
+    with pytest.raises((ValueError, x509.DuplicateExtension)):
+        bad = lazily_broken(inter.cert, how)
+        bad.subject, bad.extensions
+    assert code_of(leaf.cert, [root.cert], [lazily_broken(inter.cert, how)]) == "path-untrusted"
+    assert code_of(lazily_broken(leaf.cert, how), [root.cert], [inter.cert]) == "path-untrusted"
+    assert code_of(leaf.cert, [lazily_broken(root.cert, how)], [inter.cert]) == "path-untrusted"
+

@@ -368,7 +368,7 @@ def _read_der(der: bytes) -> SignedData | None:
         return SignedData(version=sd.version, content_type=eci.content_type.dotted_string, content=eci.content,
                           certificates=certs, crls=crls,
                           signers=[_der_signer(si) for si in _limited(sd.signer_infos, MAX_SIGNERS)])
-    except (ValueError, _Decline):
+    except (_Decline, *_DECODE_ERRORS):
         return None
 
 

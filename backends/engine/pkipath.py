@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, rsa
 from cryptography.x509.verification import (
     Criticality, ExtensionPolicy, PolicyBuilder, Store, VerificationError)
 
+from . import x509path
 from .crl import CrlCache, CrlError
 from .errors import EngineError
 from .expiry import serial_text
@@ -71,7 +72,7 @@ _CA_POLICY = ExtensionPolicy.permit_all().require_present(
 
 
 def _who(cert: x509.Certificate) -> str:
-    return f"{cert.subject.rfc4514_string() or '<empty subject>'} (serial {serial_text(cert.serial_number)})"
+    return f"{x509path.subject_text(cert)} (serial {serial_text(cert.serial_number)})"
 
 
 def _utc(t: datetime) -> str:
@@ -270,7 +271,10 @@ def verify(leaf: x509.Certificate, *, intermediates: list[x509.Certificate],
     if at.tzinfo is None:
         raise ValueError("verify() needs a timezone-aware time")
     at = at.astimezone(timezone.utc)
-    intermediates = _bounded("intermediate certificates", intermediates, MAX_INTERMEDIATES)
+    intermediates = [c for c in _bounded("intermediate certificates", intermediates, MAX_INTERMEDIATES)
+                     if x509path.readable(c)]
+    if not x509path.readable(leaf):
+        raise PkiPathError(UNTRUSTED, f"certificate {_who(leaf)} has a malformed name or malformed extensions")
     weak = _weak_key(leaf)
     if weak is not None:
         raise PkiPathError(UNTRUSTED, f"certificate {_who(leaf)} is refused: {weak}")
@@ -278,7 +282,7 @@ def verify(leaf: x509.Certificate, *, intermediates: list[x509.Certificate],
                 ("trust pool", "trustpool", trustpool, trustpool_crl_optional))
     untrusted: list[str] = []
     for where, source, anchors, crl_optional in attempts:
-        anchors = _bounded(f"{where} CA certificates", anchors, MAX_ANCHORS)
+        anchors = [a for a in _bounded(f"{where} CA certificates", anchors, MAX_ANCHORS) if x509path.readable(a)]
         if not anchors:
             continue
         try:
@@ -293,5 +297,5 @@ def verify(leaf: x509.Certificate, *, intermediates: list[x509.Certificate],
         return Verified(chain=chain, source=source)
     if not untrusted:
         raise PkiPathError(UNTRUSTED, f"certificate {_who(leaf)} cannot be verified: "
-                                      "the trust point and the trust pool hold no CA certificate")
+                                      "the trust point and the trust pool hold no usable CA certificate")
     raise PkiPathError(UNTRUSTED, "; ".join(untrusted))

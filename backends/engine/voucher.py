@@ -182,7 +182,7 @@ def verify(data: bytes, *, anchors: Iterable[x509.Certificate], serial: str, at:
             x509path.validate(signer, anchors, sd.certificates, at=at)
     except x509path.PathError as exc:
         code = "ov-signer-expired" if exc.code == "path-expired" else "ov-signer-untrusted"
-        raise VoucherError(code, f"voucher signer {signers[0].subject.rfc4514_string()}: {exc.message}") from None
+        raise VoucherError(code, f"voucher signer: {exc.message}") from None
     v = parse(sd.content)
     v.content_type = CONTENT_TYPES[sd.content_type]
     v.signer = signers[0]

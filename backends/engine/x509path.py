@@ -49,8 +49,11 @@ class PathError(Exception):
         self.message = message
 
 
-def _name(cert: x509.Certificate) -> str:
-    return cert.subject.rfc4514_string() or "<empty subject>"
+def subject_text(cert: x509.Certificate) -> str:
+    try:
+        return cert.subject.rfc4514_string() or "<empty subject>"
+    except ValueError:
+        return "<malformed subject>"
 
 
 def _utc(t: datetime) -> str:
@@ -65,11 +68,12 @@ def _ext(obj, cls):
         return None
 
 
-def _extensions_parse(cert: x509.Certificate) -> bool:
-    # cryptography parses extensions lazily and raises ValueError on malformed or duplicate ones.
+def readable(cert: x509.Certificate) -> bool:
+    """Whether the names and extensions read. cryptography reads them lazily and raises on
+    malformed or duplicate ones; such a certificate can never be on a valid path."""
     try:
-        cert.extensions
-    except ValueError:
+        cert.subject, cert.issuer, cert.extensions
+    except (ValueError, x509.DuplicateExtension):
         return False
     return True
 
@@ -178,7 +182,7 @@ def _validity_error(cert: x509.Certificate, at: datetime, role: str) -> PathErro
     if nb <= at <= na:
         return None
     state = "not yet valid" if at < nb else "expired"
-    return PathError(EXPIRED, f"{role} certificate {_name(cert)} is {state} at {_utc(at)} "
+    return PathError(EXPIRED, f"{role} certificate {subject_text(cert)} is {state} at {_utc(at)} "
                               f"(notBefore {_utc(nb)}, notAfter {_utc(na)})")
 
 
@@ -284,15 +288,15 @@ class _Search:
         fails = []
         weak = _weak_signature(cert, self.allow_sha1)
         if weak:
-            fails.append(PathError(WEAK_ALGORITHM, f"{_name(cert)} is signed with {weak}"))
+            fails.append(PathError(WEAK_ALGORITHM, f"{subject_text(cert)} is signed with {weak}"))
         # MD5 and unknown algorithms are refused outright and cryptography won't verify them:
         # a failed verification would only hide that reason.
         if weak in (None, "SHA-1") and not self.signed_by(cert, issuer):
-            fails.append(PathError(SIGNATURE_INVALID, f"signature of {_name(cert)} does not verify "
-                                                      f"with the key of {_name(issuer)}"))
+            fails.append(PathError(SIGNATURE_INVALID, f"signature of {subject_text(cert)} does not verify "
+                                                      f"with the key of {subject_text(issuer)}"))
         weak = _weak_key(issuer, self.anchor_min_rsa_bits if is_anchor else MIN_RSA_BITS)
         if weak:
-            fails.append(PathError(WEAK_ALGORITHM, f"issuer {_name(issuer)} has a {weak}"))
+            fails.append(PathError(WEAK_ALGORITHM, f"issuer {subject_text(issuer)} has a {weak}"))
         fails += self.ca_failures(path, issuer)
         expired = _validity_error(issuer, self.at, "trust anchor" if is_anchor else "intermediate")
         if expired:
@@ -304,15 +308,15 @@ class _Search:
     def ca_failures(path: list, issuer: x509.Certificate) -> list[PathError]:
         bc = _ext(issuer, x509.BasicConstraints)
         if bc is None or not bc.ca:
-            return [PathError(NOT_CA, f"issuer {_name(issuer)} is not a CA (basicConstraints cA is not TRUE)")]
+            return [PathError(NOT_CA, f"issuer {subject_text(issuer)} is not a CA (basicConstraints cA is not TRUE)")]
         fails = []
         ku = _ext(issuer, x509.KeyUsage)
         if ku is not None and not ku.key_cert_sign:
-            fails.append(PathError(NOT_CA, f"issuer {_name(issuer)} keyUsage lacks keyCertSign"))
+            fails.append(PathError(NOT_CA, f"issuer {subject_text(issuer)} keyUsage lacks keyCertSign"))
         # pathLenConstraint counts the non-self-issued intermediates below the issuer (not the leaf).
         below = sum(1 for c in path[1:] if c.subject != c.issuer)
         if bc.path_length is not None and below > bc.path_length:
-            fails.append(PathError(NOT_CA, f"issuer {_name(issuer)} pathLenConstraint {bc.path_length} "
+            fails.append(PathError(NOT_CA, f"issuer {subject_text(issuer)} pathLenConstraint {bc.path_length} "
                                            f"exceeded by {below} intermediate(s) below it"))
         return fails
 
@@ -321,11 +325,11 @@ class _Search:
         for crl in crls:
             entry = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
             if entry is not None:
-                return [PathError(REVOKED, f"{_name(cert)} (serial {cert.serial_number:#x}) is revoked "
-                                           f"by {_name(issuer)} since {_utc(entry.revocation_date_utc)}")]
+                return [PathError(REVOKED, f"{subject_text(cert)} (serial {cert.serial_number:#x}) is revoked "
+                                           f"by {subject_text(issuer)} since {_utc(entry.revocation_date_utc)}")]
         if self.require_revocation and not crls:
-            return [PathError(CRL_MISSING, f"no current CRL from {_name(issuer)} with a valid signature "
-                                           f"to check {_name(cert)}")]
+            return [PathError(CRL_MISSING, f"no current CRL from {subject_text(issuer)} with a valid signature "
+                                           f"to check {subject_text(cert)}")]
         return []
 
     # --- search ----------------------------------------------------------------------
@@ -371,13 +375,13 @@ class _Search:
 
     def error(self, leaf: x509.Certificate) -> PathError:
         if self.best is None:
-            return PathError(UNTRUSTED, f"no path from {_name(leaf)} to a trust anchor (search limit reached)")
+            return PathError(UNTRUSTED, f"no path from {subject_text(leaf)} to a trust anchor (search limit reached)")
         (anchored, _, _), path, fails = self.best
         if not anchored:
             top = path[-1]
             why = next((f.message for f in fails if f.code == UNTRUSTED), None)
-            return PathError(UNTRUSTED, f"no path from {_name(leaf)} to a trust anchor: "
-                             + (why or f"no trusted or intermediate certificate issued {_name(top)} "
+            return PathError(UNTRUSTED, f"no path from {subject_text(leaf)} to a trust anchor: "
+                             + (why or f"no trusted or intermediate certificate issued {subject_text(top)} "
                                        f"(issuer {top.issuer.rfc4514_string()})"))
         return min(fails, key=lambda f: _PRIORITY.index(f.code))
 
@@ -432,14 +436,13 @@ def _search_path(leaf, anchors, intermediates, at, allow_sha1, partial_chain, cr
                  anchor_min_rsa_bits) -> list[x509.Certificate]:
     anchors = unique(anchors)
     anchor_set = set(anchors)
-    # Certificates with unparsable extensions can never be on a valid path: leave them out.
-    intermediates = [c for c in unique(intermediates) if c not in anchor_set and _extensions_parse(c)]
-    anchors = [a for a in anchors if _extensions_parse(a)]
+    intermediates = [c for c in unique(intermediates) if c not in anchor_set and readable(c)]
+    anchors = [a for a in anchors if readable(a)]
     if len(anchors) + len(intermediates) > MAX_CANDIDATES:
         raise PathError(UNTRUSTED, f"too many candidate certificates "
                                    f"({len(anchors) + len(intermediates)} > {MAX_CANDIDATES})")
-    if not _extensions_parse(leaf):
-        raise PathError(UNTRUSTED, f"{_name(leaf)} has malformed extensions")
+    if not readable(leaf):
+        raise PathError(UNTRUSTED, f"{subject_text(leaf)} has a malformed name or malformed extensions")
 
     search = _Search(anchors, intermediates, crls, at, allow_sha1, partial_chain, require_revocation,
                      anchor_min_rsa_bits)
@@ -456,7 +459,7 @@ def _search_path(leaf, anchors, intermediates, at, allow_sha1, partial_chain, cr
         fails.append(expired)
     weak = _weak_key(leaf)
     if weak:
-        fails.append(PathError(WEAK_ALGORITHM, f"leaf {_name(leaf)} has a {weak}"))
+        fails.append(PathError(WEAK_ALGORITHM, f"leaf {subject_text(leaf)} has a {weak}"))
     search.extend([leaf], fails)
     if search.found is not None:
         return search.found
@@ -468,6 +471,6 @@ def check_key_usage_digital_signature(cert: x509.Certificate) -> None:
     try:
         ku = _ext(cert, x509.KeyUsage)
     except ValueError as e:
-        raise PathError("oc-key-usage", f"{_name(cert)} has malformed extensions: {e}") from None
+        raise PathError("oc-key-usage", f"{subject_text(cert)} has malformed extensions: {e}") from None
     if ku is not None and not ku.digital_signature:
-        raise PathError("oc-key-usage", f"{_name(cert)} keyUsage does not include digitalSignature")
+        raise PathError("oc-key-usage", f"{subject_text(cert)} keyUsage does not include digitalSignature")
