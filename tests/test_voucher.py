@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from backends.engine import cms, consent, keypackage, lab, ownership, voucher
 from backends.engine.identity import issue_idevid, make_manufacturer_ca
+from openssl_ca import lazily_broken
 
 NOW = datetime(2026, 6, 1, tzinfo=timezone.utc)
 SERIAL = "FOC2231X0AB"
@@ -198,6 +199,19 @@ def test_owner_certificate_shapes(pki):
     for data in (degenerate, signed_empty):
         oc = ownership.verify_oc(data, pki["pdc"], at=NOW)
         assert oc.oc == pki["oc"] and oc.chain[-1] == pki["pdc"]
+
+
+@pytest.mark.parametrize("how", ["name", "extension"])
+def test_certificates_that_fail_when_read(pki, how):
+    """A PDC or an owner certificate whose names or extensions fail when read is an error, never a crash."""
+    bad_pdc = base64.b64encode(lazily_broken(pki["pdc"], how).public_bytes(serialization.Encoding.DER)).decode()
+    refused(pki, signed(pki, {"pinned-domain-cert": bad_pdc}), "ov-malformed")
+    # in a certs-only OC artifact an unreadable certificate is passed over
+    extra = lazily_broken(pki["masa"], how)
+    assert ownership.verify_oc(cms.certs_only([extra, pki["oc"], pki["pdc"]]), pki["pdc"], at=NOW).oc == pki["oc"]
+    with pytest.raises(ownership.OwnershipError) as err:
+        ownership.verify_oc(cms.certs_only([lazily_broken(pki["oc"], how)]), pki["pdc"], at=NOW)
+    assert err.value.code == "oc-malformed"
 
 
 def test_owner_certificate_through_an_intermediate_and_partial_match(pki):

@@ -63,9 +63,9 @@ def _owner_cert(sd: cms.SignedData) -> x509.Certificate:
     if sd.signers:
         certs = cms.verify(sd)
         return certs[0]
-    certs = sd.certificates
+    certs = [c for c in sd.certificates if x509path.readable(c)]
     if not certs:
-        raise OwnershipError("oc-malformed", "the owner certificate CMS holds no certificate", tag="invalid-value")
+        raise OwnershipError("oc-malformed", "the owner certificate CMS holds no readable certificate", tag="invalid-value")
     leaves = [c for c in certs if not any(o is not c and o.issuer == c.subject and o.subject != c.subject
                                           for o in certs)]
     if len(leaves) != 1:
@@ -118,7 +118,7 @@ def verify_oc(data: bytes, pdc: x509.Certificate, *, at: datetime, partial_match
         code = {"path-untrusted": "oc-untrusted", "path-signature-invalid": "oc-untrusted",
                 "path-expired": "oc-expired", "path-revoked": "oc-revoked", "path-crl-missing": "oc-crl-missing",
                 "oc-key-usage": "oc-key-usage"}.get(exc.code, "oc-invalid")
-        raise OwnershipError(code, f"owner certificate {oc.subject.rfc4514_string()}: {exc.message}") from None
+        raise OwnershipError(code, f"owner certificate {x509path.subject_text(oc)}: {exc.message}") from None
     return OwnerCertificate(path, crls)
 
 

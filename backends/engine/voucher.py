@@ -145,9 +145,12 @@ def parse(content: bytes) -> Voucher:
 @functools.lru_cache(maxsize=64)  # every voucher of an owner pins the same certificate
 def _pinned_domain_cert(text: str) -> x509.Certificate:
     try:
-        return cms.certificate(parse_binary(text, "pinned-domain-cert"))
+        pdc = cms.certificate(parse_binary(text, "pinned-domain-cert"))
     except ValueError:
-        raise VoucherError("ov-malformed", "pinned-domain-cert is not a DER X.509 certificate") from None
+        pdc = None
+    if pdc is None or not x509path.readable(pdc):
+        raise VoucherError("ov-malformed", "pinned-domain-cert is not a DER X.509 certificate")
+    return pdc
 
 
 def _aki_forms(idevid: x509.Certificate) -> set[bytes]:

@@ -73,7 +73,7 @@ def readable(cert: x509.Certificate) -> bool:
     malformed or duplicate ones; such a certificate can never be on a valid path."""
     try:
         cert.subject, cert.issuer, cert.extensions
-    except (ValueError, x509.DuplicateExtension):
+    except (ValueError, TypeError, x509.DuplicateExtension):
         return False
     return True
 
