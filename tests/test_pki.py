@@ -14,10 +14,13 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from lxml import etree
 from ncclient.operations import RPCError
 
 from conftest import KEEP_ADMIN, NC, ServerProcess, rpc
+from openssl_ca import lazily_broken
 from scep_server import ScepServer
 from test_scep import FakeScep
 
@@ -607,6 +610,23 @@ def test_path_validation_precedence_and_crls(m, pki_server, tmp_path, files):
     act(m, "ca-trustpool-import-url", "<url>disk0:/pool.pem</url>")
     assert verify(m, good.read_text()).findtext(f"{{{PKI}}}trusted-by") == "trustpool"
     act(m, "ca-trustpool-import-url-clean")
+
+
+@pytest.mark.parametrize("how", ["name", "extension"])
+def test_certificates_that_fail_when_read_are_invalid(m, pki_server, tmp_path, files, how):
+    ca = OpensslCA(tmp_path / f"lazy-{how}", "Lazy Root")
+    bad = lazily_broken(x509.load_pem_x509_certificate(ca.pem.encode()), how).public_bytes(Encoding.PEM).decode()
+    assert fails(verify, m, bad)[:2] == ("invalid-value", "certificate-invalid")
+    (disk(pki_server) / f"lazy-{how}.pem").write_text(bad)
+    edit(m, trustpoint_cfg(f"lazy{how}", "<enrollment><terminal/></enrollment>"))
+    assert fails(act, m, "ca-authenticate", f"<server-name>lazy{how}</server-name>"
+                 f"<file-path>disk0:/lazy-{how}.pem</file-path>")[1] == "certificate-invalid"
+    assert trustpoints(m)[f"lazy{how}"].find(f"{{{CEPKI}}}certificate-authority-certificate") is None
+    (files.root / f"lazy-{how}.pem").write_text(bad + ca.pem)
+    before = pool(m)
+    assert fails(act, m, "ca-trustpool-import-url", f"<url>{files.url}/lazy-{how}.pem</url>")[1] == \
+        "trustpool-bundle-invalid"
+    assert etree.tostring(pool(m)) == etree.tostring(before)
 
 
 def test_crl_request(m, pki_server, tmp_path, files):

@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
-from backends.engine import trustpool
+from backends.engine import cms, trustpool
 from backends.engine.errors import EngineError
 from backends.engine.trustpool import (
     TrustpoolError, active, earliest_expiry, inactive, next_update, parse_bundle, system_bundle,
     update_schedule_points)
+from openssl_ca import lazily_broken
 
 DAY, HOUR = timedelta(days=1), timedelta(hours=1)
 # The seed's "Cisco Root CA 2048" Validity End.
@@ -98,6 +100,20 @@ def test_refused_bundles(cas):
     assert refused(b"-----BEGIN PKCS7-----\nMAA=\n") == "the PKCS#7 PEM block has no END line"
     assert refused(b"\x30" * (8 * 1024 * 1024 + 1)) == (
         "the bundle is 8388609 bytes, over the 8388608-byte limit")
+
+
+@pytest.mark.parametrize("how", ["name", "extension"])
+def test_certificates_that_fail_when_read_are_refused(cas, how, tmp_path):
+    _, (a, _, _) = cas
+    good = a.read_bytes()
+    bad = lazily_broken(load(a), how).public_bytes(Encoding.PEM)
+    assert refused(good + bad).startswith(f"certificate 2 (at byte {len(good)}) is not a valid X.509 certificate: "
+                                          "its names or extensions are malformed")
+    p7 = cms.certs_only([lazily_broken(load(a), how)])  # openssl itself cannot read such a name
+    assert refused(p7).startswith("certificate 1 of the PKCS#7 bundle is not a valid X.509 certificate")
+    path = tmp_path / "ca-certificates.crt"
+    path.write_bytes(good + bad)
+    assert system_bundle(path) == [load(a)]
 
 
 def test_certificate_count_limit(cas):

@@ -20,7 +20,7 @@ from asn1crypto import pem as asn1_pem
 from cryptography import x509
 
 from .errors import EngineError
-from .x509path import unique
+from .x509path import readable, unique
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +78,19 @@ def _parse_pem_certs(data: bytes, strict: bool) -> tuple[list[x509.Certificate],
             skipped += 1
             continue
         try:
-            certs.append(x509.load_pem_x509_certificate(block))
+            certs.append(_readable(x509.load_pem_x509_certificate(block)))
         except ValueError as e:
             if strict:
                 raise _invalid(f"certificate {n + 1} (at byte {offset}) is not a valid X.509 "
                                f"certificate: {e}") from None
             skipped += 1
     return certs, skipped
+
+
+def _readable(cert: x509.Certificate) -> x509.Certificate:
+    if not readable(cert):
+        raise ValueError("its names or extensions are malformed")
+    return cert
 
 
 # What asn1crypto raises on malformed input: it decodes lazily, so errors surface on access.
@@ -121,7 +127,7 @@ def _parse_pkcs7(data: bytes, pem: bool) -> list[x509.Certificate]:
     certs = []
     for n, der in enumerate(ders):
         try:
-            certs.append(x509.load_der_x509_certificate(der))
+            certs.append(_readable(x509.load_der_x509_certificate(der)))
         except ValueError as e:
             raise _invalid(f"certificate {n + 1} of the PKCS#7 bundle is not a valid X.509 "
                            f"certificate: {e}") from None

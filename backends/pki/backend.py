@@ -21,7 +21,7 @@ from nc_server.datastore import atomic_write
 from nc_server.devfs import DevFSError
 
 from backends.device.profile import load_profile
-from backends.engine import certissue, crl, download, expiry, keystore, pkipath, scep, trustpool
+from backends.engine import certissue, crl, download, expiry, keystore, pkipath, scep, trustpool, x509path
 from backends.engine.errors import EngineError
 from backends.ownership import policy as ownership_policy
 from . import config, render
@@ -43,12 +43,13 @@ def _error(exc: EngineError) -> BackendError:
 
 def _load_certificate(data: bytes, what: str) -> x509.Certificate:
     try:
-        if b"-----BEGIN" in data:
-            return x509.load_pem_x509_certificate(data)
-        return x509.load_der_x509_certificate(data)
+        cert = x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
     except ValueError:
+        cert = None
+    if cert is None or not x509path.readable(cert):
         raise BackendError(f"{what} is not an X.509 certificate (PEM or DER)", app_tag="certificate-invalid",
-                           tag="invalid-value") from None
+                           tag="invalid-value")
+    return cert
 
 
 def _normal_fingerprint(text: str) -> str:
