@@ -26,8 +26,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, pkcs7
 from cryptography.x509.oid import AttributeOID, NameOID
 
-from backends.engine import scep
+from backends.engine import cms, scep
 from backends.engine.scep import CACerts, Result, ScepError
+from openssl_ca import lazily_broken
 from scep_server import ScepServer
 
 CHALLENGE = "s3cret-Challenge"
@@ -514,6 +515,8 @@ def flip_last_byte(reply: tuple[str, bytes]) -> tuple[str, bytes]:
      "the SUCCESS CertRep carries no certificate"),
     (lambda fake, req: fake.reply(req, "0", certs=[fake.issue(stranger()[0].public_key())]),
      "the CertRep holds no certificate for our key"),
+    (lambda fake, req: fake.reply(req, "0", certs=[lazily_broken(fake.issue(), "extension")]),
+     "the issued certificate has malformed names or extensions"),
     (lambda fake, req: flip_last_byte(fake.reply(req, "3")),
      "the CertRep signature does not check out: the signature does not verify"),
     (lambda fake, req: (PKI, b"garbage"),
@@ -524,8 +527,8 @@ def flip_last_byte(reply: tuple[str, bytes]) -> tuple[str, bytes]:
      "PKIOperation returned content type text/html, not application/x-pki-message"),
     (lambda fake, req: (PKI, b"\0" * (scep.MAX_RESPONSE + 1)),
      "the SCEP reply is larger than 1048576 bytes"),
-], ids=["wrong-signer", "bad-signature", "transaction-id", "nonce", "message-type", "status", "no-content",
-        "other-key", "garbage", "truncated", "content-type", "too-large"])
+], ids=["wrong-signer", "transaction-id", "nonce", "message-type", "status", "no-content", "other-key",
+        "unreadable-certificate", "bad-signature", "garbage", "truncated", "content-type", "too-large"])
 def test_bad_reply(fake, key, bad, message):
     fake.plan = [lambda req: bad(fake, req)]
     ca = scep.get_ca_cert(fake.url)
@@ -569,7 +572,11 @@ def test_caps_missing_or_empty():
      "GetCACert returned no CA certificate"),
     (lambda fake: (scep.CA_CERT, fake.cert.public_bytes(Encoding.DER)), "scep-no-ca",
      "the certificate GetCACert returned is not a CA certificate"),
-], ids=["bad-der", "content-type", "bad-pkcs7", "ra-only", "leaf-only"])
+    (lambda fake: (scep.CA_CERT, lazily_broken(fake.ca_cert, "name").public_bytes(Encoding.DER)),
+     "scep-bad-response", "the certificate GetCACert returned has malformed names or extensions"),
+    (lambda fake: (scep.CA_RA_CERT, cms.certs_only([fake.cert, lazily_broken(fake.ca_cert, "extension")])),
+     "scep-bad-response", "a certificate GetCACert returned has malformed names or extensions"),
+], ids=["bad-der", "content-type", "bad-pkcs7", "ra-only", "leaf-only", "unreadable-ca", "unreadable-in-pkcs7"])
 def test_bad_ca_certs(certs_of, code, message):
     with FakeScep(with_ra=True) as fake:
         fake.ca_certs = certs_of(fake)

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from backends.engine import cms
+from backends.engine import cms, x509path
 from backends.engine.cms import CmsError
 from backends.engine.errors import EngineError
 
@@ -206,6 +206,7 @@ def get_ca_cert(url: str, *, timeout: float = 10.0) -> CACerts:
             cert = x509.load_der_x509_certificate(body)
         except ValueError:
             raise ScepError("scep-bad-response", "GetCACert did not return a DER certificate") from None
+        _readable(cert, "the certificate GetCACert returned")
         if _basic_ca(cert) is False:
             raise ScepError("scep-no-ca", "the certificate GetCACert returned is not a CA certificate")
         return CACerts(ca=cert, recipient=cert, certificates=[cert])
@@ -215,7 +216,13 @@ def get_ca_cert(url: str, *, timeout: float = 10.0) -> CACerts:
         certs = cms.load(body).certificates
     except CmsError as e:
         raise ScepError("scep-bad-response", f"GetCACert returned bad PKCS#7: {e.message}") from None
-    return _pick_ca(certs)
+    return _pick_ca([_readable(c, "a certificate GetCACert returned") for c in certs])
+
+
+def _readable(cert: x509.Certificate, what: str) -> x509.Certificate:
+    if not x509path.readable(cert):
+        raise ScepError("scep-bad-response", f"{what} has malformed names or extensions")
+    return cert
 
 
 def _basic_ca(cert: x509.Certificate) -> bool | None:
@@ -631,7 +638,7 @@ def _issued_cert(envelope: bytes, key: rsa.RSAPrivateKey, tx: Transaction) -> x5
     for cert in certs:
         try:
             if _spki(cert.public_key()) == ours:
-                return cert
+                return _readable(cert, "the issued certificate")
         except (ValueError, UnsupportedAlgorithm):
             continue
     raise ScepError("scep-bad-response", "the CertRep holds no certificate for our key")
