@@ -52,7 +52,7 @@ class PathError(Exception):
 def subject_text(cert: x509.Certificate) -> str:
     try:
         return cert.subject.rfc4514_string() or "<empty subject>"
-    except ValueError:
+    except (ValueError, TypeError):  # see readable()
         return "<malformed subject>"
 
 
