@@ -348,7 +348,7 @@ class _Decline(Exception):
 def _read_der(der: bytes) -> SignedData | None:
     try:
         info = asn1.decode_der(_DerContentInfo, der)
-        if info.content_type.dotted_string != ID_SIGNED_DATA:
+        if info.content_type != _OID_SIGNED_DATA:
             return None
         sd = info.content
         _limited(sd.digest_algorithms, MAX_SIGNERS)
@@ -365,7 +365,7 @@ def _read_der(der: bytes) -> SignedData | None:
             elif choice.tag_bytes != b"\xa1":
                 return None
         eci = sd.encap_content_info
-        return SignedData(version=sd.version, content_type=eci.content_type.dotted_string, content=eci.content,
+        return SignedData(version=sd.version, content_type=_dotted_oid(eci.content_type), content=eci.content,
                           certificates=certs, crls=crls,
                           signers=[_der_signer(si) for si in _limited(sd.signer_infos, MAX_SIGNERS)])
     except (_Decline, *_DECODE_ERRORS):
@@ -396,7 +396,7 @@ def _der_signer(si: _DerSignerInfo) -> SignerInfo:
         issuer_serial = (_tlv(b"\x30", si.sid.value.issuer.data), si.sid.value.serial)
     else:
         raise _Decline
-    sig_name = algos.SignedDigestAlgorithmId.map(si.signature_algorithm.algorithm.dotted_string)
+    sig_name = _signature_name(si.signature_algorithm.algorithm)
     if si.signed_attrs.tag_bytes != b"\xa0" or sig_name == "rsassa_pss":
         raise _Decline
     # the [0] IMPLICIT tag is replaced by the SET tag (RFC 5652 section 5.4)
@@ -404,10 +404,10 @@ def _der_signer(si: _DerSignerInfo) -> SignerInfo:
     attrs = _limited(asn1.decode_der(_DerAttributes, _tlv(b"\x30", signed_attrs)).attributes, MAX_SIGNED_ATTRS)
     if not attrs:
         raise _Decline
-    single: dict[str, asn1.TLV] = {}  # the one value of each attribute in _SINGLE_VALUED
+    single: dict[x509.ObjectIdentifier, asn1.TLV] = {}  # the one value of each attribute in _SINGLE_VALUED
     seen = set()
     for attr in attrs:
-        oid, values = attr.type.dotted_string, _limited(attr.values, MAX_SIGNED_ATTRS)
+        oid, values = attr.type, _limited(attr.values, MAX_SIGNED_ATTRS)
         if oid in seen:
             raise _Decline
         seen.add(oid)
@@ -415,13 +415,13 @@ def _der_signer(si: _DerSignerInfo) -> SignerInfo:
             if len(values) != 1 or values[0].tag_bytes not in _SINGLE_VALUED[oid]:
                 raise _Decline
             single[oid] = values[0]
-    content_type = single.get(_ID_CONTENT_TYPE)
-    digest = single.get(_ID_MESSAGE_DIGEST)
-    signing_time = single.get(_ID_SIGNING_TIME)
+    content_type = single.get(_OID_CONTENT_TYPE)
+    digest = single.get(_OID_MESSAGE_DIGEST)
+    signing_time = single.get(_OID_SIGNING_TIME)
     return SignerInfo(
         sid_issuer_serial=issuer_serial,
         sid_key_id=key_id,
-        digest_algorithm=algos.DigestAlgorithmId.map(si.digest_algorithm.algorithm.dotted_string),
+        digest_algorithm=_digest_name(si.digest_algorithm.algorithm),
         signature_algorithm=sig_name,
         has_signed_attrs=True,
         _signature=si.signature,
@@ -433,9 +433,29 @@ def _der_signer(si: _DerSignerInfo) -> SignerInfo:
     )
 
 
+# OIDs compare and hash as objects, cheaper than reading their dotted text each time.
+_OID_SIGNED_DATA = x509.ObjectIdentifier(ID_SIGNED_DATA)
+_OID_CONTENT_TYPE = x509.ObjectIdentifier(_ID_CONTENT_TYPE)
+_OID_MESSAGE_DIGEST = x509.ObjectIdentifier(_ID_MESSAGE_DIGEST)
+_OID_SIGNING_TIME = x509.ObjectIdentifier(_ID_SIGNING_TIME)
 # The attributes RFC 5652 section 11 allows one value, and the tags the DER reader takes for it.
-_SINGLE_VALUED = {_ID_CONTENT_TYPE: (b"\x06",), _ID_MESSAGE_DIGEST: (b"\x04",),
-                  _ID_SIGNING_TIME: (b"\x17", b"\x18")}
+_SINGLE_VALUED = {_OID_CONTENT_TYPE: (b"\x06",), _OID_MESSAGE_DIGEST: (b"\x04",),
+                  _OID_SIGNING_TIME: (b"\x17", b"\x18")}
+
+
+@functools.lru_cache(maxsize=256)
+def _dotted_oid(oid: x509.ObjectIdentifier) -> str:
+    return oid.dotted_string
+
+
+@functools.lru_cache(maxsize=256)
+def _signature_name(oid: x509.ObjectIdentifier) -> str:
+    return algos.SignedDigestAlgorithmId.map(oid.dotted_string)
+
+
+@functools.lru_cache(maxsize=256)
+def _digest_name(oid: x509.ObjectIdentifier) -> str:
+    return algos.DigestAlgorithmId.map(oid.dotted_string)
 
 
 def _parse(der: bytes) -> SignedData:
