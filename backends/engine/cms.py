@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Annotated, Callable, Iterable, Literal
 
-from asn1crypto import algos, cms, core, parser, pem
+from asn1crypto import algos, cms, core, pem
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -243,6 +243,15 @@ def _encoding(buf: bytes, el: tuple) -> bytes:
     return buf[el[_POS]:el[_END]]
 
 
+def _tlv(tag: bytes, contents) -> bytes:
+    """The DER encoding of an element with a one-octet tag, from its contents (bytes or a buffer)."""
+    size = len(contents)
+    if size < 0x80:
+        return tag + bytes((size,)) + contents
+    octets = (size.bit_length() + 7) // 8
+    return tag + bytes((0x80 | octets,)) + size.to_bytes(octets, "big") + contents
+
+
 @functools.lru_cache(maxsize=256)
 def _dotted(encoding: bytes) -> str:
     return core.ObjectIdentifier.load(encoding).dotted
@@ -377,15 +386,6 @@ def _limited(items: asn1.SetOf | None, limit: int) -> list:
     if len(items) > limit:
         raise _Decline
     return items
-
-
-def _tlv(tag: bytes, contents) -> bytes:
-    """The DER encoding of an element with a one-octet tag."""
-    size = len(contents)
-    if size < 0x80:
-        return tag + bytes((size,)) + contents
-    octets = (size.bit_length() + 7) // 8
-    return tag + bytes((0x80 | octets,)) + size.to_bytes(octets, "big") + contents
 
 
 def _der_signer(si: _DerSignerInfo) -> SignerInfo:
@@ -557,7 +557,7 @@ def _signer(der: bytes, el: tuple) -> SignerInfo:
         has_signed_attrs=bool(values),
         _signature=signature,
         # the [0] IMPLICIT tag is replaced by the SET tag (RFC 5652 section 5.4)
-        _signed_attrs=parser.emit(0, 1, 17, _contents(der, attrs)) if values else None,
+        _signed_attrs=_tlv(b"\x31", _contents(der, attrs)) if values else None,
         _content_type=_oid(der, content_type) if content_type is not None else None,
         _message_digest=_octets(der, digest, "message-digest") if digest is not None else None,
         _pss=pss,
