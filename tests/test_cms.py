@@ -442,6 +442,19 @@ def test_key_must_match_certificate(pki):
         cms.sign(CONTENT, pki["rsa"].key, pki["p256"].cert)
 
 
+@pytest.mark.parametrize("signer, algorithm", [("rsa", "sha256_ecdsa"), ("p256", "sha256_rsa"),
+                                               ("p256", "ed25519"), ("ed25519", "sha512_ecdsa")])
+def test_signature_algorithm_must_fit_the_key(pki, signer, algorithm):
+    def rename(sd):
+        sd["signer_infos"][0]["signature_algorithm"] = {"algorithm": algorithm}
+    digest = "sha512" if signer == "ed25519" else "sha256"
+    der = edit(cms.sign(CONTENT, pki[signer].key, pki[signer].cert, digest=digest), rename)
+    with pytest.raises(CmsError) as caught:
+        cms.verify(cms.load(der))
+    assert (caught.value.code, caught.value.message) == (
+        "cms-signature-invalid", "the certificate's key does not fit the signature algorithm")
+
+
 def test_mutated_input_fails_only_with_cms_error(pki, msg):
     rnd = random.Random(5652)
     for der in (openssl_sign(pki["rsa"], msg, "-nodetach"), openssl_sign(pki["p256"], msg, "-nodetach", "-stream"),

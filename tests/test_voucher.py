@@ -78,6 +78,19 @@ def test_unknown_members_are_tolerated(pki):
     assert v.unknown_members == ["XMLName"]
 
 
+@pytest.mark.parametrize("encoding, ok", [("utf-8", True), ("utf-8-sig", True), ("utf-16", False),
+                                          ("utf-32-le", False)])
+def test_json_text_is_utf8(pki, encoding, ok):
+    body = {"serial-number": SERIAL, "created-on": "2026-05-01T10:00:00Z", "assertion": "logged",
+            "pinned-domain-cert": base64.b64encode(pki["pdc"].public_bytes(serialization.Encoding.DER)).decode()}
+    content = json.dumps({voucher.VOUCHER_KEY: body}).encode(encoding)
+    data = cms.sign(content, pki["masa_key"], pki["masa"], chain=[pki["ca"]])
+    if ok:
+        assert check(pki, data).serial_number == SERIAL
+    else:
+        refused(pki, data, "ov-malformed")
+
+
 @pytest.mark.parametrize("text, ok", [
     ("2026-05-01T10:00:00.937649Z", True),
     ("2026-05-01T10:00:00+00:00", True),

@@ -89,11 +89,14 @@ class SignerInfo:
     _message_digest: bytes | None = field(default=None, repr=False)
     # RSA-PSS (hash, MGF1 hash or None for another mask function, salt length)
     _pss: tuple[str, str | None, int] | None = field(default=None, repr=False)
-    _signing_time: bytes | None = field(default=None, repr=False)  # decoded only when asked for
 
     @property
     def signing_time(self) -> datetime | None:
-        return cms.Time.load(self._signing_time).native if self._signing_time is not None else None
+        """Read from the signed attributes when asked for: no check needs it."""
+        for attr in cms.CMSAttributes.load(self._signed_attrs) if self._signed_attrs is not None else ():
+            if attr["type"].native == "signing_time":
+                return attr["values"][0].native
+        return None
 
 
 @dataclass
@@ -300,11 +303,6 @@ class _DerAttribute:
 
 
 @asn1.sequence
-class _DerAttributes:  # signed attributes, once given a SEQUENCE tag
-    attributes: asn1.SetOf[_DerAttribute]
-
-
-@asn1.sequence
 class _DerIssuerSerial:
     issuer: asn1.TLV
     serial: int
@@ -322,7 +320,7 @@ class _DerSignerInfo:  # a signer without signed attributes does not fit: the wa
     sid: (asn1.Variant[_DerIssuerSerial, Literal["issuer-serial"]]
           | Annotated[asn1.Variant[bytes, Literal["key-id"]], asn1.Implicit(0)])
     digest_algorithm: _DerAlgorithm
-    signed_attrs: asn1.TLV  # kept whole: the signature covers its encoding
+    signed_attrs: Annotated[asn1.SetOf[_DerAttribute], asn1.Implicit(0)]
     signature_algorithm: _DerAlgorithm
     signature: bytes
     unsigned_attrs: Annotated[asn1.SetOf[asn1.TLV] | None, asn1.Implicit(1)]
@@ -397,27 +395,26 @@ def _der_signer(si: _DerSignerInfo) -> SignerInfo:
     else:
         raise _Decline
     sig_name = _signature_name(si.signature_algorithm.algorithm)
-    if si.signed_attrs.tag_bytes != b"\xa0" or sig_name == "rsassa_pss":
+    if sig_name == "rsassa_pss":
         raise _Decline
-    # the [0] IMPLICIT tag is replaced by the SET tag (RFC 5652 section 5.4)
-    signed_attrs = _tlv(b"\x31", si.signed_attrs.data)
-    attrs = _limited(asn1.decode_der(_DerAttributes, _tlv(b"\x30", signed_attrs)).attributes, MAX_SIGNED_ATTRS)
+    attrs = _limited(si.signed_attrs, MAX_SIGNED_ATTRS)
     if not attrs:
         raise _Decline
     single: dict[x509.ObjectIdentifier, asn1.TLV] = {}  # the one value of each attribute in _SINGLE_VALUED
     seen = set()
     for attr in attrs:
-        oid, values = attr.type, _limited(attr.values, MAX_SIGNED_ATTRS)
+        oid = attr.type
         if oid in seen:
             raise _Decline
         seen.add(oid)
-        if oid in _SINGLE_VALUED:
-            if len(values) != 1 or values[0].tag_bytes not in _SINGLE_VALUED[oid]:
+        values = _limited(attr.values, MAX_SIGNED_ATTRS)
+        tags = _SINGLE_VALUED.get(oid)
+        if tags is not None:
+            if len(values) != 1 or values[0].tag_bytes not in tags:
                 raise _Decline
             single[oid] = values[0]
     content_type = single.get(_OID_CONTENT_TYPE)
     digest = single.get(_OID_MESSAGE_DIGEST)
-    signing_time = single.get(_OID_SIGNING_TIME)
     return SignerInfo(
         sid_issuer_serial=issuer_serial,
         sid_key_id=key_id,
@@ -425,11 +422,12 @@ def _der_signer(si: _DerSignerInfo) -> SignerInfo:
         signature_algorithm=sig_name,
         has_signed_attrs=True,
         _signature=si.signature,
-        _signed_attrs=signed_attrs,
+        # the SET as signed (RFC 5652 section 5.4): the decoding is strict DER, so encoding
+        # it again gives back the very bytes that were read
+        _signed_attrs=asn1.encode_der(si.signed_attrs),
         _content_type=_dotted(_tlv(b"\x06", content_type.data)) if content_type is not None else None,
         _message_digest=bytes(digest.data) if digest is not None else None,
         _pss=None,
-        _signing_time=_tlv(signing_time.tag_bytes, signing_time.data) if signing_time is not None else None,
     )
 
 
@@ -561,7 +559,6 @@ def _signer(der: bytes, el: tuple) -> SignerInfo:
         _content_type=_oid(der, content_type) if content_type is not None else None,
         _message_digest=_octets(der, digest, "message-digest") if digest is not None else None,
         _pss=pss,
-        _signing_time=_encoding(der, signing_time) if signing_time is not None else None,
     )
 
 
@@ -659,7 +656,7 @@ def verify_signer(sd: SignedData, signer: SignerInfo, cert: x509.Certificate,
     elif content is None:
         raise CmsError("cms-malformed", "detached signature and no content given")
 
-    check = _verifier(signer, _public_key(cert))
+    check = _verifier(signer, *_public_key(cert))
     if signer.has_signed_attrs:
         if signer._content_type is None or signer._message_digest is None:
             raise CmsError("cms-malformed", "signed attributes lack content-type or message-digest")
@@ -680,15 +677,22 @@ def verify_signer(sd: SignedData, signer: SignerInfo, cert: x509.Certificate,
         raise CmsError("cms-signature-invalid", "the signature does not verify") from None
 
 
+# isinstance against these ABCs is slow (their classes are registered, which Python does not
+# cache), so a key's kind is found once per certificate
+_KEY_KINDS = ((rsa.RSAPublicKey, "rsa"), (ec.EllipticCurvePublicKey, "ec"), (ed25519.Ed25519PublicKey, "ed25519"))
+
+
 @_per_certificate
-def _public_key(cert: x509.Certificate):
+def _public_key(cert: x509.Certificate) -> tuple[object, str | None]:
+    """The certificate's key and its kind: rsa, ec (on a supported curve), ed25519 or None."""
     try:
         key = cert.public_key()
     except (ValueError, UnsupportedAlgorithm):
         raise CmsError("cms-unsupported-algorithm", "the certificate's key type is not supported") from None
-    if isinstance(key, ec.EllipticCurvePublicKey):
+    kind = next((name for cls, name in _KEY_KINDS if isinstance(key, cls)), None)
+    if kind == "ec":
         _check_curve(key.curve)
-    return key
+    return key, kind
 
 
 def verify(sd: SignedData, content: bytes | None = None,
@@ -705,30 +709,30 @@ def verify(sd: SignedData, content: bytes | None = None,
     return found
 
 
-def _verifier(signer: SignerInfo, key) -> Callable[[bytes], None]:
+def _verifier(signer: SignerInfo, key, kind: str | None) -> Callable[[bytes], None]:
     """What checks the signature over some bytes; refuses what is unsupported before any work."""
     name = signer.signature_algorithm
     digest = _hash(signer.digest_algorithm)
     if name == "rsassa_pkcs1v15" or name in _RSA_WITH:
         _same_hash(signer, _RSA_WITH.get(name))
-        rsa_key = _key_type(key, rsa.RSAPublicKey)
-        return lambda data: rsa_key.verify(signer._signature, data, padding.PKCS1v15(), digest)
+        _key_type(kind, "rsa")
+        return lambda data: key.verify(signer._signature, data, padding.PKCS1v15(), digest)
     if name == "rsassa_pss":
         pss_hash, mgf_hash, salt = signer._pss
         _same_hash(signer, pss_hash)
         if mgf_hash is None:
             raise CmsError("cms-unsupported-algorithm", "RSA-PSS mask generation is not MGF1")
         pad = padding.PSS(mgf=padding.MGF1(_hash(mgf_hash)), salt_length=salt)
-        rsa_key = _key_type(key, rsa.RSAPublicKey)
-        return lambda data: rsa_key.verify(signer._signature, data, pad, digest)
+        _key_type(kind, "rsa")
+        return lambda data: key.verify(signer._signature, data, pad, digest)
     if name in ("ecdsa", _ID_EC_PUBLIC_KEY) or name in _ECDSA_WITH:
         _same_hash(signer, _ECDSA_WITH.get(name))
-        ec_key = _key_type(key, ec.EllipticCurvePublicKey)  # on a supported curve (_public_key)
+        _key_type(kind, "ec")
         ecdsa = _ecdsa(signer.digest_algorithm)
-        return lambda data: ec_key.verify(signer._signature, data, ecdsa)
+        return lambda data: key.verify(signer._signature, data, ecdsa)
     if name == "ed25519":
-        ed_key = _key_type(key, ed25519.Ed25519PublicKey)
-        return lambda data: ed_key.verify(signer._signature, data)
+        _key_type(kind, "ed25519")
+        return lambda data: key.verify(signer._signature, data)
     raise CmsError("cms-unsupported-algorithm", f"signature algorithm {name} not supported")
 
 
@@ -739,10 +743,9 @@ def _same_hash(signer: SignerInfo, named: str | None) -> None:
                        f"{signer.signature_algorithm} with digest algorithm {signer.digest_algorithm}")
 
 
-def _key_type(key, kind):
-    if not isinstance(key, kind):
+def _key_type(kind: str | None, wanted: str) -> None:
+    if kind != wanted:
         raise CmsError("cms-signature-invalid", "the certificate's key does not fit the signature algorithm")
-    return key
 
 
 def _check_curve(curve: ec.EllipticCurve) -> None:

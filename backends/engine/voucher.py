@@ -6,6 +6,7 @@ Interop policy, one decision per quirk (the README lists them too):
   by the CMS layer.
 - The signer chain is validated to the device's manufacturer anchors only. Certificates in
   the CMS serve as intermediates, never as anchors. No TLS purpose (EKU) check.
+- The JSON text is UTF-8 (RFC 8259 section 8.1); a byte order mark is ignored, UTF-16 and UTF-32 are refused.
 - Unknown JSON members are tolerated (vouchers are extensible maps; Go tooling adds "XMLName").
 - Dates: RFC 3339 with fractional seconds and offsets; the compact YYYYMMDDTHHMMSSZ form is refused.
 - domain-cert-revocation-checks: a boolean, or the strings "true"/"false" (RFC 8366's own example).
@@ -97,7 +98,7 @@ def parse(content: bytes) -> Voucher:
     if len(content) > MAX_VOUCHER:
         raise VoucherError("ov-malformed", f"voucher content over {MAX_VOUCHER} bytes")
     try:
-        doc = json.loads(content)
+        doc = json.loads(content.decode("utf-8-sig"))  # RFC 8259 section 8.1: UTF-8 only
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise VoucherError("ov-malformed", f"voucher content is not JSON: {exc}") from None
     v = doc.get(VOUCHER_KEY) if isinstance(doc, dict) else None
@@ -139,7 +140,7 @@ def parse(content: bytes) -> Voucher:
         idevid_issuer=parse_binary(v["idevid-issuer"], "idevid-issuer") if "idevid-issuer" in v else None,
         revocation_checks=checks,
         last_renewal_date=parse_datetime(v["last-renewal-date"], "last-renewal-date") if "last-renewal-date" in v else None,
-        security_profile=profile, unknown_members=sorted(k for k in v if k not in _MEMBERS))
+        security_profile=profile, unknown_members=sorted(v.keys() - _MEMBERS))
 
 
 @functools.lru_cache(maxsize=64)  # every voucher of an owner pins the same certificate
