@@ -98,7 +98,8 @@ def parse(content: bytes) -> Voucher:
     if len(content) > MAX_VOUCHER:
         raise VoucherError("ov-malformed", f"voucher content over {MAX_VOUCHER} bytes")
     try:
-        doc = json.loads(content.decode("utf-8-sig"))  # RFC 8259 section 8.1: UTF-8 only
+        text = content.decode()  # RFC 8259 section 8.1: UTF-8 only; a byte order mark is passed over
+        doc = json.loads(text[1:] if text.startswith("\ufeff") else text)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise VoucherError("ov-malformed", f"voucher content is not JSON: {exc}") from None
     v = doc.get(VOUCHER_KEY) if isinstance(doc, dict) else None
