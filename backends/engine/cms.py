@@ -598,9 +598,8 @@ def signer_certificate(sd: SignedData, signer: SignerInfo,
     """The certificate, from sd then extra, that the signerInfo's sid names."""
     for cert in [*sd.certificates, *extra]:
         if signer.sid_issuer_serial is not None:
-            issuer, serial = signer.sid_issuer_serial
-            # the sid is copied from the certificate, so its encoding is compared as is
-            if cert.serial_number == serial and _issuer_der(cert) == issuer:
+            # the sid is copied from the certificate, so the issuer's encoding is compared as is
+            if _issuer_serial(cert) == signer.sid_issuer_serial:
                 return cert
         elif signer.sid_key_id is not None and _key_id(cert) == signer.sid_key_id:
             return cert
@@ -636,13 +635,14 @@ def _per_certificate(fn: Callable[[x509.Certificate], object]) -> Callable:
 
 
 @_per_certificate
-def _issuer_der(cert: x509.Certificate) -> bytes:
+def _issuer_serial(cert: x509.Certificate) -> tuple[bytes, int]:
+    """The certificate's issuer name as encoded, and its serial number: what an issuerAndSerialNumber holds."""
     der = cert.public_bytes(Encoding.DER)
     tbs = _Fields(der, _Fields(der, _read(der, 0, len(der)), "Certificate").next(), "tbsCertificate")
     tbs.optional(0xA0)  # version
     tbs.take(0x02, "serialNumber")
     tbs.take(0x30, "signature")
-    return _encoding(der, tbs.take(0x30, "issuer"))
+    return _encoding(der, tbs.take(0x30, "issuer")), cert.serial_number
 
 
 def _key_id(cert: x509.Certificate) -> bytes | None:
@@ -759,6 +759,7 @@ def _check_curve(curve: ec.EllipticCurve) -> None:
         raise CmsError("cms-unsupported-algorithm", f"elliptic curve {curve.name} not supported")
 
 
+@functools.lru_cache(maxsize=None)  # one per hash name; the objects hold no state
 def _hash(name: str) -> hashes.HashAlgorithm:
     if name in _WEAK_HASHES:
         raise CmsError("cms-unsupported-algorithm", f"digest algorithm {name} is too weak")
