@@ -506,6 +506,7 @@ def _walk(der: bytes) -> SignedData:
 
 
 def _certificates(der: bytes, cert_set: tuple | None) -> list[x509.Certificate]:
+    """The X.509 certificates of a CertificateSet element; the other choices are passed over."""
     certs = []
     for choice in _children(der, cert_set, MAX_CERTS, "certificates") if cert_set else ():
         if choice[_ID] == 0x30:
