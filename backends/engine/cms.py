@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
-import hashlib
 import hmac
 import threading
 from dataclasses import dataclass, field
@@ -359,7 +358,12 @@ def _read_der(der: bytes) -> SignedData | None:
             return None
         sd = info.content
         _limited(sd.digest_algorithms, MAX_SIGNERS)
-        certs = list(_certificate_set(asn1.encode_der(sd.certificates))) if sd.certificates is not None else []
+        certs = []
+        for choice in _limited(sd.certificates, MAX_CERTS):
+            if choice.tag_bytes == b"\x30":
+                certs.append(certificate(_tlv(b"\x30", choice.data)))
+            elif not b"\xa0" <= choice.tag_bytes <= b"\xa3":
+                return None
         crls = []
         for choice in _limited(sd.crls, MAX_CRLS):
             if choice.tag_bytes == b"\x30":
@@ -370,15 +374,8 @@ def _read_der(der: bytes) -> SignedData | None:
         return SignedData(version=sd.version, content_type=_dotted_oid(eci.content_type), content=eci.content,
                           certificates=certs, crls=crls,
                           signers=[_der_signer(si) for si in _limited(sd.signer_infos, MAX_SIGNERS)])
-    except (_Decline, CmsError, *_DECODE_ERRORS):
+    except (_Decline, *_DECODE_ERRORS):
         return None
-
-
-@functools.lru_cache(maxsize=64)
-def _certificate_set(encoding: bytes) -> tuple[x509.Certificate, ...]:
-    """The certificates of a CertificateSet from its DER (as a SET), once per encoding: the
-    vouchers of a bundle all carry the same set, and this spares reading it element by element."""
-    return tuple(_certificates(encoding, _read(encoding, 0, len(encoding))))
 
 
 def _limited(items: asn1.SetOf | None, limit: int) -> list:
@@ -489,7 +486,13 @@ def _walk(der: bytes) -> SignedData:
             # CMS always wraps eContent in an OCTET STRING
             content = _octets(der, wrapped[0] if wrapped else None, "eContent")
 
-        certs = _certificates(der, sd.optional(0xA0))
+        certs = []
+        cert_set = sd.optional(0xA0)
+        for choice in _children(der, cert_set, MAX_CERTS, "certificates") if cert_set else ():
+            if choice[_ID] == 0x30:
+                certs.append(certificate(_encoding(der, choice)))
+            elif not 0xA0 <= choice[_ID] <= 0xA3:  # attribute and other certificates are of no use here
+                raise CmsError("cms-malformed", f"certificate choice with tag {choice[_ID]:#04x}")
         crls = []
         crl_set = sd.optional(0xA1)
         for choice in _children(der, crl_set, MAX_CRLS, "CRLs") if crl_set else ():
@@ -503,17 +506,6 @@ def _walk(der: bytes) -> SignedData:
                           certificates=certs, crls=crls, signers=signers)
     except _DECODE_ERRORS as e:
         raise CmsError("cms-malformed", f"bad CMS structure: {e}") from None
-
-
-def _certificates(der: bytes, cert_set: tuple | None) -> list[x509.Certificate]:
-    """The X.509 certificates of a CertificateSet element; the other choices are passed over."""
-    certs = []
-    for choice in _children(der, cert_set, MAX_CERTS, "certificates") if cert_set else ():
-        if choice[_ID] == 0x30:
-            certs.append(certificate(_encoding(der, choice)))
-        elif not 0xA0 <= choice[_ID] <= 0xA3:  # attribute and other certificates are of no use here
-            raise CmsError("cms-malformed", f"certificate choice with tag {choice[_ID]:#04x}")
-    return certs
 
 
 def _signer(der: bytes, el: tuple) -> SignerInfo:
@@ -775,8 +767,11 @@ def _ecdsa(digest: str) -> ec.ECDSA:
 
 
 def _digest(name: str, data: bytes) -> bytes:
-    _hash(name)  # refuses what is weak or unknown
-    return getattr(hashlib, name)(data).digest()
+    # through the OpenSSL that checks the signatures: hashlib's separate libcrypto measured
+    # slower per voucher, its code being one more thing to fetch
+    h = hashes.Hash(_hash(name))  # _hash refuses what is weak or unknown
+    h.update(data)
+    return h.finalize()
 
 
 # ---- making -----------------------------------------------------------------
