@@ -91,6 +91,20 @@ def test_json_text_is_utf8(pki, encoding, ok):
         refused(pki, data, "ov-malformed")
 
 
+@pytest.mark.parametrize("around, ok", [(" \t\r\n{}\n ", True), ("{} x", False), ("{}{}", False), ("", False),
+                                        ("{} \f", False), ("\v{}", False)])
+def test_json_text_whitespace(pki, around, ok):
+    body = {"serial-number": SERIAL, "created-on": "2026-05-01T10:00:00Z", "assertion": "logged",
+            "pinned-domain-cert": base64.b64encode(pki["pdc"].public_bytes(serialization.Encoding.DER)).decode()}
+    text = around.replace("{}", json.dumps({voucher.VOUCHER_KEY: body}))
+    if ok:
+        assert voucher.parse(text.encode()).serial_number == SERIAL
+    else:
+        with pytest.raises(voucher.VoucherError) as err:
+            voucher.parse(text.encode())
+        assert err.value.code == "ov-malformed"
+
+
 @pytest.mark.parametrize("text, ok", [
     ("2026-05-01T10:00:00.937649Z", True),
     ("2026-05-01T10:00:00+00:00", True),

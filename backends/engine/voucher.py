@@ -22,7 +22,6 @@ from __future__ import annotations
 import binascii
 import functools
 import json
-import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Iterable
@@ -47,6 +46,12 @@ _DIGITS_AS_D = str.maketrans("0123456789", "d" * 10)
 _RFC3339_SHAPES = frozenset(f"dddd-dd-dd{t}dd:dd:dd{fraction}{offset}" for t in "Tt"
                             for fraction in ["", *("." + "d" * n for n in range(1, 10))]
                             for offset in ("Z", "z", "+dd:dd", "-dd:dd"))
+
+
+# The JSON text is decoded with raw_decode after trimming the JSON whitespace by hand: json.loads
+# would run the regular expression engine for it, on every voucher.
+_JSON = json.JSONDecoder()
+_LOWER_HEX = frozenset("0123456789abcdef")
 
 
 class VoucherError(EngineError):
@@ -88,7 +93,7 @@ def parse_binary(text, what: str) -> bytes:
         raise VoucherError("ov-malformed", f"{what} is not a base64 string")
     compact = "".join(text.split())
     # 16+ characters all from [0-9a-f] is hex, not base64 (the odds for real base64 are 4^-16)
-    if len(compact) >= 16 and re.fullmatch(r"[0-9a-f]+", compact):
+    if len(compact) >= 16 and set(compact) <= _LOWER_HEX:
         raise VoucherError("ov-malformed", f"{what} looks like hex; binary leaves are base64 (RFC 7951)")
     alphabet = compact.replace("-", "+").replace("_", "/")
     try:
@@ -103,7 +108,10 @@ def parse(content: bytes) -> Voucher:
         raise VoucherError("ov-malformed", f"voucher content over {MAX_VOUCHER} bytes")
     try:
         text = content.decode()  # RFC 8259 section 8.1: UTF-8 only; a byte order mark is passed over
-        doc = json.loads(text[1:] if text.startswith("\ufeff") else text)
+        text = (text[1:] if text.startswith("\ufeff") else text).strip(" \t\n\r")
+        doc, end = _JSON.raw_decode(text)
+        if end != len(text):
+            raise json.JSONDecodeError("Extra data", text, end)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise VoucherError("ov-malformed", f"voucher content is not JSON: {exc}") from None
     v = doc.get(VOUCHER_KEY) if isinstance(doc, dict) else None
