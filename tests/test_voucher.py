@@ -135,7 +135,7 @@ def test_parse_datetime_values(text, utc):
 @pytest.mark.parametrize("text", ["2026-02-30T10:00:00Z", "2026-05-01T24:00:00Z", "2026-05-01T10:00:00+24:00",
                                   "2026-05-01 10:00:00Z", "2026-05-01T10:00:00", 20260501,
                                   "\uff12026-05-01T10:00:00Z", "2026-05-01T10:00:00.Z", "2026-05-01T10:00:00.1234567890Z",
-                                  "2026-05-01T10:00:00+0000", "2026-05-01T10:00:00Z "])
+                                  "2026-05-01T10:00:00+0000", "2026-05-01T10:00:00Z ", "2026-05-01T10:00:0\ud800Z"])
 def test_parse_datetime_refuses(text):
     with pytest.raises(voucher.VoucherError) as err:
         voucher.parse_datetime(text, "created-on")

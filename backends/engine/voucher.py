@@ -42,8 +42,8 @@ _MEMBERS = {"serial-number", "assertion", "pinned-domain-cert", "created-on", "e
             "idevid-issuer", "domain-cert-revocation-checks", "last-renewal-date", PROFILE_MEMBER}
 # RFC 3339 date-time, as the text's shape once each ASCII digit reads "d": a set lookup, where a
 # pattern would need the regular expression engine on every voucher
-_DIGITS_AS_D = str.maketrans("0123456789", "d" * 10)
-_RFC3339_SHAPES = frozenset(f"dddd-dd-dd{t}dd:dd:dd{fraction}{offset}" for t in "Tt"
+_DIGITS_AS_D = bytes.maketrans(b"0123456789", b"d" * 10)
+_RFC3339_SHAPES = frozenset(f"dddd-dd-dd{t}dd:dd:dd{fraction}{offset}".encode() for t in "Tt"
                             for fraction in ["", *("." + "d" * n for n in range(1, 10))]
                             for offset in ("Z", "z", "+dd:dd", "-dd:dd"))
 
@@ -76,7 +76,9 @@ class Voucher:
 
 
 def parse_datetime(text, what: str) -> datetime:
-    if not isinstance(text, str) or text.translate(_DIGITS_AS_D) not in _RFC3339_SHAPES:
+    # other characters than ASCII encode to octets of 0x80 and up, which no shape holds
+    if not isinstance(text, str) or \
+            text.encode("utf-8", "surrogatepass").translate(_DIGITS_AS_D) not in _RFC3339_SHAPES:
         raise VoucherError("ov-malformed", f"{what}: {text!r} is not an RFC 3339 date-and-time")
     if text[17:19] == "60":  # a leap second is taken as the second before it
         text = text[:17] + "59" + text[19:]
