@@ -78,13 +78,16 @@ def test_unknown_members_are_tolerated(pki):
     assert v.unknown_members == ["XMLName"]
 
 
+def minimal_json(pki) -> str:
+    body = {"serial-number": SERIAL, "created-on": "2026-05-01T10:00:00Z", "assertion": "logged",
+            "pinned-domain-cert": base64.b64encode(pki["pdc"].public_bytes(serialization.Encoding.DER)).decode()}
+    return json.dumps({voucher.VOUCHER_KEY: body})
+
+
 @pytest.mark.parametrize("encoding, ok", [("utf-8", True), ("utf-8-sig", True), ("utf-16", False),
                                           ("utf-32-le", False)])
 def test_json_text_is_utf8(pki, encoding, ok):
-    body = {"serial-number": SERIAL, "created-on": "2026-05-01T10:00:00Z", "assertion": "logged",
-            "pinned-domain-cert": base64.b64encode(pki["pdc"].public_bytes(serialization.Encoding.DER)).decode()}
-    content = json.dumps({voucher.VOUCHER_KEY: body}).encode(encoding)
-    data = cms.sign(content, pki["masa_key"], pki["masa"], chain=[pki["ca"]])
+    data = cms.sign(minimal_json(pki).encode(encoding), pki["masa_key"], pki["masa"], chain=[pki["ca"]])
     if ok:
         assert check(pki, data).serial_number == SERIAL
     else:
@@ -94,9 +97,7 @@ def test_json_text_is_utf8(pki, encoding, ok):
 @pytest.mark.parametrize("around, ok", [(" \t\r\n{}\n ", True), ("{} x", False), ("{}{}", False), ("", False),
                                         ("{} \f", False), ("\v{}", False)])
 def test_json_text_whitespace(pki, around, ok):
-    body = {"serial-number": SERIAL, "created-on": "2026-05-01T10:00:00Z", "assertion": "logged",
-            "pinned-domain-cert": base64.b64encode(pki["pdc"].public_bytes(serialization.Encoding.DER)).decode()}
-    text = around.replace("{}", json.dumps({voucher.VOUCHER_KEY: body}))
+    text = around.replace("{}", minimal_json(pki))
     if ok:
         assert voucher.parse(text.encode()).serial_number == SERIAL
     else:
@@ -134,8 +135,9 @@ def test_parse_datetime_values(text, utc):
 
 @pytest.mark.parametrize("text", ["2026-02-30T10:00:00Z", "2026-05-01T24:00:00Z", "2026-05-01T10:00:00+24:00",
                                   "2026-05-01 10:00:00Z", "2026-05-01T10:00:00", 20260501,
-                                  "\uff12026-05-01T10:00:00Z", "2026-05-01T10:00:00.Z", "2026-05-01T10:00:00.1234567890Z",
-                                  "2026-05-01T10:00:00+0000", "2026-05-01T10:00:00Z ", "2026-05-01T10:00:0\ud800Z"])
+                                  "\uff12026-05-01T10:00:00Z", "2026-05-01T10:00:00.Z",
+                                  "2026-05-01T10:00:00.1234567890Z", "2026-05-01T10:00:00+0000",
+                                  "2026-05-01T10:00:00Z ", "2026-05-01T10:00:0\ud800Z"])
 def test_parse_datetime_refuses(text):
     with pytest.raises(voucher.VoucherError) as err:
         voucher.parse_datetime(text, "created-on")

@@ -6,7 +6,8 @@ Interop policy, one decision per quirk (the README lists them too):
   by the CMS layer.
 - The signer chain is validated to the device's manufacturer anchors only. Certificates in
   the CMS serve as intermediates, never as anchors. No TLS purpose (EKU) check.
-- The JSON text is UTF-8 (RFC 8259 section 8.1); a byte order mark is ignored, UTF-16 and UTF-32 are refused.
+- The JSON text is UTF-8 (RFC 8259 section 8.1); a byte order mark is ignored, UTF-16 and
+  UTF-32 are refused.
 - Unknown JSON members are tolerated (vouchers are extensible maps; Go tooling adds "XMLName").
 - Dates: RFC 3339 with fractional seconds and offsets; the compact YYYYMMDDTHHMMSSZ form is refused.
 - domain-cert-revocation-checks: a boolean, or the strings "true"/"false" (RFC 8366's own example).
@@ -48,10 +49,10 @@ _RFC3339_SHAPES = frozenset(f"dddd-dd-dd{t}dd:dd:dd{fraction}{offset}".encode() 
                             for offset in ("Z", "z", "+dd:dd", "-dd:dd"))
 
 
-# The JSON text is decoded with raw_decode after trimming the JSON whitespace by hand: json.loads
-# would run the regular expression engine for it, on every voucher.
+# json.loads would run the regular expression engine to skip whitespace, on every voucher: the
+# JSON whitespace is trimmed by hand and the text read with raw_decode
 _JSON = json.JSONDecoder()
-_LOWER_HEX = frozenset("0123456789abcdef")
+_LOWER_HEX = frozenset("0123456789abcdef")  # parse_binary's hex check, without a pattern either
 
 
 class VoucherError(EngineError):
