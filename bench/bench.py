@@ -336,12 +336,12 @@ def crypto() -> dict:
     data = b"x" * 1024
     key = ec.generate_private_key(ec.SECP256R1())
     sig = key.sign(data, ec.ECDSA(hashes.SHA256()))
-    out["cryptography_ecdsa_p256_verify_per_s"] = _rate(lambda: key.public_key().verify(
-        sig, data, ec.ECDSA(hashes.SHA256())))
+    out["cryptography_ecdsa_p256_verify_per_s"] = openssl_speed.rate(lambda: key.public_key().verify(
+        sig, data, ec.ECDSA(hashes.SHA256())), 1.0)
     rkey = rsa.generate_private_key(65537, 2048)
     rsig = rkey.sign(data, padding.PKCS1v15(), hashes.SHA256())
-    out["cryptography_rsa2048_verify_per_s"] = _rate(lambda: rkey.public_key().verify(
-        rsig, data, padding.PKCS1v15(), hashes.SHA256()))
+    out["cryptography_rsa2048_verify_per_s"] = openssl_speed.rate(lambda: rkey.public_key().verify(
+        rsig, data, padding.PKCS1v15(), hashes.SHA256()), 1.0)
 
     ours, theirs = [], []
     for _ in range(5):
@@ -354,16 +354,6 @@ def crypto() -> dict:
         theirs.append(time.perf_counter() - t)
     out["rsa3072_keygen_s"] = {"trustplane": summary(ours), "openssl": summary(theirs)}
     return out
-
-
-def _rate(fn, seconds=1.0) -> float:
-    """Calls per second, measured as `openssl speed` does: over `seconds` of wall time, per CPU second used."""
-    n, end, cpu = 0, time.perf_counter() + seconds, time.process_time()
-    while time.perf_counter() < end:
-        for _ in range(50):
-            fn()
-        n += 50
-    return n / (time.process_time() - cpu)
 
 
 # -- RPM fingerprints against sha256sum ------------------------------------------
