@@ -14,6 +14,8 @@ import pytest
 from lxml import etree
 from ncclient.operations import RPCError
 
+from backends.engine import cms
+from backends.engine.identity import load_cert_pem, load_key_pem
 from conftest import PASSWORD, ROOT, ServerProcess, rpc
 from rpms import build_rpm, export_public, make_gpg_key
 
@@ -186,6 +188,18 @@ def test_failures_change_nothing(dev, tmp_path):
     tampered.write_bytes(bytes(data))
     refused(dev, dev.bundle("tampered.tar.gz", [tampered, dev.work / "tamper" / f"{rp1}.vcj"]), "disk0:/oc.cms",
             ("operation-failed", "ov-signature-invalid"))
+    # signed by the trusted MASA, but its JSON is UTF-16 where RFC 8259 allows only UTF-8
+    utf8 = dev.work / "good" / f"{rp1}.vcj"
+    utf16 = dev.work / "utf16" / f"{rp1}.vcj"
+    utf16.parent.mkdir()
+    utf16.write_bytes(cms.sign(cms.load(utf8.read_bytes()).content.decode().encode("utf-16"),
+                               load_key_pem((dev.lab / "masa.key").read_bytes()),
+                               load_cert_pem((dev.lab / "masa.pem").read_bytes()),
+                               chain=[load_cert_pem((dev.lab / "manufacturer-ca.pem").read_bytes())]))
+    refused(dev, dev.bundle("utf16.tar.gz", [dev.work / "good" / f"{rp0}.vcj", utf16]), "disk0:/oc.cms",
+            ("operation-failed", "ov-malformed"))
+    refused(dev, dev.bundle("rp0-only.tar.gz", [dev.work / "good" / f"{rp0}.vcj"]), "disk0:/oc.cms",
+            ("invalid-value", "ov-missing-node"))
     # older than the installed voucher
     with dev.server.connect() as m:
         apply(m, good, "disk0:/oc.cms")

@@ -5,7 +5,6 @@ this device from a bundle.
 from __future__ import annotations
 
 import io
-import json
 import tarfile
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -160,11 +159,7 @@ def select(members: Iterable[tuple[str, bytes]], serials: set[str], *, anchors: 
 
 def _claimed_serial(data: bytes) -> str:
     """The serial a voucher names, read without trusting or checking it: only to route it to a node."""
-    sd = cms.load(data)
-    try:
-        serial = json.loads(sd.content or b"")[voucher.VOUCHER_KEY]["serial-number"]
-    except (ValueError, TypeError, KeyError):
-        serial = None
+    serial = voucher.members(cms.load(data).content or b"").get("serial-number")
     if not isinstance(serial, str):
         raise voucher.VoucherError("ov-malformed", "the voucher names no serial-number")
     return serial

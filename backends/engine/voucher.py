@@ -105,8 +105,8 @@ def parse_binary(text, what: str) -> bytes:
         raise VoucherError("ov-malformed", f"{what} is not valid base64") from None
 
 
-def parse(content: bytes) -> Voucher:
-    """The voucher JSON, with the policy above. The PDC must be a DER X.509 certificate."""
+def members(content: bytes) -> dict:
+    """The voucher object of a voucher's JSON text, its members not yet checked."""
     if len(content) > MAX_VOUCHER:
         raise VoucherError("ov-malformed", f"voucher content over {MAX_VOUCHER} bytes")
     try:
@@ -120,6 +120,12 @@ def parse(content: bytes) -> Voucher:
     v = doc.get(VOUCHER_KEY) if isinstance(doc, dict) else None
     if not isinstance(v, dict):
         raise VoucherError("ov-malformed", f'voucher content has no "{VOUCHER_KEY}" object')
+    return v
+
+
+def parse(content: bytes) -> Voucher:
+    """The voucher JSON, with the policy above. The PDC must be a DER X.509 certificate."""
+    v = members(content)
 
     def required(name: str):
         if name not in v:

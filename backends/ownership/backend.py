@@ -182,6 +182,11 @@ class OwnershipBackend(Backend):
                 if mine:
                     name, _serial, code, message = mine[0]
                     raise voucher.VoucherError(code, f"{node.location}: {name}: {message}")
+                unread = [r for r in sel.rejected if not r[1]]  # it may be this node's voucher
+                if unread:
+                    name, _serial, code, message = unread[0]
+                    raise voucher.VoucherError(code, f"{node.location}: no voucher names serial {node.serial_number}, "
+                                               f"and {name} cannot be read: {message}")
                 if sel.foreign:
                     others = ", ".join(sel.foreign[:3]) + (f" and {len(sel.foreign) - 3} more" if len(sel.foreign) > 3
                                                            else "")
