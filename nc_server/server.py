@@ -8,9 +8,8 @@ from pathlib import Path
 
 import libyang
 from _libyang import ffi, lib
-from lxml import etree
 
-from . import datastore, netconf_acm, netconf_monitoring, notifications
+from . import datastore, netconf_acm, netconf_monitoring, notifications, xmlsafe
 from .backend import Backend, BackendError, Change, ConfigDiff, Services
 from .confirmed_commit import ConfirmedCommit
 from .edit import apply_edit
@@ -115,7 +114,7 @@ class Server:
 
     def _merge_into_running(self, xml: str) -> None:
         """At start: edit running with a <config>'s children (nc:operation allowed)."""
-        config = etree.fromstring(f'<config xmlns="{NC_NS}">{xml}</config>'.encode())
+        config = xmlsafe.parse(f'<config xmlns="{NC_NS}">{xml}</config>'.encode())
         tree, errors = apply_edit(self.ctx, self.running.copy(), config)
         if errors:
             datastore.free(tree)
