@@ -102,6 +102,11 @@ class Backend:
     def apply(self, diff: ConfigDiff) -> None:
         """Make the change real. Raise BackendError to fail the commit."""
 
+    def protect_secrets(self, tree) -> None:
+        """Replace, in place, the clear-text secrets an edit brought into tree (any
+        datastore) by their stored form, so that clear text is never stored or returned.
+        Raise BackendError for a secret that cannot be stored."""
+
     def stored_config(self) -> str | None:
         """Configuration the backend keeps in a store of its own (XML, a <config>'s
         children with nc:operation as needed). At start it is applied to running

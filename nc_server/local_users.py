@@ -77,6 +77,9 @@ class LocalUsers(Backend):
                          config=(AUTH,))
         self.users = users
 
+    def protect_secrets(self, tree) -> None:
+        hash_cleartext(tree)
+
     def validate(self, diff: ConfigDiff) -> None:
         users = _users(diff.new)
         if not users:

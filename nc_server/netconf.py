@@ -10,7 +10,7 @@ import time
 import libyang
 from lxml import etree
 
-from . import datastore, filters, local_users, notifications
+from . import datastore, filters, notifications
 from .edit import apply_edit
 from .errors import NC_NS, RpcError, RpcErrors
 from .schema import to_rpc_errors
@@ -208,7 +208,7 @@ def edit_config(session, op):
     target = server.datastore(name)
     new, errors = apply_edit(server.ctx, target.copy(), params["config"],
                              default_operation=default_op, error_option=error_option)
-    local_users.hash_cleartext(new)
+    server.protect_secrets(new)
     _check_writes(session, target.tree, new)
     if test_option == "test-only":
         datastore.free(server.validate_tree(new))
@@ -260,7 +260,7 @@ def _source_tree(session, source_el):
         tree = datastore.parse_config(server.ctx, xml, validate_now=False)
     except libyang.LibyangError as exc:
         raise to_rpc_errors(exc) from None
-    local_users.hash_cleartext(tree)
+    server.protect_secrets(tree)
     return None, tree
 
 

@@ -100,6 +100,7 @@ class Server:
             # first start after a startup was saved: boot from it (RFC 6241 §8.7)
             self.running.replace(self.startup.copy(), persist=True)
         self._load_stored_config()
+        self._protect_stored_secrets()
         nacm = self.running.tree.find_path(netconf_acm.NACM) if self.running.tree is not None else None
         if nacm is None or nacm.cdata.flags & lib.LYD_DEFAULT:  # never configured: a fresh device
             self._merge_into_running(netconf_acm.DEFAULT_POLICY)
@@ -111,6 +112,19 @@ class Server:
             xml = b.stored_config()
             if xml is not None:
                 self._merge_into_running(xml)
+
+    def _protect_stored_secrets(self) -> None:
+        """Clear-text secrets that an older version stored are replaced by their stored form."""
+        for store in (self.running, self.startup):
+            if store.tree is None:
+                continue
+            tree = store.copy()
+            self.protect_secrets(tree)
+            if self._changes(store.tree, tree):
+                log.warning("%s: clear-text secrets replaced by their stored form", store.name)
+                store.replace(tree, persist=True)
+            else:
+                datastore.free(tree)
 
     def _merge_into_running(self, xml: str) -> None:
         """At start: edit running with a <config>'s children (nc:operation allowed)."""
@@ -213,6 +227,15 @@ class Server:
                 text, mods = notifications.xml_instance_id(path)
                 edits.append((text, op, {m: self.ctx.namespace_of(m) for m in mods}))
             self.notify(notifications.config_change(session, target.name, edits))
+
+    def protect_secrets(self, tree: datastore.Tree) -> None:
+        """Every backend's protect_secrets on an edited tree; frees the tree when one refuses."""
+        try:
+            for b in self.backends:
+                b.protect_secrets(tree)
+        except BaseException:
+            datastore.free(tree)
+            raise
 
     def notify(self, body: str) -> None:
         """Raise a notification (one element, validated against its schema first)."""

@@ -13,15 +13,17 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
+from _libyang import lib
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from nc_server.backend import Backend, BackendError, ConfigDiff, Services, read_device_file, register, xml_leaf
 from nc_server.datastore import atomic_write
 from nc_server.devfs import DevFSError
+from nc_server.libyang_abi import change_term
 
 from backends.device.profile import load_profile
-from backends.engine import certissue, crl, download, expiry, keystore, pkipath, scep, trustpool, x509path
+from backends.engine import certissue, crl, download, expiry, keystore, pkipath, scep, trustpool, type6, x509path
 from backends.engine.errors import EngineError
 from backends.ownership import policy as ownership_policy
 from . import config, render
@@ -96,6 +98,7 @@ class PkiBackend(Backend):
         except keystore.KeystoreError as exc:
             raise RuntimeError(exc.message) from None
         self.store = PkiStore(base / "state.json")
+        self.type6 = type6.Type6(services.state_dir / "type6.key")
         self.builtin = self._builtin_pool(base / "trustpool-builtin.pem")
         self._parsed_pool: tuple[list | None, list[x509.Certificate]] = (None, [])
         self.crls = crl.CrlCache(base / "crl-cache")
@@ -137,6 +140,34 @@ class PkiBackend(Backend):
 
     def _key_exists(self, ref: config.KeyRef) -> bool:
         return bool(self.keys.find(ref.family, ref.label, curve=ref.curve))
+
+    def protect_secrets(self, tree) -> None:
+        """A challenge password is configured in clear and kept only in its type 6 form; a
+        type 6 form is taken only if this device's master key made it."""
+        if tree is None:
+            return
+        for node in list(tree.find_all(config.CHALLENGE_PASSWORDS)):
+            value = str(node.value())
+            try:
+                if type6.is_stored_form(value):
+                    self.type6.decrypt(value)
+                    continue
+                stored = self.type6.encrypt(value)
+            except type6.Type6Error as exc:
+                raise BackendError(exc.message, app_tag=exc.code, tag=exc.tag, path=node.path()) from None
+            if change_term(node.cdata, stored) not in (lib.LY_SUCCESS, lib.LY_EEXIST):
+                raise BackendError("cannot store the type 6 password", app_tag="type6-invalid",
+                                   tag="operation-failed", path=node.path())
+
+    def _challenge_password(self, tp: config.Trustpoint, params: dict) -> str | None:
+        """The RPC's password, else the configured one in clear."""
+        if params.get("challenge-password") or tp.challenge_password is None:
+            return params.get("challenge-password")
+        try:
+            return self.type6.decrypt(tp.challenge_password)
+        except type6.Type6Error as exc:
+            raise BackendError(f"trustpoint {tp.name}: {exc.message}", app_tag=exc.code, tag="operation-failed",
+                               path=tp.path + "/challenge-password/password6") from None
 
     def validate(self, diff: ConfigDiff) -> None:
         config.check(config.parse(diff.new), self._key_exists)
@@ -440,7 +471,7 @@ class PkiBackend(Backend):
         return self._issued_xml(certs)
 
     async def _enroll_terminal(self, tp, keys, subject, params) -> str:
-        password = params.get("challenge-password") or tp.challenge_password
+        password = self._challenge_password(tp, params)
 
         def requests():
             out = {}
@@ -479,7 +510,7 @@ class PkiBackend(Backend):
         if tp.key.family != "rsa":
             raise BackendError(f"trustpoint {tp.name}: SCEP needs an RSA key to decrypt the CA's reply, and "
                                f"{tp.key.text()} is not one", app_tag="scep-key-unsupported", tag="invalid-value")
-        password = params.get("challenge-password") or tp.challenge_password
+        password = self._challenge_password(tp, params)
         cacerts = self._cacerts(rec)
         caps = set(rec.get("caps") or [])
 

@@ -11,6 +11,7 @@ SYSTEM_TRUSTPOINT = "system-trustpoint"
 TP_PATH = CRYPTO + "/ca/trustpoint/trustpoints/trustpoint[trustpoint-name='{}']"
 SYSTEM_PATH = CRYPTO + "/ca/trustpoint/system-trustpoint"
 POLICY_PATH = CRYPTO + "/ca/trustpool/policy"
+CHALLENGE_PASSWORDS = CRYPTO + "/ca/trustpoint/trustpoints/trustpoint/challenge-password/password6"
 DEFAULT_LABEL = "the_default"
 WEAK_DIGESTS = ("md5", "sha1")
 # keypair leaf -> (keystore family, curve)
@@ -52,7 +53,7 @@ class Trustpoint:
     key_usage_cert: set[str] | None = None
     digest: str = "sha256"
     crl_optional: bool = False
-    challenge_password: str | None = None
+    challenge_password: str | None = None  # its type 6 form
     description: str | None = None
 
 
