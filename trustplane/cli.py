@@ -24,7 +24,7 @@ from nc_server.server import Limits, Server
 from nc_server.ssh import listen
 from nc_server.users import UserDB
 
-from . import lab
+from . import lab, logs
 
 log = logging.getLogger("trustplane")
 
@@ -179,8 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "user" and args.action != "list" and not args.name:
         parser.error("user add and del need a NAME")
-    logging.basicConfig(level=getattr(args, "log_level", "INFO").upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(getattr(args, "log_level", "INFO"))
     try:
         if args.command == "user":
             return user_command(args)
