@@ -99,8 +99,14 @@ class Backend:
     def validate(self, diff: ConfigDiff) -> None:
         """Raise BackendError to refuse a change. Must not change anything."""
 
+    def prepare(self, diff: ConfigDiff, writes) -> None:
+        """Stage the files the change rewrites in writes (a datastore.Writes); the server
+        renames them in with the datastore's own file once every write is ready.
+        Raise BackendError to refuse. Must change nothing else."""
+
     def apply(self, diff: ConfigDiff) -> None:
-        """Make the change real. Raise BackendError to fail the commit."""
+        """Make the change live, once its files are in place. Must not fail: whatever
+        can fail belongs in validate or prepare."""
 
     def stored_config(self) -> str | None:
         """Configuration the backend keeps in a store of its own (XML, a <config>'s
