@@ -395,7 +395,7 @@ def test_failed_index_write_keeps_old_key(store: Keystore, store_dir: Path, monk
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", broken)
-    with expect("keystore-write-failed"):
+    with expect("storage-failed"):
         store.generate_rsa("k", 2048, now=LATER)
     monkeypatch.undo()
     assert store.find("rsa", "k") == [old]

@@ -118,6 +118,9 @@ def user_command(args) -> int:
     except ValueError as exc:
         print(f"trustplane: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"trustplane: cannot write {users.path}: {exc.strerror}", file=sys.stderr)
+        return 1
     return 0
 
 
