@@ -120,7 +120,9 @@ class Server:
         if errors:
             datastore.free(tree)
             raise errors[0]
-        self.running.replace(self.validate_tree(tree), persist=True)
+        tree = self.validate_tree(tree)
+        # nothing new, nothing written: a start on a full or read-only disk still serves
+        self.running.replace(tree, persist=bool(self._changes(self.running.tree, tree)))
 
     def restore_confirmed(self) -> None:
         self.confirmed.restore()

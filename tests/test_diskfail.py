@@ -352,3 +352,37 @@ def test_confirmed_rollback_refused_by_the_disk_is_tried_again(tmp_path, monkeyp
     confirmed = asyncio.run(main())
     assert attempts == ["restart"] * 3
     assert confirmed.pending is None and not path.exists()
+
+
+def test_server_starts_and_serves_on_a_read_only_disk(disk):
+    assert disk.server.stop() == 0
+    with disk.read_only() as code:
+        disk.server.start()
+        with disk.server.connect() as m:
+            before = names(m)
+            refused("the running configuration", code, m.edit_config, target="running", config=name_cfg("ro"))
+            assert names(m) == before
+        assert disk.server.stop() == 0
+    disk.server.start()
+    assert "Traceback" not in disk.server.log()
+
+
+def test_a_start_that_cannot_record_says_so_in_one_line(disk):
+    """First start after a startup was saved boots from it and records running: not on a read-only disk."""
+    with disk.server.connect() as m:
+        m.copy_config(source="running", target="startup")
+    assert disk.server.stop() == 0
+    running = disk.path / "datastore" / "running.xml"
+    saved = running.read_bytes()
+    running.unlink()
+    try:
+        with disk.read_only() as code:
+            # -W ignore: the host's CA bundle may hold certificates cryptography warns about
+            out = subprocess.run([sys.executable, "-W", "ignore", "-m", "trustplane.cli", "serve", "--state-dir",
+                                  str(disk.path), "--port", "0", "--yang-dir", str(ROOT / "tests" / "yang-config"),
+                                  "--log-level", "ERROR"], capture_output=True, cwd=ROOT, timeout=60)
+        assert out.returncode == 1
+        assert out.stderr.decode() == f"trustplane: cannot write the running configuration: {os.strerror(code)}\n"
+    finally:
+        running.write_bytes(saved)
+        disk.server.start()

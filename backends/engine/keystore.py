@@ -198,7 +198,8 @@ class Keystore:
         self._lock = threading.Lock()
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.chmod(self.directory, 0o700)
+            if os.stat(self.directory).st_mode & 0o777 != 0o700:  # a read-only disk allows no chmod
+                os.chmod(self.directory, 0o700)
         except OSError as exc:
             raise _err("storage-failed", f"cannot write the key store: {exc.strerror}") from None
         self._records: dict[tuple, _Record] = self._load()
