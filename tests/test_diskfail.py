@@ -259,6 +259,39 @@ def test_trustpool_import_refused_then_done(disk, m, how):
     assert downloaded(m) == "1"
 
 
+CFG = "http://cisco.com/ns/yang/Cisco-IOS-XR-um-crypto-cfg"
+CEPKI = "http://cisco.com/ns/yang/Cisco-IOS-XR-crypto-cepki-oper"
+
+
+def enrollment_state(m, name: str) -> str:
+    data = m.get(("subtree", f'<crypto-certificate-authority xmlns="{CEPKI}"/>')).data_ele
+    tp = next(t for t in data.iter(f"{{{CEPKI}}}trustpoint") if t.findtext(f"{{{CEPKI}}}name") == name)
+    return tp.findtext(f"{{{PKI}}}enrollment-state")
+
+
+@pytest.mark.parametrize("how", HOWS)
+def test_ca_authenticate_and_request_file_refused_then_done(disk, m, how):
+    tp, csr = f"tp-{how}", disk.path / "fs" / "disk0:" / f"tp-{how}.csr"
+    (disk.path / "fs" / "disk0:" / "ca.pem").write_bytes(self_signed_ca_pem())
+    act(m, "key-generate-rsa", f"<key-label>{tp}</key-label><key-modulus>2048</key-modulus>")
+    m.edit_config(target="running", config=cfg(
+        f'<crypto xmlns="{CFG}"><ca><trustpoint><trustpoints><trustpoint><trustpoint-name>{tp}</trustpoint-name>'
+        f"<enrollment><terminal/></enrollment><rsakeypair>{tp}</rsakeypair>"
+        "</trustpoint></trustpoints></trustpoint></ca></crypto>"))
+    authenticate = f"<server-name>{tp}</server-name><file-path>disk0:/ca.pem</file-path>"
+    enroll = f"<server-name>{tp}</server-name><file-path>disk0:/{csr.name}</file-path>"
+    with disk.broken(how) as code:
+        refused("the PKI state", code, act, m, "ca-authenticate", authenticate)
+        assert enrollment_state(m, tp) == "not-authenticated"
+    act(m, "ca-authenticate", authenticate)
+    with disk.broken(how) as code:
+        refused(f"'disk0:/{csr.name}'", code, act, m, "ca-enroll", enroll)
+        assert enrollment_state(m, tp) == "authenticated"
+    assert not csr.exists()
+    assert act(m, "ca-enroll", enroll).findtext(f"{{{PKI}}}status") == "request-written"
+    assert csr.read_text().startswith("-----BEGIN CERTIFICATE REQUEST-----")
+
+
 # -- the write primitives -----------------------------------------------------------------
 
 @pytest.fixture
