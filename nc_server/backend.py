@@ -66,11 +66,6 @@ class ConfigDiff:
         return [c for c in self.changes
                 if c.path == prefix or c.path.startswith(prefix + "/") or prefix.startswith(c.path + "/")]
 
-    def reversed(self) -> "ConfigDiff":
-        inverse = {"create": "delete", "delete": "create", "replace": "replace"}
-        return ConfigDiff([Change(inverse.get(c.op, c.op), c.path, None) for c in reversed(self.changes)],
-                          self.new, self.old)
-
 
 @dataclass
 class Services:

@@ -62,7 +62,3 @@ class Disk:
     def broken(self, how: str):
         """The context for `how`: "full" or "read-only"."""
         return self.full() if how == "full" else self.read_only()
-
-
-def strerror(code: int) -> str:
-    return os.strerror(code)
