@@ -419,3 +419,48 @@ def test_a_start_that_cannot_record_says_so_in_one_line(disk):
     finally:
         running.write_bytes(saved)
         disk.server.start()
+
+
+# -- PKI writes in the background: a refusal is logged, the loop lives on -----------------
+
+@pytest.fixture
+def pki(tmp_path, monkeypatch):
+    """A PKI backend whose state file refuses every write."""
+    from backends.pki.backend import PkiBackend
+    from nc_server.backend import BackendError, Services
+
+    def refuse(state):
+        raise BackendError(f"cannot write the PKI state: {os.strerror(errno.ENOSPC)}", app_tag="storage-failed")
+
+    async def make():
+        backend = PkiBackend(Services(state_dir=tmp_path, devfs=None, clock=lambda: datetime.now(timezone.utc)))
+        backend.close()  # its timers are not under test
+        monkeypatch.setattr(backend.store, "commit", refuse)
+        return backend
+    return make
+
+
+def test_trustpool_auto_update_survives_a_refused_write(pki, caplog):
+    slept = []
+
+    async def main():
+        backend = await pki()
+
+        async def sleep(timer, seconds):
+            slept.append((timer, seconds))
+        backend._sleep = sleep
+        with caplog.at_level(logging.ERROR, logger="backends.pki.backend"):
+            await backend._auto_update(datetime.now(timezone.utc))  # no url configured: records the attempt
+    asyncio.run(main())
+    assert f"trustpool: cannot write the PKI state: {os.strerror(errno.ENOSPC)}" in caplog.text
+    assert slept == [("trustpool", 3600.0)]  # not at once again: the attempt is not recorded
+
+
+def test_abandoned_enrollment_survives_a_refused_write(pki, caplog):
+    async def main():
+        backend = await pki()
+        with caplog.at_level(logging.ERROR, logger="backends.pki.backend"):
+            await backend._abandon("tp")
+    asyncio.run(main())
+    assert (f"trustpoint tp: cannot write the PKI state: {os.strerror(errno.ENOSPC)}; the pending enrollment "
+            "stays recorded") in caplog.text
