@@ -66,11 +66,6 @@ class ConfigDiff:
         return [c for c in self.changes
                 if c.path == prefix or c.path.startswith(prefix + "/") or prefix.startswith(c.path + "/")]
 
-    def reversed(self) -> "ConfigDiff":
-        inverse = {"create": "delete", "delete": "create", "replace": "replace"}
-        return ConfigDiff([Change(inverse.get(c.op, c.op), c.path, None) for c in reversed(self.changes)],
-                          self.new, self.old)
-
 
 @dataclass
 class Services:
@@ -99,8 +94,14 @@ class Backend:
     def validate(self, diff: ConfigDiff) -> None:
         """Raise BackendError to refuse a change. Must not change anything."""
 
+    def prepare(self, diff: ConfigDiff, writes) -> None:
+        """Stage the files the change rewrites in writes (a datastore.Writes); the server
+        renames them in with the datastore's own file once every write is ready.
+        Raise BackendError to refuse. Must change nothing else."""
+
     def apply(self, diff: ConfigDiff) -> None:
-        """Make the change real. Raise BackendError to fail the commit."""
+        """Make the change live, once its files are in place. Must not fail: whatever
+        can fail belongs in validate or prepare."""
 
     def protect_secrets(self, tree) -> None:
         """Replace, in place, the clear-text secrets an edit brought into tree (any

@@ -13,11 +13,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .datastore import atomic_write
+from .datastore import Writes
 from .errors import RpcError
 
 log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT = 600
+RETRY_DELAY = 10.0  # seconds before a rollback the disk refused is tried again
 
 
 @dataclass
@@ -30,7 +31,8 @@ class Pending:
 
 class ConfirmedCommit:
     def __init__(self, state_path: Path | None, rollback):
-        """rollback(backup_xml, reason) restores running; called on timeout or session end."""
+        """rollback(backup_xml, reason, writes) restores running, committing writes with it;
+        called on timeout, session end or restart. It raises RpcError when refused."""
         self.path = state_path
         self._rollback = rollback
         self.pending: Pending | None = None
@@ -54,24 +56,30 @@ class ConfirmedCommit:
         elif session_id != p.session_id:
             raise RpcError("in-use", f"a confirmed commit by session {p.session_id} is pending")
 
-    def begin(self, backup_xml: str | None, session_id: int, timeout: int, persist: str | None) -> None:
-        """A confirmed commit: start, or extend the pending one (keeping its backup)."""
-        if self.pending is None:
-            self.pending = Pending(backup_xml or "", 0.0, session_id, persist)
-        else:
-            self.pending.persist = persist
-            self.pending.session_id = session_id
-        self.pending.deadline = time.time() + timeout
-        self._arm()
-        self._save()
+    def stage_begin(self, backup_xml: str | None, session_id: int, timeout: int, persist: str | None,
+                    writes: Writes) -> Pending:
+        """The state a confirmed commit starts, or extends the pending one to (keeping its
+        backup), staged in writes; it goes live with start() once the commit is through."""
+        p = self.pending
+        nxt = Pending(p.backup_xml if p is not None else backup_xml or "", time.time() + timeout, session_id,
+                      persist)
+        if self.path is not None:
+            writes.write(self.path, json.dumps({"backup": nxt.backup_xml, "deadline": nxt.deadline,
+                                                "persist": nxt.persist}).encode(), "the confirmed-commit state")
+        return nxt
 
-    def confirm(self) -> None:
-        self._clear()
+    def start(self, pending: Pending) -> None:
+        self.pending = pending
+        self._arm(pending.deadline - time.time())
 
-    def cancel(self) -> str:
-        backup = self.pending.backup_xml
+    def stage_end(self, writes: Writes) -> None:
+        """Stage the removal of the saved state: the commit that confirms or rolls back takes it along."""
+        if self.path is not None:
+            writes.remove(self.path, "the confirmed-commit state")
+
+    def end(self) -> None:
+        """The pending commit was confirmed or rolled back (its file went with that commit)."""
         self._clear()
-        return backup
 
     def session_ended(self, session_id: int) -> None:
         p = self.pending
@@ -88,30 +96,29 @@ class ConfirmedCommit:
         if self.pending.persist is None:
             self._fire("restart")
         else:
-            self._arm()
+            self._arm(self.pending.deadline - time.time())
 
     # -- internals -----------------------------------------------------------
-    def _arm(self) -> None:
+    def _arm(self, delay: float, reason: str = "timeout") -> None:
         if self._timer is not None:
             self._timer.cancel()
-        delay = max(0.0, self.pending.deadline - time.time())
-        self._timer = asyncio.get_event_loop().call_later(delay, self._fire, "timeout")
+        self._timer = asyncio.get_event_loop().call_later(max(0.0, delay), self._fire, reason)
 
     def _fire(self, reason: str) -> None:
-        backup = self.pending.backup_xml
+        writes = Writes()
+        self.stage_end(writes)
+        try:
+            self._rollback(self.pending.backup_xml, reason, writes)
+        except RpcError as exc:
+            # still pending, on disk too: a restart rolls back as well
+            log.error("confirmed commit: cannot roll back (%s), trying again in %g s: %s", reason, RETRY_DELAY,
+                      exc.message)
+            self._arm(RETRY_DELAY, reason)
+            return
         self._clear()
-        self._rollback(backup, reason)
 
     def _clear(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         self.pending = None
-        if self.path is not None and self.path.exists():
-            self.path.unlink()
-
-    def _save(self) -> None:
-        if self.path is not None:
-            p = self.pending
-            atomic_write(self.path, json.dumps(
-                {"backup": p.backup_xml, "deadline": p.deadline, "persist": p.persist}).encode())

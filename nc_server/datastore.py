@@ -6,12 +6,17 @@ inserts a new first sibling, so the tree operations here work on the raw
 """
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
 
 import libyang
 from _libyang import ffi, lib
+
+from .errors import StorageError
+
+log = logging.getLogger(__name__)
 
 Tree = libyang.DNode | None
 
@@ -104,27 +109,102 @@ def data_path(node) -> str:
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """temp file + fsync + rename + directory fsync: old or new content, never a mix."""
+    """temp file + fsync + rename + directory fsync: old or new content, never a mix.
+    Raises OSError; then the file is as it was and no temp file is left."""
+    tmp = _stage(path, data, mode)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        _drop(tmp)
+        raise
+    _sync_dir(path.parent)
+
+
+def _stage(path: Path, data: bytes, mode: int) -> str:
+    """A synced temp file beside path holding data: where a full or read-only disk shows."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        _drop(tmp)
         raise
-    dfd = os.open(path.parent, os.O_RDONLY)
+    return tmp
+
+
+def _drop(tmp: str) -> None:
     try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("cannot remove the temp file %s: %s", tmp, exc.strerror)
+
+
+def _sync_dir(directory: Path) -> None:
+    """After the rename the file holds the new content, which is what memory must match:
+    a failed directory sync only risks the rename at a power loss, so it is logged, not raised."""
+    try:
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError as exc:
+        log.warning("cannot sync the directory %s: %s", directory, exc.strerror)
+
+
+class Writes:
+    """Files replaced together. write() puts each new content in a synced temp file beside
+    its file, where a full or read-only disk shows; commit() then renames them all in
+    (no renaming needs space). A failure before commit() leaves every file as it was."""
+
+    def __init__(self):
+        self._staged: list[tuple[Path, str, str]] = []  # (file, temp file, what it holds)
+        self._removed: list[tuple[Path, str]] = []
+
+    def write(self, path: Path, data: bytes, what: str, mode: int = 0o600) -> None:
+        """Stage path's new content; `what` names it in the StorageError a failure raises."""
+        try:
+            self._staged.append((path, _stage(path, data, mode), what))
+        except OSError as exc:
+            raise StorageError(what, exc) from None
+
+    def remove(self, path: Path, what: str) -> None:
+        self._removed.append((path, what))
+
+    def commit(self) -> None:
+        dirs = set()
+        try:
+            while self._staged:
+                path, tmp, what = self._staged[0]
+                try:
+                    os.replace(tmp, path)
+                except OSError as exc:
+                    raise StorageError(what, exc) from None
+                self._staged.pop(0)
+                dirs.add(path.parent)
+            while self._removed:
+                path, what = self._removed[0]
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError as exc:
+                    raise StorageError(what, exc) from None
+                self._removed.pop(0)
+                dirs.add(path.parent)
+        finally:
+            self.discard()
+            for d in dirs:
+                _sync_dir(d)
+
+    def discard(self) -> None:
+        for _path, tmp, _what in self._staged:
+            _drop(tmp)
+        self._staged, self._removed = [], []
 
 
 class Datastore:
@@ -141,15 +221,20 @@ class Datastore:
         self.replace(parse_config(self.ctx, xml, validate_now=True))
 
     def replace(self, tree: Tree, *, persist: bool = False) -> None:
+        """Make tree the content; with persist it is written first, and a failed
+        write (StorageError) leaves the datastore as it was."""
+        if persist:
+            writes = Writes()
+            self.stage(tree, writes)
+            writes.commit()
         old, self.tree = self.tree, tree
         if old is not None and (tree is None or old.cdata != tree.cdata):
             free(old)
-        if persist:
-            self.persist()
 
     def copy(self) -> Tree:
         return duplicate(self.tree)
 
-    def persist(self) -> None:
+    def stage(self, tree: Tree, writes: Writes) -> None:
+        """Stage tree as the datastore's file (nothing for one kept in memory only)."""
         if self.path is not None:
-            atomic_write(self.path, to_xml(self.tree).encode())
+            writes.write(self.path, to_xml(tree).encode(), f"the {self.name} configuration")

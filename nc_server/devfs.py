@@ -19,7 +19,7 @@ _DEVICE_PATH = re.compile(r"^/?([A-Za-z0-9_-]+:)/?(.*)$", re.S)
 
 class DevFSError(Exception):
     """code is a stable error-app-tag: bad-device-path, path-escape, file-not-found,
-    not-a-file or file-too-large."""
+    not-a-file, file-too-large or storage-failed."""
 
     def __init__(self, code: str, message: str):
         super().__init__(message)
@@ -29,7 +29,7 @@ class DevFSError(Exception):
     @property
     def tag(self) -> str:
         """The RFC 6241 error-tag for this failure."""
-        return "data-missing" if self.code == "file-not-found" else "invalid-value"
+        return {"file-not-found": "data-missing", "storage-failed": "operation-failed"}.get(self.code, "invalid-value")
 
 
 class DeviceFS:
@@ -88,7 +88,10 @@ class DeviceFS:
         real = self.resolve(path)
         if real.is_dir():
             raise DevFSError("not-a-file", f"{path!r} is a directory")
-        atomic_write(real, data, mode=0o644)
+        try:
+            atomic_write(real, data, mode=0o644)
+        except OSError as exc:
+            raise DevFSError("storage-failed", f"cannot write {path!r}: {exc.strerror}") from None
 
 
 def sftp_factory(devfs: DeviceFS):

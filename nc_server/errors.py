@@ -86,6 +86,14 @@ class RpcError(Exception):
         return f"RpcError({self.tag!r}, {self.message!r}, app_tag={self.app_tag!r}, path={self.path!r})"
 
 
+class StorageError(RpcError):
+    """A state file could not be written (a full or read-only disk): the change was
+    refused and nothing of it is live."""
+
+    def __init__(self, what: str, exc: OSError):
+        super().__init__("operation-failed", f"cannot write {what}: {exc.strerror or exc}", app_tag="storage-failed")
+
+
 # a module-name prefix in a libyang path, outside quoted key values
 _PREFIX = re.compile(r"(?<![\w.'\"-])([A-Za-z_][\w.-]*):(?=[A-Za-z_*])")
 

@@ -3,7 +3,8 @@ kept in step with the user file SSH logins read (users.json).
 
 - A password given in clear as `$0$...` is hashed (SHA-512-crypt) as soon as an
   edit arrives, for every datastore, so no clear text is ever stored or returned.
-- A commit to running rewrites users.json (the change applies to the next login).
+- A commit to running rewrites users.json with running.xml, both or neither (the change
+  applies to the next login).
   A user whose entry has no password keeps the hash users.json has, such as the
   scrypt hash of the first-start admin, which is not a crypt-hash and so is never
   shown in the configuration.
@@ -103,13 +104,12 @@ class LocalUsers(Backend):
                 raise BackendError(str(exc), app_tag="bad-user-name", tag="invalid-value",
                                    path=f"{USERS}[name='{name}']") from None
 
+    def prepare(self, diff: ConfigDiff, writes) -> None:
+        self.users.replace_all(_users(diff.new), writes)
+
     def apply(self, diff: ConfigDiff) -> None:
-        wanted = _users(diff.new)
-        try:
-            self.users.replace_all(wanted)
-        except OSError as exc:
-            raise BackendError(f"cannot write the user file: {exc.strerror}", app_tag="user-file-write-failed")
-        log.info("local users now: %s", ", ".join(sorted(wanted)) or "none")
+        # the user file is in place: the next login reads it
+        log.info("local users now: %s", ", ".join(sorted(_users(diff.new))) or "none")
 
     def stored_config(self) -> str:
         """The user list as configuration, from users.json."""

@@ -355,17 +355,21 @@ def commit(session, op):
         timeout = int(text)
     server.confirmed.check_access(session.id, persist_id, "commit")
     pending = server.confirmed.pending is not None
-    backup = None
-    if confirmed and not pending:
-        backup = datastore.to_xml(server.running.tree)
-    server.commit_tree(server.candidate.copy(), server.running, session)
+    # the confirmed-commit state changes on disk with running, in one commit
+    writes = datastore.Writes()
+    if confirmed:
+        backup = None if pending else datastore.to_xml(server.running.tree)
+        persist = _text(params["persist"]) if "persist" in params else None
+        next_pending = server.confirmed.stage_begin(backup, session.id, timeout, persist, writes)
+    elif pending:
+        server.confirmed.stage_end(writes)
+    server.commit_tree(server.candidate.copy(), server.running, session, writes)
     server.candidate_dirty = False
     if confirmed:
-        persist = _text(params["persist"]) if "persist" in params else None
-        server.confirmed.begin(backup, session.id, timeout, persist)
+        server.confirmed.start(next_pending)
         server.notify(notifications.confirmed_commit(session, "extend" if pending else "start", timeout))
     elif pending:
-        server.confirmed.confirm()
+        server.confirmed.end()
         server.notify(notifications.confirmed_commit(session, "complete", None))
     return None
 
@@ -376,10 +380,12 @@ def cancel_commit(session, op):
     if server.confirmed.pending is None:
         raise RpcError("operation-failed", "no confirmed commit is pending", type="protocol")
     server.confirmed.check_access(session.id, _text(params.get("persist-id")), "cancel-commit")
-    backup = server.confirmed.cancel()
+    writes = datastore.Writes()
+    server.confirmed.stage_end(writes)
+    tree = datastore.parse_config(server.ctx, server.confirmed.pending.backup_xml, validate_now=False)
+    server.commit_tree(tree, server.running, session, writes)
+    server.confirmed.end()
     server.notify(notifications.confirmed_commit(session, "cancel", None))
-    tree = datastore.parse_config(server.ctx, backup, validate_now=False)
-    server.commit_tree(tree, server.running, session)
     server.discard_candidate()
     return None
 

@@ -133,15 +133,17 @@ class Server:
         if errors:
             datastore.free(tree)
             raise errors[0]
-        self.running.replace(self.validate_tree(tree), persist=True)
+        tree = self.validate_tree(tree)
+        # nothing new, nothing written: a start on a full or read-only disk still serves
+        self.running.replace(tree, persist=bool(self._changes(self.running.tree, tree)))
 
     def restore_confirmed(self) -> None:
         self.confirmed.restore()
 
     def close(self) -> None:
+        # running is on disk already: every change is written before it goes live
         for b in self.backends:
             b.close()
-        self.running.persist()
 
     def new_session_id(self) -> int:
         sid = self._next_sid
@@ -200,27 +202,40 @@ class Server:
             datastore.free(diff)
         return changes
 
-    def commit_tree(self, new: datastore.Tree, target: datastore.Datastore, session=None) -> None:
-        """The config pipeline: validate, backends validate + apply, then swap, persist
-        and announce (netconf-config-change, by `session` or else the server).
+    def commit_tree(self, new: datastore.Tree, target: datastore.Datastore, session=None,
+                    writes: datastore.Writes | None = None) -> None:
+        """The config pipeline: validate, backends validate; then every file the change
+        rewrites (target's, the backends', any the caller staged in `writes`) is written
+        aside and, once all are written, renamed in; only then the change goes live:
+        backends apply, swap, and announce (netconf-config-change, by `session` or else
+        the server).
 
-        `new` is consumed. If anything refuses, `target` is unchanged."""
+        `new` is consumed. If anything refuses, nothing changed, on disk or in memory."""
+        writes = writes or datastore.Writes()
+        touched = []
         try:
             new = self.validate_tree(new)
             changes = self._changes(target.tree, new)
+            diff = ConfigDiff(changes, target.tree, new)
             if target is self.running:
-                diff = ConfigDiff(changes, self.running.tree, new)
-                for b in self.backends:
-                    if _touches(b, diff):
-                        b.validate(diff)
-                self._apply_to_backends(diff)
+                touched = [b for b in self.backends if _touches(b, diff)]
+                for b in touched:
+                    b.validate(diff)
+                for b in touched:
+                    b.prepare(diff, writes)
+            target.stage(new, writes)
+            writes.commit()
         except BackendError as exc:
+            writes.discard()
             datastore.free(new)
             raise RpcError(exc.tag, exc.message, app_tag=exc.app_tag, path=exc.path) from None
         except BaseException:
+            writes.discard()
             datastore.free(new)
             raise
-        target.replace(new, persist=True)
+        for b in touched:
+            b.apply(diff)
+        target.replace(new)
         if changes:
             edits = []
             for path, op in notifications.summarize([(c.path, c.op) for c in changes]):
@@ -242,27 +257,25 @@ class Server:
         self.notifications.publish(body)
 
     def _apply_to_backends(self, diff: ConfigDiff) -> None:
-        done = []
-        for b in self.backends:
-            if not _touches(b, diff):
-                continue
-            try:
-                b.apply(diff)
-            except BackendError:
-                for prev in reversed(done):
-                    try:
-                        prev.apply(diff.reversed())
-                    except Exception:
-                        log.exception("backend %s could not undo an applied change", prev.name)
-                raise
-            done.append(b)
+        """At start: bring the backends' files and state in line with running."""
+        touched = [b for b in self.backends if _touches(b, diff)]
+        writes = datastore.Writes()
+        try:
+            for b in touched:
+                b.prepare(diff, writes)
+            writes.commit()
+        except BaseException:
+            writes.discard()
+            raise
+        for b in touched:
+            b.apply(diff)
 
-    def _confirmed_rollback(self, backup_xml: str, reason: str) -> None:
+    def _confirmed_rollback(self, backup_xml: str, reason: str, writes: datastore.Writes) -> None:
+        tree = datastore.parse_config(self.ctx, backup_xml, validate_now=False)
+        self.commit_tree(tree, self.running, writes=writes)
         log.warning("confirmed commit rolled back (%s)", reason)
         if reason in ("timeout", "session-end"):
             self.notify(notifications.confirmed_commit(None, "timeout" if reason == "timeout" else "cancel", None))
-        tree = datastore.parse_config(self.ctx, backup_xml, validate_now=False)
-        self.commit_tree(tree, self.running)
         if not self.candidate_dirty:
             self.candidate.replace(self.running.copy())
 

@@ -181,8 +181,17 @@ class UserDB:
         except (OSError, ValueError) as exc:
             log.error("cannot read %s, keeping the users loaded before: %s", self.path, exc)
 
+    def _encode(self, users: dict[str, dict]) -> bytes:
+        return json.dumps({"users": users}, indent=2).encode()
+
     def _save(self) -> None:
-        atomic_write(self.path, json.dumps({"users": self._users}, indent=2).encode(), mode=0o600)
+        try:
+            atomic_write(self.path, self._encode(self._users), mode=0o600)
+        except OSError:
+            # the unsaved change must not stay live: back to the file (nobody, if it cannot be read)
+            self._users, self._stamp = {}, None
+            self._fresh()
+            raise
         self._stamp = None
         self.load()
 
@@ -207,8 +216,9 @@ class UserDB:
         self._fresh()
         return dict(self._users.get(name) or {})
 
-    def replace_all(self, wanted: dict[str, dict]) -> None:
-        """Set the whole user list; a user given no password keeps the hash it has."""
+    def replace_all(self, wanted: dict[str, dict], writes) -> None:
+        """Stage the whole user list in writes (a datastore.Writes); a user given no password
+        keeps the hash it has. The list is live once the file is renamed in."""
         self._fresh()
         users = {}
         for name, new in wanted.items():
@@ -216,8 +226,8 @@ class UserDB:
             if password is None:
                 password = (self._users.get(name) or {}).get("password")
             users[name] = {"password": password, "authorized-keys": list(new.get("authorized-keys", []))}
-        self._users = users
-        self._save()
+        if users != self._users:
+            writes.write(self.path, self._encode(users), "the user list")
 
     def remove_user(self, name: str) -> None:
         self._fresh()

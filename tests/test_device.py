@@ -79,7 +79,8 @@ def test_failing_apply_hook_leaves_running_unchanged(fresh_server):
                 m.edit_config(target="running", config=f'<config xmlns="{NC}"><device xmlns="{DEV}"><system>'
                                                        "<hostname>after</hostname></system></device></config>")
             assert exc.value.tag == "operation-failed"
-            assert exc.value.app_tag == "profile-write-failed"
+            assert exc.value.app_tag == "storage-failed"
+            assert exc.value.message.startswith("cannot write the device profile: ")
             data = etree.fromstring(m.get_config(source="running").data_xml.encode())
             assert data.findtext(f".//{{{DEV}}}hostname") == "before"
         finally:

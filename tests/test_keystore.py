@@ -395,7 +395,7 @@ def test_failed_index_write_keeps_old_key(store: Keystore, store_dir: Path, monk
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", broken)
-    with expect("keystore-write-failed"):
+    with expect("storage-failed"):
         store.generate_rsa("k", 2048, now=LATER)
     monkeypatch.undo()
     assert store.find("rsa", "k") == [old]
@@ -499,3 +499,39 @@ def test_reprs_hold_no_private_material(store: Keystore, store_dir: Path):
     pem = file_of(store_dir, "rsa", "r").read_text().splitlines()[1]
     assert pem not in repr(k) and pem not in repr(store.keys())
     assert "public_der" not in repr(k)
+
+
+def test_failed_directory_sync_after_the_index_is_replaced_keeps_the_new_key(store: Keystore, store_dir: Path,
+                                                                               monkeypatch):
+    """Once the index names the new key, its file must stay: the sync failure is only logged."""
+    real = ks_mod._fsync_dir
+    calls = []
+
+    def flaky(directory):
+        calls.append(directory)
+        if len(calls) == 2:  # the sync after the index rename
+            raise OSError(5, "Input/output error")
+        real(directory)
+    monkeypatch.setattr(ks_mod, "_fsync_dir", flaky)
+    (info,) = store.generate_rsa("k", 2048, now=NOW)
+    monkeypatch.undo()
+    assert len(calls) == 2
+    assert Keystore(store_dir).find("rsa", "k") == [info]
+    assert Keystore(store_dir).private_key("rsa", "k").public_key().public_numbers() == \
+        store.private_key("rsa", "k").public_key().public_numbers()
+
+
+def test_failed_key_file_write_leaves_no_part_of_it(store: Keystore, store_dir: Path, monkeypatch):
+    real_write = os.write
+
+    def short(fd, data):
+        if bytes(data[:10]) != b"-----BEGIN":  # the erasing overwrite goes through
+            return real_write(fd, data)
+        real_write(fd, data[:100])  # a part of the key reaches the disk, then the disk is full
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(os, "write", short)
+    with expect("storage-failed"):
+        store.generate_ed25519("e", now=NOW)
+    monkeypatch.undo()
+    assert key_files(store_dir) == []
+    assert store.keys() == []

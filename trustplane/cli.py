@@ -19,6 +19,7 @@ from backends.device.profile import ProfileError, init_state_dir
 from backends.engine.voucher import VoucherError, parse_datetime
 from nc_server.backend import Services, registered
 from nc_server.devfs import DeviceFS
+from nc_server.errors import StorageError
 from nc_server.local_users import LocalUsers
 from nc_server.server import Limits, Server
 from nc_server.ssh import listen
@@ -118,6 +119,9 @@ def user_command(args) -> int:
     except ValueError as exc:
         print(f"trustplane: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"trustplane: cannot write {users.path}: {exc.strerror}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -194,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     except ProfileError as exc:
         print(f"trustplane: {exc}", file=sys.stderr)
         return 2
+    except StorageError as exc:  # a start that has to record something, on a full or read-only disk
+        print(f"trustplane: {exc.message}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

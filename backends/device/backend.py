@@ -1,14 +1,15 @@
 """The device backend: inventory state from the device profile, and the host/domain name config."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 
 from cryptography.hazmat.primitives import serialization
 
-from nc_server.backend import Backend, BackendError, ConfigDiff, Services, read_device_file, register, xml_text
+from nc_server.backend import Backend, ConfigDiff, Services, read_device_file, register, xml_text
 
-from .profile import Profile, load_profile, save_profile
+from .profile import Profile, load_profile, profile_bytes
 
 log = logging.getLogger(__name__)
 
@@ -65,20 +66,23 @@ class DeviceBackend(Backend):
         return (f'<path xmlns="{NS}">{xml_text(canonical)}</path><size xmlns="{NS}">{len(data)}</size>'
                 f'<checksum xmlns="{NS}">{digest}</checksum>')
 
+    def prepare(self, diff: ConfigDiff, writes) -> None:
+        names = _names(diff.new)
+        if names != (self.profile.hostname, self.profile.domain_name):
+            new = dataclasses.replace(self.profile, hostname=names[0], domain_name=names[1])
+            writes.write(self.profile.path, profile_bytes(new), "the device profile", mode=0o644)
+
     def apply(self, diff: ConfigDiff) -> None:
-        hostname = _leaf(diff.new, f"{SYSTEM}/hostname") or DEFAULT_HOSTNAME
-        domain = _leaf(diff.new, f"{SYSTEM}/domain-name") or ""
+        hostname, domain = _names(diff.new)
         if (hostname, domain) == (self.profile.hostname, self.profile.domain_name):
             return
-        old = (self.profile.hostname, self.profile.domain_name)
         self.profile.hostname, self.profile.domain_name = hostname, domain
-        try:
-            save_profile(self.profile)
-        except OSError as exc:
-            self.profile.hostname, self.profile.domain_name = old
-            raise BackendError(f"cannot record the host name in the device profile: {exc.strerror}",
-                               app_tag="profile-write-failed") from None
         log.info("hostname is now %s%s", hostname, f".{domain}" if domain else "")
+
+
+def _names(tree) -> tuple[str, str]:
+    """The host and domain names a configuration gives."""
+    return _leaf(tree, f"{SYSTEM}/hostname") or DEFAULT_HOSTNAME, _leaf(tree, f"{SYSTEM}/domain-name") or ""
 
 
 def _leaf(tree, path: str) -> str | None:

@@ -197,6 +197,11 @@ def load_profile(state_dir: Path) -> Profile:
 
 
 def save_profile(profile: Profile) -> None:
+    atomic_write(profile.path, profile_bytes(profile), mode=0o644)
+
+
+def profile_bytes(profile: Profile) -> bytes:
+    """The profile file's content for profile."""
     root = profile.path.parent
     data = {
         "hostname": profile.hostname,
@@ -209,7 +214,7 @@ def save_profile(profile: Profile) -> None:
     }
     if profile.package_key_entries:
         data["package-signing-keys"] = profile.package_key_entries
-    atomic_write(profile.path, (json.dumps(data, indent=2) + "\n").encode(), mode=0o644)
+    return (json.dumps(data, indent=2) + "\n").encode()
 
 
 def _lab_ca(lab_dir: Path, now: datetime):

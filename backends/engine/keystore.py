@@ -66,7 +66,7 @@ _TMP_RE = re.compile(r"^\.index\.json\.[0-9a-f]{16}\.tmp$")
 
 class KeystoreError(EngineError):
     """Codes: weak-key, invalid-key-size, invalid-label, key-not-found, key-ambiguous,
-    key-import-invalid, keystore-full, keystore-write-failed, keystore-corrupt."""
+    key-import-invalid, keystore-full, storage-failed (a full or read-only disk), keystore-corrupt."""
 
 
 def _err(code: str, message: str) -> KeystoreError:
@@ -198,10 +198,10 @@ class Keystore:
         self._lock = threading.Lock()
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.chmod(self.directory, 0o700)
+            if os.stat(self.directory).st_mode & 0o777 != 0o700:  # a read-only disk allows no chmod
+                os.chmod(self.directory, 0o700)
         except OSError as exc:
-            raise _err("keystore-write-failed",
-                       f"cannot create the key store directory: {exc.strerror}") from None
+            raise _err("storage-failed", f"cannot write the key store: {exc.strerror}") from None
         self._records: dict[tuple, _Record] = self._load()
         self._sweep()
 
@@ -354,8 +354,8 @@ class Keystore:
         try:
             _write_new(path, pem)
         except OSError as exc:
-            raise _err("keystore-write-failed",
-                       f"cannot write a key file: {exc.strerror}") from None
+            self._erase_files([_Record(info, name)])  # a part of a private key must not stay behind
+            raise _err("storage-failed", f"cannot write the key store: {exc.strerror}") from None
         return _Record(info, name)
 
     def _commit(self, new: list[_Record], replaces) -> None:
@@ -372,8 +372,7 @@ class Keystore:
                 try:
                     _fsync_dir(self.directory)   # the new key files' directory entries
                 except OSError as exc:
-                    raise _err("keystore-write-failed",
-                               f"cannot sync the key store: {exc.strerror}") from None
+                    raise _err("storage-failed", f"cannot write the key store: {exc.strerror}") from None
                 self._write_index(merged)
                 self._records = merged
                 committed = True
@@ -413,14 +412,18 @@ class Keystore:
         try:
             _write_new(tmp, data)
             os.replace(tmp, self.directory / INDEX_NAME)
-            _fsync_dir(self.directory)
         except OSError as exc:
             try:
                 os.unlink(tmp)
             except OSError:
                 pass
-            raise _err("keystore-write-failed",
-                       f"cannot write the key store index: {exc.strerror}") from None
+            raise _err("storage-failed", f"cannot write the key store: {exc.strerror}") from None
+        try:
+            _fsync_dir(self.directory)
+        except OSError as exc:
+            # the index is replaced and names the new files: the change stands, only its
+            # durability at a power loss is in doubt
+            log.warning("cannot sync the key store directory: %s", exc.strerror)
 
     def _load(self) -> dict[tuple, _Record]:
         path = self.directory / INDEX_NAME

@@ -597,14 +597,21 @@ class PkiBackend(Backend):
                 done = await self._poll_once(tp, rec, pending)
             except BackendError as exc:
                 log.error("trustpoint %s: enrollment failed: %s", name, exc.message)
-                await self._drop_pending(name)
+                await self._abandon(name)
                 return
             if done:
                 return
             log.info("trustpoint %s: still pending at the CA (poll %d of %d)", name, attempt, tp.retry_count)
         log.error("trustpoint %s: the CA did not issue the certificate after %d polls; enrollment abandoned", name,
                   tp.retry_count)
-        await self._drop_pending(name)
+        await self._abandon(name)
+
+    async def _abandon(self, name: str) -> None:
+        """Drop a pending enrollment from the background, where a failure can only be logged."""
+        try:
+            await self._drop_pending(name)
+        except BackendError as exc:
+            log.error("trustpoint %s: %s; the pending enrollment stays recorded", name, exc.message)
 
     async def _poll_once(self, tp, rec, pending: dict) -> bool:
         cacerts = self._cacerts(rec)
@@ -851,7 +858,13 @@ class PkiBackend(Backend):
         async with self.lock:
             state = self.store.copy()
             state["trustpool"].update({"last-attempt": now.isoformat(), "last-error": error})
-            self.store.commit(state)
+            try:
+                self.store.commit(state)
+                return
+            except BackendError as exc:
+                log.error("trustpool: %s", exc.message)
+        # the attempt is not recorded, and the loop would try again at once
+        await self._sleep("trustpool", HOUR)
 
     def _changed(self) -> None:
         """Configuration, keys or certificates changed: the timers look again."""

@@ -32,5 +32,5 @@ class PkiStore:
         try:
             atomic_write(self.path, json.dumps(data, indent=1).encode(), mode=0o600)
         except OSError as exc:
-            raise BackendError(f"cannot record the PKI state: {exc.strerror}", app_tag="pki-write-failed") from None
+            raise BackendError(f"cannot write the PKI state: {exc.strerror}", app_tag="storage-failed") from None
         self.data = data
