@@ -464,3 +464,17 @@ def test_abandoned_enrollment_survives_a_refused_write(pki, caplog):
     asyncio.run(main())
     assert (f"trustpoint tp: cannot write the PKI state: {os.strerror(errno.ENOSPC)}; the pending enrollment "
             "stays recorded") in caplog.text
+
+
+def test_type6_master_key_refused_then_made(disk, m):
+    """The master key is made when the first secret is configured; a disk that refuses it
+    leaves no key, or part of one, behind."""
+    tp = (f'<crypto xmlns="http://cisco.com/ns/yang/Cisco-IOS-XR-um-crypto-cfg"><ca><trustpoint><trustpoints>'
+          "<trustpoint><trustpoint-name>t6</trustpoint-name><challenge-password><password6>pw</password6>"
+          "</challenge-password></trustpoint></trustpoints></trustpoint></ca></crypto>")
+    for how in HOWS:
+        with disk.broken(how) as code:
+            refused("the type 6 master key", code, m.edit_config, target="running", config=cfg(tp))
+        assert not (disk.path / "type6.key").exists()
+    m.edit_config(target="running", config=cfg(tp))
+    assert len((disk.path / "type6.key").read_bytes()) == 32

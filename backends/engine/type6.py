@@ -47,16 +47,28 @@ class Type6:
         try:
             key = self.key_path.read_bytes()
         except FileNotFoundError:
-            key = secrets.token_bytes(_KEY)
-            self.key_path.parent.mkdir(parents=True, exist_ok=True)
+            key = self._make_key()
+        if len(key) != _KEY:
+            raise Type6Error("type6-key-invalid", f"the type 6 master key {self.key_path.name} is damaged",
+                             tag="operation-failed")
+        return key
+
+    def _make_key(self) -> bytes:
+        key = secrets.token_bytes(_KEY)
+        try:
             fd = os.open(self.key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise Type6Error("storage-failed", f"cannot write the type 6 master key: {exc.strerror}",
+                             tag="operation-failed") from None
+        try:
             with os.fdopen(fd, "wb") as f:
                 f.write(key)
                 f.flush()
                 os.fsync(f.fileno())
-        if len(key) != _KEY:
-            raise Type6Error("type6-key-invalid", f"the type 6 master key {self.key_path.name} is damaged",
-                             tag="operation-failed")
+        except OSError as exc:
+            self.key_path.unlink(missing_ok=True)  # a partial key would make every value undecryptable
+            raise Type6Error("storage-failed", f"cannot write the type 6 master key: {exc.strerror}",
+                             tag="operation-failed") from None
         return key
 
     def encrypt(self, clear: str) -> str:
