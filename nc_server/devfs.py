@@ -400,6 +400,9 @@ def sftp_factory(devfs: DeviceFS):
             replaced = os.lstat(new) if os.path.lexists(new) else None
             if replaced is not None:
                 self._entry(newpath, "update")
+                moved = os.lstat(old)
+                if (moved.st_dev, moved.st_ino) == (replaced.st_dev, replaced.st_ino):
+                    return  # onto itself: nothing happens, nothing is freed
             os.replace(old, new)
             if replaced is not None:
                 devfs.adjust(-_counted_size(replaced), -1)
