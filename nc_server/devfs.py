@@ -317,9 +317,13 @@ def sftp_factory(devfs: DeviceFS):
             grow = max(0, (size if file_obj.mode.startswith("a") else offset) + len(data) - size)
             self._charge(grow)
             try:
-                return super().write(file_obj, offset, data)
-            finally:
+                written = super().write(file_obj, offset, data)
+            except BaseException:
                 devfs.adjust(os.fstat(fd).st_size - size - grow)
+                raise
+            if written != len(data):  # short: count what the file grew by
+                devfs.adjust(os.fstat(fd).st_size - size - grow)
+            return written
 
         def fsetstat(self, file_obj, attrs):
             _refuse_attrs(attrs)
