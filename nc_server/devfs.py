@@ -3,7 +3,9 @@ directory, one resolver for device paths, and the SFTP/SCP view of them."""
 from __future__ import annotations
 
 import os
+import posixpath
 import re
+import secrets
 import stat
 import threading
 from pathlib import Path
@@ -219,6 +221,8 @@ def sftp_factory(devfs: DeviceFS):
             super().__init__(chan, chroot=root)
             self._user = chan.get_extra_info("username")
             self._roots: dict[object, str] = {}  # open file -> its root
+            self._replacing: dict[object, tuple[bytes, bytes]] = {}  # open file -> (its temp file, the target)
+            self._failed: set[object] = set()  # replacements a write failed in
 
         def map_path(self, path: bytes) -> bytes:
             return self._locate(path)[0]
@@ -289,7 +293,8 @@ def sftp_factory(devfs: DeviceFS):
             if pflags & asyncssh.FXF_READ:
                 self._checked(path, "read")
             self._checked(path, "update" if exists else "create")
-            old = os.stat(mapped).st_size if exists and pflags & asyncssh.FXF_TRUNC else 0
+            if exists and pflags & asyncssh.FXF_TRUNC and not pflags & asyncssh.FXF_EXCL and os.path.isfile(mapped):
+                return self._open_replacement(path, mapped, pflags, attrs)
             new = int(not exists and bool(pflags & asyncssh.FXF_CREAT))
             self._charge(0, new)
             try:
@@ -297,7 +302,19 @@ def sftp_factory(devfs: DeviceFS):
             except BaseException:
                 devfs.adjust(0, -new)
                 raise
-            devfs.adjust(-old)
+            return self._opened(f, path)
+
+        def _open_replacement(self, path: bytes, target: bytes, pflags: int, attrs):
+            """Truncating an existing file writes a new one beside it, which replaces it at
+            close unless a write failed: a refused or failed upload leaves the old file."""
+            temp = posixpath.join(posixpath.dirname(path), b".%s.part" % secrets.token_hex(8).encode())
+            self._charge(0, 1)
+            try:
+                f = super().open(temp, pflags | asyncssh.FXF_CREAT | asyncssh.FXF_EXCL, attrs)
+            except BaseException:
+                devfs.adjust(0, -1)
+                raise
+            self._replacing[f] = (self._locate(temp)[0], target)
             return self._opened(f, path)
 
         def open56(self, path, desired_access, flags, attrs):
@@ -309,9 +326,30 @@ def sftp_factory(devfs: DeviceFS):
 
         def close(self, file_obj):
             self._roots.pop(file_obj, None)
-            return super().close(file_obj)
+            super().close(file_obj)
+            temp, target = self._replacing.pop(file_obj, (None, None))
+            if temp is None:
+                return
+            if file_obj in self._failed:
+                self._failed.discard(file_obj)
+                size = os.lstat(temp).st_size
+                os.remove(temp)
+                devfs.adjust(-size, -1)
+            else:
+                replaced = os.lstat(target) if os.path.lexists(target) else None
+                os.replace(temp, target)
+                if replaced is not None:
+                    devfs.adjust(-_counted_size(replaced), -1)
 
         def write(self, file_obj, offset, data):
+            try:
+                return self._write(file_obj, offset, data)
+            except BaseException:
+                if file_obj in self._replacing:
+                    self._failed.add(file_obj)
+                raise
+
+        def _write(self, file_obj, offset, data):
             fd = file_obj.fileno()
             size = os.fstat(fd).st_size
             grow = max(0, (size if file_obj.mode.startswith("a") else offset) + len(data) - size)

@@ -426,10 +426,6 @@ def test_quota_refuses_growth_and_leaves_the_file_as_it_was(fs_server):
     async def renames(sftp):
         for alias in ("/harddisk:/other.bin", "/harddisk:/./other.bin"):  # onto itself frees nothing
             await sftp.posix_rename("/harddisk:/other.bin", alias)
-        async with sftp.open("/harddisk:/other.bin", "wb") as f:  # truncated: 100 bytes free again
-            with pytest.raises(asyncssh.SFTPFailure):
-                await f.write(b"o" * 101)
-            await f.write(b"o" * 100)
         await sftp.posix_rename("/harddisk:/other.bin", "/harddisk:/big.bin")  # replacing frees the old one
     run_sftp(fs_server, "admin", renames)
     state = fs_state(fs_server)
@@ -457,12 +453,47 @@ def test_file_count_limit(fs_server):
             await sftp.open("/harddisk:/many/one-more", "wb")
         async with refused(asyncssh.FX_FAILURE, limit):
             await sftp.mkdir("/harddisk:/many/dir")
-        async with sftp.open("/harddisk:/many/0", "wb") as f:  # an existing file is no new one
+        async with sftp.open("/harddisk:/many/0", "r+b") as f:  # an existing file is no new one
             await f.write(b"0")
+        async with refused(asyncssh.FX_FAILURE, limit):  # replacing one needs room for the new copy
+            await sftp.open("/harddisk:/many/0", "wb")
         await sftp.rmtree("/harddisk:/many")
     run_sftp(fs_server, "admin", body)
     assert not disk(fs_server, "harddisk:/many").exists()
     assert fs_state(fs_server)["used-files"] == state["used-files"]
+
+
+def test_a_refused_replacement_leaves_the_old_file(fs_server, tmp_path):
+    voucher = "/disk0:/ovs/voucher.vcj"
+
+    async def body(sftp):
+        async with sftp.open(voucher, "wb") as f:
+            await f.write(b"new start")
+            with pytest.raises(asyncssh.SFTPFailure):
+                await f.write(b"n" * QUOTA, 9)
+            await f.write(b" and more", 9)  # too late: this upload has failed
+            assert (await sftp.stat(voucher)).size == len(VOUCHER)  # the old file until the close
+        assert await sftp.listdir("/disk0:/ovs") == [".", "..", "voucher.vcj"]
+    run_sftp(fs_server, "admin", body)
+    assert disk(fs_server, "disk0:/ovs/voucher.vcj").read_bytes() == VOUCHER
+    src = tmp_path / "huge.vcj"
+    src.write_bytes(b"h" * QUOTA)
+    out = openssh(fs_server, "-O", str(src), "admin@127.0.0.1:disk0:/ovs/voucher.vcj")
+    assert out.returncode == 1 and b"the device filesystem quota of 65536 bytes would be exceeded" in out.stderr
+    assert disk(fs_server, "disk0:/ovs/voucher.vcj").read_bytes() == VOUCHER
+    assert sorted(os.listdir(disk(fs_server, "disk0:/ovs"))) == ["voucher.vcj"]
+    state = fs_state(fs_server)
+    assert (state["used-bytes"], state["used-files"]) == on_disk(fs_server)
+
+    async def replace(sftp):  # one that works replaces the file at its close
+        async with sftp.open("/disk0:/ovs/voucher.vcj", "wb") as f:
+            await f.write(b"replaced")
+        async with sftp.open("/disk0:/ovs/voucher.vcj", "wb") as f:
+            await f.write(VOUCHER)
+    run_sftp(fs_server, "writer", replace)
+    assert disk(fs_server, "disk0:/ovs/voucher.vcj").read_bytes() == VOUCHER
+    assert sorted(os.listdir(disk(fs_server, "disk0:/ovs"))) == ["voucher.vcj"]
+    assert (fs_state(fs_server)["used-bytes"], fs_state(fs_server)["used-files"]) == on_disk(fs_server)
 
 
 @pytest.mark.parametrize("op", [
