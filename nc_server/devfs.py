@@ -252,8 +252,8 @@ def sftp_factory(devfs: DeviceFS):
             try:
                 devfs.check_access(self._user, device, op)
             except DevFSError as exc:
-                if op in ("create", "update") and not devfs.authorize(self._user, device,
-                                                                       {"create": "update"}.get(op, "create")):
+                other = {"create": "update", "update": "create"}.get(op)
+                if other and not devfs.authorize(self._user, device, other):
                     # neither: say so without telling whether the file exists
                     raise asyncssh.SFTPPermissionDenied(f"write access to the files of {device} is denied") from None
                 raise _sftp_error(exc) from None
