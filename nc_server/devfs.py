@@ -191,21 +191,6 @@ def _counted_size(st: os.stat_result) -> int:
     return st.st_size if stat.S_ISREG(st.st_mode) else 0
 
 
-def _open56_flags(access: int, flags: int) -> int:
-    """SFTP v5/v6 open access and disposition as v3 open flags."""
-    pflags = asyncssh.FXF_READ if access & asyncssh.ACE4_READ_DATA else 0
-    if access & asyncssh.ACE4_WRITE_DATA:
-        pflags |= asyncssh.FXF_WRITE
-    if access & asyncssh.ACE4_APPEND_DATA or flags & asyncssh.FXF_APPEND_DATA:
-        pflags |= asyncssh.FXF_WRITE | asyncssh.FXF_APPEND
-    return pflags | {
-        asyncssh.FXF_CREATE_NEW: asyncssh.FXF_CREAT | asyncssh.FXF_EXCL,
-        asyncssh.FXF_CREATE_TRUNCATE: asyncssh.FXF_CREAT | asyncssh.FXF_TRUNC,
-        asyncssh.FXF_OPEN_OR_CREATE: asyncssh.FXF_CREAT,
-        asyncssh.FXF_TRUNCATE_EXISTING: asyncssh.FXF_TRUNC,
-    }.get(flags & asyncssh.FXF_ACCESS_DISPOSITION, 0)
-
-
 def sftp_factory(devfs: DeviceFS):
     """An asyncssh SFTP server class confined to the device filesystem (SCP uses it too).
 
@@ -318,7 +303,8 @@ def sftp_factory(devfs: DeviceFS):
             return self._opened(f, path)
 
         def open56(self, path, desired_access, flags, attrs):
-            return self.open(path, _open56_flags(desired_access, flags), attrs)
+            # only SFTP v5 and v6 open this way; the server speaks v3 (asyncssh's default)
+            raise asyncssh.SFTPOpUnsupported("SFTP v5 and v6 opens are not supported")
 
         def _opened(self, f, path: bytes):
             self._roots[f] = self._locate(path)[1]
