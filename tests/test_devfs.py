@@ -7,8 +7,14 @@ import shutil
 import stat
 import subprocess
 
+from datetime import datetime, timedelta, timezone
+
 import asyncssh
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from lxml import etree
 from ncclient.operations.rpc import RPCError
 
@@ -523,6 +529,44 @@ def test_operations_read_what_the_caller_may_read(fs_server):
         with pytest.raises(RPCError) as exc:
             rpc(m, f'<file-checksum xmlns="{DEV}"><path>disk0:/ovs/not-there</path></file-checksum>')
         assert exc.value.app_tag == "file-not-found"
+
+
+def self_signed_ca_pem() -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Files Root")])
+    now = datetime.now(timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(days=1))
+            .not_valid_after(now + timedelta(days=365))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def test_certificate_requests_are_written_as_the_caller(fs_server):
+    async def upload(sftp):
+        async with sftp.open("/disk0:/files-root.pem", "wb") as f:
+            await f.write(self_signed_ca_pem())
+    run_sftp(fs_server, "admin", upload)
+    act = "http://cisco.com/ns/yang/Cisco-IOS-XR-crypto-act"
+    with fs_server.connect() as m:
+        rpc(m, f'<key-generate-rsa xmlns="{act}"><key-label>fskey</key-label><key-modulus>2048</key-modulus>'
+               "</key-generate-rsa>")
+        m.edit_config(target="running", config=(
+            f'<config xmlns="{NC}"><crypto xmlns="http://cisco.com/ns/yang/Cisco-IOS-XR-um-crypto-cfg"><ca>'
+            "<trustpoint><trustpoints><trustpoint><trustpoint-name>fsca</trustpoint-name>"
+            "<enrollment><terminal/></enrollment><rsakeypair>fskey</rsakeypair><subject-name>CN=fs</subject-name>"
+            "</trustpoint></trustpoints></trustpoint></ca></crypto></config>"))
+        rpc(m, f'<ca-authenticate xmlns="{act}"><server-name>fsca</server-name>'
+               "<file-path>disk0:/files-root.pem</file-path></ca-authenticate>")
+    with fs_server.connect(username="checker", password="checker-pw") as m:
+        with pytest.raises(RPCError) as exc:
+            rpc(m, f'<ca-enroll xmlns="{act}"><server-name>fsca</server-name>'
+                   "<file-path>disk0:/fs.csr</file-path></ca-enroll>")
+    assert (exc.value.tag, exc.value.app_tag) == ("access-denied", "file-access-denied")
+    assert exc.value.message.strip() == "create access to the files of disk0: is denied"
+    assert not disk(fs_server, "disk0:/fs.csr").exists()
+    remove(fs_server, "/disk0:/files-root.pem")
 
 
 def openssh(srv, *args: str, stdin: bytes | None = None, tool: str = "scp") -> subprocess.CompletedProcess:
