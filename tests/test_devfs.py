@@ -6,6 +6,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 
 from datetime import datetime, timedelta, timezone
 
@@ -18,7 +19,7 @@ from cryptography.x509.oid import NameOID
 from lxml import etree
 from ncclient.operations.rpc import RPCError
 
-from conftest import NC, PASSWORD, ServerProcess, rpc
+from conftest import NC, PASSWORD, ROOT, ServerProcess, rpc
 from nc_server.devfs import DeviceFS, DevFSError
 
 
@@ -619,3 +620,31 @@ def test_scp_upload_over_the_quota_fails(fs_server, tmp_path):
     state = fs_state(fs_server)
     assert (state["used-bytes"], state["used-files"]) == on_disk(fs_server)
     remove(fs_server, "/harddisk:/huge.bin")
+
+
+def test_a_device_over_its_quota_keeps_its_files_and_takes_no_more(tmp_path):
+    (tmp_path / "state" / "fs" / "disk0:").mkdir(parents=True)
+    (tmp_path / "state" / "fs" / "disk0:" / "big.bin").write_bytes(b"b" * 100)
+    srv = ServerProcess(tmp_path / "state", "--fs-quota", "10").start()
+    try:
+        assert fs_state(srv)["used-bytes"] == 100
+        assert ("the device filesystem holds 100 bytes in 1 files, over its quota of 10 bytes and 10000 files: "
+                "writes that add to it are refused") in srv.log()
+
+        async def body(sftp):
+            async with sftp.open("/disk0:/big.bin", "r+b") as f:
+                await f.write(b"c" * 100)  # no growth
+                with pytest.raises(asyncssh.SFTPFailure):
+                    await f.write(b"c", 100)
+        run_sftp(srv, "admin", body)
+        assert (srv.state_dir / "fs" / "disk0:" / "big.bin").read_bytes() == b"c" * 100
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("option,value", [("--fs-quota", "0"), ("--fs-max-files", "many")])
+def test_limit_options_take_positive_numbers(option, value):
+    out = subprocess.run([sys.executable, "-m", "trustplane.cli", "serve", option, value], capture_output=True,
+                         timeout=30, cwd=ROOT)
+    assert out.returncode == 2
+    assert f"argument {option}: expected a positive whole number, got {value!r}".encode() in out.stderr
