@@ -26,10 +26,13 @@ def xml_leaf(tag: str, value) -> str:
     return "" if value is None else f"<{tag}>{xml_text(str(value))}</{tag}>"
 
 
-def read_device_file(devfs, path: str, max_size: int | None = None) -> tuple[bytes, str]:
-    """A file of the device filesystem and its canonical name; a bad path is a BackendError."""
+def read_device_file(devfs, path: str, max_size: int | None = None, *, session) -> tuple[bytes, str]:
+    """A file of the device filesystem, read as the session's user (session None: as the
+    server itself), and its canonical name; a bad path or a refusal is a BackendError."""
+    user = None if session is None else session.username
     try:
-        return devfs.read_bytes(path, max_size=max_size or DEFAULT_MAX_READ), devfs.device_path(devfs.resolve(path))
+        data = devfs.read_bytes(path, max_size=max_size or DEFAULT_MAX_READ, user=user)
+        return data, devfs.device_path(devfs.resolve(path))
     except DevFSError as exc:
         raise BackendError(exc.message, app_tag=exc.code, tag=exc.tag) from None
 

@@ -16,6 +16,8 @@ from .errors import RpcError
 
 NS = "urn:ietf:params:xml:ns:yang:ietf-netconf-acm"
 NACM = "/ietf-netconf-acm:nacm"
+# the entries whose access governs the device filesystem's files
+DEVICE_ROOTS = "/trustplane-device:device/filesystem/root"
 _PRED = re.compile(r"\[[^\]]*\]")
 # a fresh device: the admin group may do everything, nobody else anything
 DEFAULT_POLICY = (
@@ -229,6 +231,19 @@ class AccessControl:
         if not allowed:
             self.denied_notifications += 1
         return allowed
+
+    # -- device files -------------------------------------------------------------
+    def device_files_allowed(self, username: str, root: str, op: str) -> bool:
+        """op (read, create, update or delete) on the files under a device root: the
+        NACM access to that root's entry in the device filesystem state."""
+        if username == self.recovery_user:
+            return True
+        pol = self.policy()
+        if not pol.enabled:
+            return True
+        path = f"{DEVICE_ROOTS}[name='{root}']"
+        snode = lib.lys_find_path(self.server.ctx.cdata, ffi.NULL, DEVICE_ROOTS.encode(), 0)
+        return self._data_allowed(pol, pol.rules_for(username), "trustplane-device", path, snode, op)
 
     def state_xml(self) -> str:
         return (f'<nacm xmlns="{NS}"><denied-operations>{self.denied_operations}</denied-operations>'

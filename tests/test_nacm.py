@@ -51,6 +51,9 @@ EXAMPLE_POLICY = f"""
     <rule><name>inventory</name><module-name>trustplane-device</module-name>
       <path xmlns:d="{DEV}">/d:device/d:inventory</path>
       <access-operations>read</access-operations><action>permit</action></rule>
+    <rule><name>files</name><module-name>trustplane-device</module-name>
+      <path xmlns:d="{DEV}">/d:device/d:filesystem</path>
+      <access-operations>read</access-operations><action>permit</action></rule>
   </rule-list>
 </nacm>"""
 

@@ -18,7 +18,7 @@ import backends  # noqa: F401  (registers the backends)
 from backends.device.profile import ProfileError, init_state_dir
 from backends.engine.voucher import VoucherError, parse_datetime
 from nc_server.backend import Services, registered
-from nc_server.devfs import DeviceFS
+from nc_server.devfs import DEFAULT_MAX_FILES, DEFAULT_QUOTA_BYTES, DeviceFS
 from nc_server.errors import StorageError
 from nc_server.local_users import LocalUsers
 from nc_server.server import Limits, Server
@@ -60,7 +60,11 @@ async def serve(args) -> int:
         initialise(state_dir, args.lab_dir or lab_dir_for(state_dir))
     users = UserDB(state_dir / "users.json")
     users.load()
-    devfs = DeviceFS(state_dir / "fs")
+    devfs = DeviceFS(state_dir / "fs", max_bytes=args.fs_quota, max_files=args.fs_max_files)
+    if devfs.used_bytes > devfs.max_bytes or devfs.used_files > devfs.max_files:
+        log.warning("the device filesystem holds %d bytes in %d files, over its quota of %d bytes and %d files: "
+                    "writes that add to it are refused", devfs.used_bytes, devfs.used_files, devfs.max_bytes,
+                    devfs.max_files)
     offset = args.clock - datetime.now(timezone.utc) if args.clock else timedelta(0)
     if args.clock:
         log.warning("device clock set to %s", args.clock.isoformat())
@@ -72,6 +76,7 @@ async def serve(args) -> int:
                     replay_size=args.replay_size, notification_queue=args.notification_queue)
     server.load()
     server.restore_confirmed()
+    devfs.authorize = server.acm.device_files_allowed
     # what start-up built lives as long as the server: keep it out of every GC pass
     gc.freeze()
     acceptor = await listen(server, args.host, args.port, state_dir / "ssh_host_ed25519_key", users, devfs)
@@ -132,6 +137,16 @@ def _instant(text: str) -> datetime:
         raise argparse.ArgumentTypeError(exc.message) from None
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
 def _node(text: str) -> tuple[str, str]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected LOCATION=SERIAL, got {text!r}")
@@ -157,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
                          help="notifications kept for replay; the oldest are dropped first")
     p_serve.add_argument("--notification-queue", type=int, default=1000,
                          help="notifications a subscriber may fall behind before its session is closed")
+    p_serve.add_argument("--fs-quota", type=_positive, default=DEFAULT_QUOTA_BYTES, metavar="BYTES",
+                         help="the most bytes the device filesystem may hold (default: 4 GiB)")
+    p_serve.add_argument("--fs-max-files", type=_positive, default=DEFAULT_MAX_FILES, metavar="N",
+                         help="the most files and directories the device filesystem may hold")
     p_serve.add_argument("--yang-dir", type=Path, action="append", default=[],
                          help="also serve every module in this directory, as configuration without a backend")
     p_serve.add_argument("--clock", type=_instant, default=None, metavar="RFC3339",

@@ -1,4 +1,5 @@
-"""The device backend: inventory state from the device profile, and the host/domain name config."""
+"""The device backend: inventory state from the device profile, the device filesystem's state,
+and the host/domain name config."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,7 +8,8 @@ import logging
 
 from cryptography.hazmat.primitives import serialization
 
-from nc_server.backend import Backend, ConfigDiff, Services, read_device_file, register, xml_text
+from nc_server.backend import Backend, BackendError, ConfigDiff, Services, read_device_file, register, xml_text
+from nc_server.devfs import DEVICES
 
 from .profile import Profile, load_profile, profile_bytes
 
@@ -23,7 +25,8 @@ class DeviceBackend(Backend):
         super().__init__(
             name="device",
             modules=("trustplane-device",),
-            state={"/trustplane-device:device/inventory": self.inventory},
+            state={"/trustplane-device:device/inventory": self.inventory,
+                   "/trustplane-device:device/filesystem": self.filesystem},
             config=(SYSTEM,),
             rpcs={"/trustplane-device:file-checksum": self.file_checksum},
         )
@@ -35,6 +38,13 @@ class DeviceBackend(Backend):
         if self._inventory_xml is None:  # the profile does not change while serving
             self._inventory_xml = self._render_inventory()
         return self._inventory_xml
+
+    def filesystem(self) -> str:
+        fs = self.devfs
+        roots = "".join(f"<root><name>{xml_text(d)}</name></root>" for d in DEVICES)
+        return (f'<device xmlns="{NS}"><filesystem><quota-bytes>{fs.max_bytes}</quota-bytes>'
+                f"<used-bytes>{fs.used_bytes}</used-bytes><max-files>{fs.max_files}</max-files>"
+                f"<used-files>{fs.used_files}</used-files>{roots}</filesystem></device>")
 
     def _render_inventory(self) -> str:
         p = self.profile
@@ -61,7 +71,7 @@ class DeviceBackend(Backend):
         return "".join(parts)
 
     def file_checksum(self, session, params: dict) -> str:
-        data, canonical = read_device_file(self.devfs, params["path"])
+        data, canonical = read_device_file(self.devfs, params["path"], session=session)
         digest = hashlib.new(params.get("algorithm", "sha256"), data).hexdigest()
         return (f'<path xmlns="{NS}">{xml_text(canonical)}</path><size xmlns="{NS}">{len(data)}</size>'
                 f'<checksum xmlns="{NS}">{digest}</checksum>')

@@ -136,7 +136,7 @@ class InstallBackend(Backend):
         paths = []
         for p in devpaths:
             try:
-                real = self.services.devfs.resolve(p, must_exist=True)
+                real = self.services.devfs.resolve(p, must_exist=True, user=session.username)
             except DevFSError as exc:
                 raise BackendError(exc.message, app_tag=exc.code, tag=exc.tag) from None
             if not real.is_file():
@@ -252,7 +252,7 @@ class InstallBackend(Backend):
 
     async def load_kgv(self, session, params: dict) -> str:
         path = params["path"]
-        data, source = read_device_file(self.services.devfs, path, MAX_KGV_FILE)
+        data, source = read_device_file(self.services.devfs, path, MAX_KGV_FILE, session=session)
         try:
             entries = kgv.parse(data)
         except kgv.KgvError as exc:

@@ -153,8 +153,9 @@ class OwnershipBackend(Backend):
     # -- oshp-ovoc-apply
 
     async def ovoc_apply(self, session, params: dict) -> str:
-        ov_data, ov_source = read_device_file(self.services.devfs, params["ov-path"], ownership.MAX_BUNDLE)
-        oc_data, _ = read_device_file(self.services.devfs, params["oc-path"], MAX_OC)
+        ov_data, ov_source = read_device_file(self.services.devfs, params["ov-path"], ownership.MAX_BUNDLE,
+                                              session=session)
+        oc_data, _ = read_device_file(self.services.devfs, params["oc-path"], MAX_OC, session=session)
         async with self.lock:
             loop = asyncio.get_running_loop()
             try:
@@ -242,7 +243,7 @@ class OwnershipBackend(Backend):
     # -- key packages
 
     async def kpkg_apply(self, session, params: dict) -> None:
-        data, source = read_device_file(self.services.devfs, params["keypackage-file"], MAX_KPKG)
+        data, source = read_device_file(self.services.devfs, params["keypackage-file"], MAX_KPKG, session=session)
         async with self.lock:  # one state change at a time: ovoc-apply copies the state off the loop
             self._kpkg_apply(data, source)
 

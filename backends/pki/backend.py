@@ -325,7 +325,7 @@ class PkiBackend(Backend):
         return handler
 
     async def key_import(self, session, params: dict) -> None:
-        data, source = read_device_file(self.services.devfs, params["path"], MAX_CERT_FILE)
+        data, source = read_device_file(self.services.devfs, params["path"], MAX_CERT_FILE, session=session)
         try:
             info = self.keys.import_authentication_rsa(data, params.get("key-num") or "first",
                                                        now=self.services.clock())
@@ -345,7 +345,8 @@ class PkiBackend(Backend):
             caps: list[str] = []
             ra: list[x509.Certificate] = []
             if params.get("file-path"):
-                data, source = read_device_file(self.services.devfs, params["file-path"], MAX_CERT_FILE)
+                data, source = read_device_file(self.services.devfs, params["file-path"], MAX_CERT_FILE,
+                                                session=session)
                 ca, how = _load_certificate(data, source), "file"
             elif tp.enrollment == "url":
                 caps_set, cacerts = await self._run(self._scep_ca, tp.url)
@@ -444,7 +445,7 @@ class PkiBackend(Backend):
             if rec.get("ca-source") == "self" or tp.enrollment == "self":
                 return await self._enroll_self(tp, rec, keys, subject)
             if params.get("file-path") or tp.enrollment == "terminal":
-                return await self._enroll_terminal(tp, keys, subject, params)
+                return await self._enroll_terminal(tp, keys, subject, params, session)
             if tp.enrollment == "url":
                 return await self._enroll_scep(tp, rec, keys, subject, params)
             raise BackendError(f"trustpoint {tp.name} has no enrollment method configured", app_tag="no-enrollment",
@@ -470,7 +471,7 @@ class PkiBackend(Backend):
         self._install(tp, certs, keys)
         return self._issued_xml(certs)
 
-    async def _enroll_terminal(self, tp, keys, subject, params) -> str:
+    async def _enroll_terminal(self, tp, keys, subject, params, session) -> str:
         password = self._challenge_password(tp, params)
 
         def requests():
@@ -487,7 +488,7 @@ class PkiBackend(Backend):
             for usage, pem in csrs.items():
                 target = path if usage == "general" else f"{path}.{usage}"
                 try:
-                    self.services.devfs.write_bytes(target, pem.encode())
+                    self.services.devfs.write_bytes(target, pem.encode(), user=session.username)
                     files[usage] = self.services.devfs.device_path(self.services.devfs.resolve(target))
                 except DevFSError as exc:
                     raise BackendError(exc.message, app_tag=exc.code, tag=exc.tag) from None
@@ -670,7 +671,7 @@ class PkiBackend(Backend):
         if params.get("certificate"):
             cert = _load_certificate(params["certificate"].encode(), "certificate")
         elif params.get("file-path"):
-            data, source = read_device_file(self.services.devfs, params["file-path"], MAX_CERT_FILE)
+            data, source = read_device_file(self.services.devfs, params["file-path"], MAX_CERT_FILE, session=session)
             cert = _load_certificate(data, source)
         else:
             raise BackendError("give the certificate: file-path or certificate", app_tag="certificate-missing",
@@ -740,7 +741,7 @@ class PkiBackend(Backend):
         if params.get("certificate"):
             leaf = _load_certificate(params["certificate"].encode(), "certificate")
         else:
-            data, source = read_device_file(self.services.devfs, params["file-path"], MAX_CERT_FILE)
+            data, source = read_device_file(self.services.devfs, params["file-path"], MAX_CERT_FILE, session=session)
             leaf = _load_certificate(data, source)
         intermediates = [_load_certificate(p.encode(), "intermediate") for p in params.get("intermediate") or []]
         verified, by = await self._run(self._verify, leaf, intermediates)
@@ -777,13 +778,13 @@ class PkiBackend(Backend):
         if not params.get("url"):
             raise BackendError("give the url of the CA bundle", app_tag="url-missing", tag="missing-element")
         async with self.lock:
-            await self._import_pool(params["url"])
+            await self._import_pool(params["url"], session)
         return self._pool_counts(NS)
 
     async def trustpool_clean(self, session, params: dict) -> str:
         async with self.lock:
             if params.get("url"):
-                await self._import_pool(params["url"])  # replaces the downloaded set as a unit
+                await self._import_pool(params["url"], session)  # replaces the downloaded set as a unit
             else:
                 state = self.store.copy()
                 state["trustpool"].update({"downloaded": [], "source": None, "last-update": None})
@@ -792,13 +793,13 @@ class PkiBackend(Backend):
         self._changed()
         return self._pool_counts(NS)
 
-    async def _import_pool(self, url: str) -> None:
+    async def _import_pool(self, url: str, session) -> None:
         if url.lower().startswith(("http://", "https://")):
             data = await self._run(lambda: download.fetch(url, timeout=30, max_size=trustpool.MAX_BUNDLE_BYTES,
                                                           what="CA bundle", code="trustpool-download-failed"))
             source = url
         else:
-            data, source = read_device_file(self.services.devfs, url, trustpool.MAX_BUNDLE_BYTES)
+            data, source = read_device_file(self.services.devfs, url, trustpool.MAX_BUNDLE_BYTES, session=session)
         try:
             certs = trustpool.parse_bundle(data)
         except EngineError as exc:
@@ -849,7 +850,7 @@ class PkiBackend(Backend):
         else:
             try:
                 async with self.lock:
-                    await self._import_pool(url)
+                    await self._import_pool(url, None)  # as the server: the configured url
                 log.info("trustpool: automatic update from %s done", url)
                 return
             except BackendError as exc:
