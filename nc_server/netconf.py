@@ -208,7 +208,7 @@ def edit_config(session, op):
     target = server.datastore(name)
     new, errors = apply_edit(server.ctx, target.copy(), params["config"],
                              default_operation=default_op, error_option=error_option)
-    local_users.hash_cleartext(new)
+    _refuse_cleartext(new)
     _check_writes(session, target.tree, new)
     if test_option == "test-only":
         datastore.free(server.validate_tree(new))
@@ -224,6 +224,15 @@ def edit_config(session, op):
     if errors:
         raise errors[0] if len(errors) == 1 else RpcErrors(errors)
     return None
+
+
+def _refuse_cleartext(tree) -> None:
+    """The session hashed the operation's `$0$` passwords before it came here."""
+    try:
+        local_users.refuse_cleartext(tree)
+    except RpcError:
+        datastore.free(tree)
+        raise
 
 
 def _check_writes(session, old, new) -> None:
@@ -260,7 +269,7 @@ def _source_tree(session, source_el):
         tree = datastore.parse_config(server.ctx, xml, validate_now=False)
     except libyang.LibyangError as exc:
         raise to_rpc_errors(exc) from None
-    local_users.hash_cleartext(tree)
+    _refuse_cleartext(tree)
     return None, tree
 
 

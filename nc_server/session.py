@@ -14,7 +14,7 @@ import libyang
 from _libyang import ffi, lib
 from lxml import etree
 
-from . import netconf, notifications, xmlsafe
+from . import local_users, netconf, notifications, xmlsafe
 from .backend import BackendError, xml_text
 from .datastore import data_path
 from .errors import NC_NS, RpcError, RpcErrors
@@ -264,6 +264,8 @@ class Session:
                 raise RpcError("operation-not-supported", f'operation "{q.localname}" is not supported',
                                type="protocol")
             self.server.acm.check_operation(self, "ietf-netconf", q.localname)
+            if q.localname in ("edit-config", "copy-config"):
+                await local_users.hash_cleartext(op)
             return handler(self, op)
         return await self._yang_rpc(msg, q)
 

@@ -36,26 +36,26 @@ class _Connection(asyncssh.SSHServerConnection):
 
 
 class _Auth(asyncssh.SSHServer):
-    """Password and public-key login, with failed attempts bounded per connection and per source."""
+    """Password and public-key login, with failed attempts bounded per connection,
+    per user and source address, and per source address (LoginLimiter)."""
 
     def __init__(self, users: UserDB, limiter: LoginLimiter):
         self.users = users
         self.limiter = limiter
         self.conn: asyncssh.SSHServerConnection | None = None
         self.source = "?"
+        self.username = ""
 
     def connection_made(self, conn):
         self.conn = conn
         peer = conn.get_extra_info("peername") or ("?", 0)
         self.source = str(peer[0])
-        if not self.limiter.allow_connection(self.source):
-            log.warning("refusing %s: too many failed logins", self.source)
-            conn.close()
 
     def connection_lost(self, exc):
         self.limiter.forget(id(self))
 
     def begin_auth(self, username):
+        self.username = username
         keys = self.users.authorized_keys(username) if self.users.exists(username) else []
         if keys:
             try:
@@ -64,12 +64,17 @@ class _Auth(asyncssh.SSHServer):
                 log.warning("unreadable authorized keys for user %s", username)
         return True
 
+    def auth_completed(self):
+        self.limiter.record_success(id(self), self.username, self.source)
+
     def password_auth_supported(self):
         return True
 
-    def validate_password(self, username, password):
-        if self.users.check_password(username, password):
-            self.limiter.record_success(id(self))
+    async def validate_password(self, username, password):
+        refusal = self.limiter.refusal(username, self.source)
+        if refusal is not None:
+            log.warning("refusing a password for %r unchecked: %s", username[:64], refusal)
+        elif await self.users.check_password(username, password):
             return True
         self._failed(username)
         return False
@@ -78,8 +83,8 @@ class _Auth(asyncssh.SSHServer):
         return True
 
     def _failed(self, username: str) -> None:
-        log.warning("failed login for %r from %s", username, self.source)
-        if not self.limiter.record_failure(id(self), self.source):
+        log.warning("failed login for %r from %s", username[:64], self.source)
+        if not self.limiter.record_failure(id(self), username, self.source):
             log.warning("closing connection from %s: too many failed logins", self.source)
             self.conn.close()
 

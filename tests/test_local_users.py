@@ -1,5 +1,6 @@
 """RFC 7317 local users over NETCONF, kept in step with SSH logins and with the
 offline `trustplane user` command."""
+import asyncio
 import json
 import subprocess
 import sys
@@ -137,3 +138,30 @@ def test_the_last_user_cannot_be_removed(fresh_server):
         assert exc.value.app_tag == "no-local-users"
     with fresh_server.connect() as m:
         assert m.session_id
+
+
+def test_password_length_is_capped(fresh_server):
+    srv = fresh_server
+    with srv.connect() as m:
+        before = etree.tostring(configured(m, "candidate"))
+        with pytest.raises(RPCError) as exc:
+            m.edit_config(target="candidate", config=users_cfg(user("ops", "$0$" + "x" * 257)))
+        assert (exc.value.tag, exc.value.app_tag) == ("invalid-value", "bad-password")
+        assert exc.value.message == 'user "ops": a password may have at most 256 bytes'
+        with pytest.raises(RPCError) as exc:
+            m.edit_config(target="candidate", config=users_cfg(*(user(f"u{i}", "$0$pw") for i in range(17))))
+        assert (exc.value.tag, exc.value.app_tag) == ("too-big", "too-many-cleartext-passwords")
+        assert exc.value.message == "at most 16 clear-text ($0$) passwords in one operation, not 17"
+        assert etree.tostring(configured(m, "candidate")) == before
+        longest = "p" * 256
+        m.edit_config(target="running", config=users_cfg(user("ops", "$0$" + longest)))
+    with srv.connect(username="ops", password=longest) as ops:
+        assert ops.session_id
+
+    async def long_login():
+        with pytest.raises(asyncssh.PermissionDenied):
+            await asyncssh.connect(srv.host, srv.port, username="ops", password="x" * 24 * 1024,
+                                   known_hosts=None, client_keys=None, preferred_auth="password")
+
+    asyncio.run(long_login())
+    assert "password for 'ops' refused unchecked: a password may have at most 256 bytes" in srv.log()
