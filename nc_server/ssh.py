@@ -99,6 +99,12 @@ async def listen(server, host: str, port: int, host_key_path, users: UserDB, dev
             return
         peer = proc.get_extra_info("peername") or ("?", 0)
         username = proc.get_extra_info("username")
+        refusal = server.admission(username)
+        if refusal is not None:
+            log.warning("refusing a session for %s from %s: %s", username, peer[0], refusal)
+            proc.stderr.write(f"session refused: {refusal}\n".encode())
+            proc.exit(1)
+            return
 
         async def read():
             try:

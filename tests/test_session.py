@@ -329,3 +329,77 @@ def test_error_path_prefixes_are_bound(server):
             assert path.text == "/config-test:settings/mtu"
             assert path.nsmap["config-test"] == ct
     run(go())
+
+
+def test_hello_and_idle_timeouts_are_absolute(tmp_path):
+    # a client that trickles bytes never finishing its message is cut at the deadline all the same
+    async def trickle(s, data: bytes):
+        for b in data:
+            s.writer.write(bytes([b]))
+            await asyncio.sleep(0.1)
+
+    async def go(srv):
+        async with Raw(srv) as s:
+            start = time.monotonic()
+            sender = asyncio.create_task(trickle(s, hello(BASE10)))
+            assert await s.closed(timeout=8)
+            assert time.monotonic() - start < 3.5 and not sender.done()
+            sender.cancel()
+        async with Raw(srv) as s:
+            s.writer.write(hello(BASE10))
+            start = time.monotonic()
+            sender = asyncio.create_task(trickle(s, f'<rpc message-id="1" xmlns="{NC}"><get-config><source>'
+                                                    "<running/></source></get-config></rpc>]]>]]>".encode()))
+            assert await s.closed(timeout=8)
+            assert time.monotonic() - start < 3.5 and not sender.done()
+            sender.cancel()
+    log = run_on_own_server(tmp_path, ["--hello-timeout", "2", "--idle-timeout", "2"], go)
+    assert "hello timeout after 2s" in log and "idle timeout after 2s" in log
+
+
+async def open_netconf(srv, username: str, password: str):
+    """A netconf channel for username: (connection, its server hello) or (connection, the refusal)."""
+    conn = await asyncssh.connect(srv.host, srv.port, username=username, password=password,
+                                  known_hosts=None, client_keys=None)
+    chan = await conn.create_process(subsystem="netconf", encoding=None)
+    out = await asyncio.wait_for(chan.stdout.read(1), 10)
+    if out:
+        return conn, out
+    result = await asyncio.wait_for(chan.wait(), 10)
+    return conn, (result.exit_status, result.stderr.decode())
+
+
+def test_sessions_per_user_and_kept_for_admin(tmp_path):
+    args = ["--max-sessions", "5", "--max-sessions-per-user", "2", "--admin-sessions", "1"]
+
+    async def go(srv):
+        conns = []
+
+        async def session(user, password=PASSWORD):
+            conn, got = await open_netconf(srv, user, password)
+            conns.append(conn)
+            return got
+
+        try:
+            async with Raw(srv) as admin:
+                admin.writer.write(hello(BASE10))
+                users = "".join(f"<user><name>{n}</name><password>$0$pw-{n}</password></user>" for n in ("ops", "dev"))
+                admin.writer.write(f'<rpc message-id="1" xmlns="{NC}"><edit-config><target><running/></target>'
+                                   f'<config><system xmlns="urn:ietf:params:xml:ns:yang:ietf-system">'
+                                   f"<authentication>{users}</authentication></system></config></edit-config>"
+                                   "</rpc>]]>]]>".encode())
+                assert b"<ok/>" in await admin.read_until(b"]]>]]>")
+                assert await session("ops", "pw-ops") == b"<"
+                assert await session("ops", "pw-ops") == b"<"
+                assert await session("ops", "pw-ops") == (
+                    1, "session refused: user ops has 2 sessions open, the most one user may have\n")
+                assert await session("dev", "pw-dev") == b"<"  # 4 of 5 open
+                assert await session("dev", "pw-dev") == (
+                    1, "session refused: 4 sessions open; the last 1 are kept for admin\n")
+                assert await session("admin") == b"<"  # the kept slot
+                assert await session("admin") == (1, "session refused: 5 sessions open, the most the server allows\n")
+        finally:
+            for conn in conns:
+                conn.close()
+    log = run_on_own_server(tmp_path, args, go)
+    assert "refusing a session for ops from 127.0.0.1: user ops has 2 sessions open" in log
