@@ -403,3 +403,21 @@ def test_sessions_per_user_and_kept_for_admin(tmp_path):
                 conn.close()
     log = run_on_own_server(tmp_path, args, go)
     assert "refusing a session for ops from 127.0.0.1: user ops has 2 sessions open" in log
+
+
+def test_guessing_one_name_does_not_lock_out_another_from_the_same_address(tmp_path):
+    async def attempt(srv, username, password):
+        conn = await asyncssh.connect(srv.host, srv.port, username=username, password=password,
+                                      known_hosts=None, client_keys=None, preferred_auth="password")
+        conn.close()
+
+    async def go(srv):
+        for i in range(11):
+            with pytest.raises(asyncssh.DisconnectError) as exc:
+                await attempt(srv, "root", f"guess{i}")
+            # the tenth failure, and any attempt after it, closes the connection at once
+            assert (type(exc.value), exc.value.code) == ((asyncssh.PermissionDenied, 14) if i < 9 else
+                                                         (asyncssh.DisconnectError, 11))
+        await attempt(srv, "admin", PASSWORD)  # the same address, another name
+    log = run_on_own_server(tmp_path, [], go)
+    assert "refusing a password for 'root' unchecked: too many failed logins for this user from 127.0.0.1" in log
