@@ -35,13 +35,41 @@ class _Connection(asyncssh.SSHServerConnection):
         super().send_packet(pkttype, *args, handler=handler)
 
 
+class LoginQueue:
+    """Connections not logged in yet, at most per_source from one address and total in all.
+    Each may take the whole login timeout: unbounded, one client could hold every file
+    descriptor, and one address cannot crowd out the others."""
+
+    def __init__(self, per_source: int = 10, total: int = 100):
+        self.per_source = per_source
+        self.total = total
+        self._by_source: dict[str, int] = {}
+
+    def enter(self, ip: str) -> str | None:
+        """Count a new connection; why it is refused (and not counted), or None."""
+        waiting = self._by_source.get(ip, 0)
+        if waiting >= self.per_source:
+            return f"{waiting} connections from {ip} not logged in yet"
+        if sum(self._by_source.values()) >= self.total:
+            return f"{self.total} connections not logged in yet"
+        self._by_source[ip] = waiting + 1
+        return None
+
+    def leave(self, ip: str) -> None:
+        left = self._by_source.pop(ip) - 1
+        if left:
+            self._by_source[ip] = left
+
+
 class _Auth(asyncssh.SSHServer):
     """Password and public-key login, with failed attempts bounded per connection,
     per user and source address, and per source address (LoginLimiter)."""
 
-    def __init__(self, users: UserDB, limiter: LoginLimiter):
+    def __init__(self, users: UserDB, limiter: LoginLimiter, queue: LoginQueue):
         self.users = users
         self.limiter = limiter
+        self.queue = queue
+        self.queued = False
         self.conn: asyncssh.SSHServerConnection | None = None
         self.source = "?"
         self.username = ""
@@ -50,8 +78,20 @@ class _Auth(asyncssh.SSHServer):
         self.conn = conn
         peer = conn.get_extra_info("peername") or ("?", 0)
         self.source = str(peer[0])
+        refusal = self.queue.enter(self.source)
+        if refusal is not None:
+            log.warning("refusing a connection from %s: %s", self.source, refusal)
+            conn.close()
+            return
+        self.queued = True
+
+    def _dequeue(self) -> None:
+        if self.queued:
+            self.queued = False
+            self.queue.leave(self.source)
 
     def connection_lost(self, exc):
+        self._dequeue()
         self.limiter.forget(id(self))
 
     def begin_auth(self, username):
@@ -65,6 +105,7 @@ class _Auth(asyncssh.SSHServer):
         return True
 
     def auth_completed(self):
+        self._dequeue()
         self.limiter.record_success(id(self), self.username, self.source)
 
     def password_auth_supported(self):
@@ -90,7 +131,7 @@ class _Auth(asyncssh.SSHServer):
 
 
 async def listen(server, host: str, port: int, host_key_path, users: UserDB, devfs):
-    limiter = LoginLimiter()
+    limiter, queue = LoginLimiter(), LoginQueue()
 
     async def process(proc: asyncssh.SSHServerProcess):
         if proc.subsystem != "netconf":
@@ -121,7 +162,7 @@ async def listen(server, host: str, port: int, host_key_path, users: UserDB, dev
         await session.run()
 
     options = await asyncssh.SSHServerConnectionOptions.construct(
-        server_factory=lambda: _Auth(users, limiter),
+        server_factory=lambda: _Auth(users, limiter, queue),
         server_host_keys=[str(host_key_path)],
         process_factory=process,
         encoding=None,

@@ -421,3 +421,46 @@ def test_guessing_one_name_does_not_lock_out_another_from_the_same_address(tmp_p
         await attempt(srv, "admin", PASSWORD)  # the same address, another name
     log = run_on_own_server(tmp_path, [], go)
     assert "refusing a password for 'root' unchecked: too many failed logins for this user from 127.0.0.1" in log
+
+
+def test_connections_not_logged_in_are_bounded_per_address(server):
+    import socket
+
+    async def login():
+        conn = await asyncssh.connect(server.host, server.port, username="admin", password=PASSWORD,
+                                      known_hosts=None, client_keys=None)
+        conn.close()
+
+    idle = [socket.create_connection((server.host, server.port)) for _ in range(10)]
+    try:
+        for sock in idle:  # the server's version line: each connection is accepted and counted
+            assert sock.recv(256).startswith(b"SSH-2.0-")
+        # closed at once: the client sees a reset or the connection lost, as its reads fall
+        with pytest.raises((ConnectionResetError, asyncssh.ConnectionLost)):
+            run(login())
+    finally:
+        for sock in idle:
+            sock.close()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            run(login())
+            break
+        except (ConnectionError, asyncssh.DisconnectError):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    assert "refusing a connection from 127.0.0.1: 10 connections from 127.0.0.1 not logged in yet" in server.log()
+
+
+def test_login_queue_bounds_per_address_and_in_all():
+    from nc_server.ssh import LoginQueue
+    q = LoginQueue(per_source=2, total=3)
+    assert q.enter("10.0.0.1") is None and q.enter("10.0.0.1") is None
+    assert q.enter("10.0.0.1") == "2 connections from 10.0.0.1 not logged in yet"
+    assert q.enter("10.0.0.2") is None
+    assert q.enter("10.0.0.3") == "3 connections not logged in yet"
+    q.leave("10.0.0.1")
+    assert q.enter("10.0.0.3") is None
+    for ip in ("10.0.0.1", "10.0.0.2", "10.0.0.3"):
+        q.leave(ip)
+    assert q._by_source == {}
