@@ -65,11 +65,14 @@ class _Auth(asyncssh.SSHServer):
     """Password and public-key login, with failed attempts bounded per connection,
     per user and source address, and per source address (LoginLimiter)."""
 
-    def __init__(self, users: UserDB, limiter: LoginLimiter, queue: LoginQueue):
+    def __init__(self, server, users: UserDB, limiter: LoginLimiter, queue: LoginQueue, logins: dict[str, int]):
+        self.server = server
         self.users = users
         self.limiter = limiter
         self.queue = queue
         self.queued = False
+        self.logins = logins  # logged-in connections by user
+        self.counted = False
         self.conn: asyncssh.SSHServerConnection | None = None
         self.source = "?"
         self.username = ""
@@ -93,6 +96,10 @@ class _Auth(asyncssh.SSHServer):
     def connection_lost(self, exc):
         self._dequeue()
         self.limiter.forget(id(self))
+        if self.counted:
+            self.logins[self.username] -= 1
+            if not self.logins[self.username]:
+                del self.logins[self.username]
 
     def begin_auth(self, username):
         self.username = username
@@ -107,6 +114,17 @@ class _Auth(asyncssh.SSHServer):
     def auth_completed(self):
         self._dequeue()
         self.limiter.record_success(id(self), self.username, self.source)
+        # a NETCONF session and a file transfer take a connection each; beyond twice the
+        # session limit, a user would only be holding connections
+        most = 2 * self.server.limits.max_sessions_per_user
+        have = self.logins.get(self.username, 0)
+        if self.username != self.server.acm.recovery_user and have >= most:
+            log.warning("closing a connection of %s from %s: %d connections open, the most one user may have",
+                        self.username, self.source, have)
+            self.conn.close()
+            return
+        self.logins[self.username] = have + 1
+        self.counted = True
 
     def password_auth_supported(self):
         return True
@@ -131,7 +149,7 @@ class _Auth(asyncssh.SSHServer):
 
 
 async def listen(server, host: str, port: int, host_key_path, users: UserDB, devfs):
-    limiter, queue = LoginLimiter(), LoginQueue()
+    limiter, queue, logins = LoginLimiter(), LoginQueue(), {}
 
     async def process(proc: asyncssh.SSHServerProcess):
         if proc.subsystem != "netconf":
@@ -162,7 +180,7 @@ async def listen(server, host: str, port: int, host_key_path, users: UserDB, dev
         await session.run()
 
     options = await asyncssh.SSHServerConnectionOptions.construct(
-        server_factory=lambda: _Auth(users, limiter, queue),
+        server_factory=lambda: _Auth(server, users, limiter, queue, logins),
         server_host_keys=[str(host_key_path)],
         process_factory=process,
         encoding=None,

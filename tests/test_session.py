@@ -398,11 +398,21 @@ def test_sessions_per_user_and_kept_for_admin(tmp_path):
                     1, "session refused: 4 sessions open; the last 1 are kept for admin\n")
                 assert await session("admin") == b"<"  # the kept slot
                 assert await session("admin") == (1, "session refused: 5 sessions open, the most the server allows\n")
+                # ops holds 3 connections; twice its session limit is the most it may hold
+                extra = await asyncssh.connect(srv.host, srv.port, username="ops", password="pw-ops",
+                                               known_hosts=None, client_keys=None)
+                conns.append(extra)
+                closed = await asyncssh.connect(srv.host, srv.port, username="ops", password="pw-ops",
+                                                known_hosts=None, client_keys=None)
+                conns.append(closed)
+                await asyncio.wait_for(closed.wait_closed(), 10)
+                assert not extra.is_closed()
         finally:
             for conn in conns:
                 conn.close()
     log = run_on_own_server(tmp_path, args, go)
     assert "refusing a session for ops from 127.0.0.1: user ops has 2 sessions open" in log
+    assert "closing a connection of ops from 127.0.0.1: 4 connections open, the most one user may have" in log
 
 
 def test_guessing_one_name_does_not_lock_out_another_from_the_same_address(tmp_path):
