@@ -10,7 +10,7 @@ from asyncssh.packet import String
 
 from .devfs import sftp_factory
 from .session import Session
-from .users import LoginLimiter, UserDB
+from .users import LoginBusy, LoginLimiter, UserDB
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +133,14 @@ class _Auth(asyncssh.SSHServer):
         refusal = self.limiter.refusal(username, self.source)
         if refusal is not None:
             log.warning("refusing a password for %r unchecked: %s", username[:64], refusal)
-        elif await self.users.check_password(username, password):
-            return True
+        else:
+            try:
+                if await self.users.check_password(username, password):
+                    return True
+            except LoginBusy as exc:
+                # the server's load, not the client's guess: not counted as a failure
+                log.warning("refusing a password for %r from %s unchecked: %s", username[:64], self.source, exc)
+                return False
         self._failed(username)
         return False
 

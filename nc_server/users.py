@@ -107,6 +107,10 @@ def sha_crypt(password: str, setting: str) -> str | None:
     return out.decode() if out is not None else None
 
 
+class LoginBusy(Exception):
+    """Too many password checks are waiting: this one was not made."""
+
+
 # -- the user database -----------------------------------------------------------------
 
 class UserDB:
@@ -118,7 +122,7 @@ class UserDB:
 
     MAX_CACHED = 1024
     # Password checks run in threads: a scrypt check holds 32 MiB, so only this many at once,
-    # and past MAX_WAITING queued checks a login is refused rather than queued.
+    # and past MAX_WAITING queued checks a login is refused (LoginBusy) rather than queued.
     WORKERS = 2
     MAX_WAITING = 64
 
@@ -220,7 +224,8 @@ class UserDB:
 
     async def check_password(self, name: str, password: str) -> bool:
         """Verify a login in a worker thread; an unknown name or a user without a password
-        costs the same work as a known one. A password too long is refused unhashed."""
+        costs the same work as a known one. A password too long is refused unhashed.
+        Raises LoginBusy when too many checks are waiting."""
         self._fresh()
         try:
             check_password_text(password)
@@ -245,8 +250,7 @@ class UserDB:
 
     async def _verify(self, password: str, stored: str) -> bool:
         if self._waiting >= self.MAX_WAITING:
-            log.warning("%d password checks waiting: refusing one more", self._waiting)
-            return False
+            raise LoginBusy(f"{self._waiting} password checks waiting")
         if self._executor is None:
             self._executor = ThreadPoolExecutor(self.WORKERS, thread_name_prefix="password")
         self._waiting += 1

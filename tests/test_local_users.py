@@ -110,6 +110,9 @@ def test_offline_cli_edits_show_up_at_start(tmp_path):
     subprocess.run([*cli, "add", "hashed", "--password-hash", openssl_passwd("-6", "h-pw")], check=True, cwd=ROOT)
     bad = subprocess.run([*cli, "add", "x", "--password-hash", "nope"], capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2 and "crypt hash" in bad.stderr
+    long = subprocess.run([*cli, "add", "y", "--password-stdin"], input="x" * 257 + "\n", capture_output=True,
+                          text=True, cwd=ROOT)
+    assert (long.returncode, long.stderr) == (2, "trustplane: a password may have at most 256 bytes\n")
     listed = subprocess.run([*cli, "list"], capture_output=True, text=True, check=True, cwd=ROOT).stdout.split()
     assert listed == ["admin", "auditor", "hashed"]
     srv.start()
