@@ -1,5 +1,5 @@
-"""Local users for SSH login: password hashes, authorized keys, and a bound on
-failed logins per connection and per source address."""
+"""Local users for SSH login: password hashes, authorized keys, and bounds on
+failed logins per connection, per user and source address, and per source address."""
 from __future__ import annotations
 
 import asyncio

@@ -168,3 +168,25 @@ def test_password_length_is_capped(fresh_server):
 
     asyncio.run(long_login())
     assert "password for 'ops' refused unchecked: a password may have at most 256 bytes" in srv.log()
+
+
+def test_cleartext_is_hashed_in_a_worker_thread(monkeypatch):
+    import threading
+
+    from nc_server import local_users
+    threads = []
+    real = local_users.crypt_hash
+    monkeypatch.setattr(local_users, "crypt_hash", lambda pw: threads.append(threading.current_thread().name)
+                        or real(pw))
+    op = etree.fromstring(f'<edit-config xmlns="{NC}"><target><running/></target>'
+                          f'{users_cfg(user("a", "$0$pw-a"), user("b", "$6$salt$h"), user("c", "$0$pw-c"))}'
+                          "</edit-config>")
+    asyncio.run(local_users.hash_cleartext(op))
+    assert len(threads) == 2 and all(t.startswith("password-hash") for t in threads)
+    hashes = op.xpath("//s:password/text()", namespaces={"s": SYS})
+    assert hashes[1] == "$6$salt$h"
+    for pw, hashed in zip(("pw-a", "pw-c"), hashes[::2]):
+        salt = hashed.split("$")[3]
+        # openssl computes the same string: an independent SHA-512-crypt
+        assert hashed == subprocess.run(["openssl", "passwd", "-6", "-salt", f"rounds=100000${salt}", "-stdin"],
+                                        input=pw + "\n", capture_output=True, text=True).stdout.strip()

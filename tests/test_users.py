@@ -35,6 +35,12 @@ def test_sha_crypt_matches_openssl(variant):
         assert not verify_password(password + "x", want)
 
 
+def test_sha_crypt_rounds_match_openssl():
+    want = subprocess.run(["openssl", "passwd", "-6", "-salt", "rounds=100000$saltsalt", "-stdin"],
+                          input="pässwörd\n", capture_output=True, text=True, check=True).stdout.strip()
+    assert sha_crypt("pässwörd", want) == want
+
+
 def test_sha_crypt_rounds():
     # the published test vector for an explicit round count
     assert sha_crypt("Hello world!", "$5$rounds=10000$saltstringsaltstring") == \
