@@ -5,7 +5,7 @@ import asyncio
 import logging
 
 import asyncssh
-from asyncssh.constants import MSG_IGNORE
+from asyncssh.constants import MSG_IGNORE, OPEN_RESOURCE_SHORTAGE
 from asyncssh.packet import String
 
 from .devfs import sftp_factory
@@ -23,11 +23,23 @@ _EMPTY = String(b"")
 
 
 class _Connection(asyncssh.SSHServerConnection):
-    """asyncssh's server connection without the empty SSH_MSG_IGNORE it puts before every packet.
+    """asyncssh's server connection without the empty SSH_MSG_IGNORE it puts before every packet,
+    and with at most MAX_CHANNELS channels open at once.
 
     That packet defends CBC mode (RFC 4251 section 9.3.1); only GCM and CTR are offered
     here, so it would only cost an encryption and a send per reply.
     """
+
+    MAX_CHANNELS = 8
+
+    def _process_session_open(self, packet):
+        # without a bound, one logged-in connection could open channels until memory runs out
+        if len(self._channels) >= self.MAX_CHANNELS:
+            log.warning("refusing a channel on a connection of %s: %d channels open",
+                        self.get_extra_info("username"), len(self._channels))
+            raise asyncssh.ChannelOpenError(OPEN_RESOURCE_SHORTAGE,
+                                            f"at most {self.MAX_CHANNELS} channels per connection")
+        return super()._process_session_open(packet)
 
     def send_packet(self, pkttype, *args, handler=None):
         if pkttype == MSG_IGNORE and args == (_EMPTY,):

@@ -474,3 +474,17 @@ def test_login_queue_bounds_per_address_and_in_all():
     for ip in ("10.0.0.1", "10.0.0.2", "10.0.0.3"):
         q.leave(ip)
     assert q._by_source == {}
+
+
+def test_channels_per_connection_are_bounded(server):
+    async def go():
+        async with asyncssh.connect(server.host, server.port, username="admin", password=PASSWORD,
+                                    known_hosts=None, client_keys=None) as conn:
+            for _ in range(8):
+                _writer, reader, _ = await conn.open_session(subsystem="netconf", encoding=None)
+                assert (await asyncio.wait_for(reader.readuntil(b"]]>]]>"), 10)).startswith(b"<?xml")
+            with pytest.raises(asyncssh.ChannelOpenError) as exc:
+                await conn.open_session(subsystem="netconf", encoding=None)
+            assert (exc.value.code, exc.value.reason) == (asyncssh.OPEN_RESOURCE_SHORTAGE,
+                                                          "at most 8 channels per connection")
+    run(go())
