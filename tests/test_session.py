@@ -313,7 +313,8 @@ def test_session_limit(tmp_path):
             writer, reader, _ = await conn.open_session(subsystem="netconf", encoding=None)
             assert await asyncio.wait_for(reader.read(65536), 10) == b""  # no hello: refused
             conn.close()
-    assert "1 sessions open" in run_on_own_server(tmp_path, ["--max-sessions", "1"], go)
+    log = run_on_own_server(tmp_path, ["--max-sessions", "1", "--admin-sessions", "1"], go)
+    assert "refusing a session for admin from 127.0.0.1: 1 sessions open, the most the server allows" in log
 
 
 def test_error_path_prefixes_are_bound(server):

@@ -186,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "user" and args.action != "list" and not args.name:
         parser.error("user add and del need a NAME")
+    if args.command == "serve" and not (0 <= args.admin_sessions <= args.max_sessions
+                                        and args.max_sessions_per_user >= 1):
+        parser.error("--admin-sessions must be 0 to --max-sessions, --max-sessions-per-user at least 1")
     logging.basicConfig(level=getattr(args, "log_level", "INFO").upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
