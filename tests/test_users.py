@@ -234,3 +234,17 @@ def test_password_checks_run_in_a_bounded_pool_off_the_loop(tmp_path, monkeypatc
     assert results[:6] == [True] * 6
     # past MAX_WAITING refused, not queued
     assert [(type(r), str(r)) for r in results[6:]] == [(LoginBusy, "6 password checks waiting")] * 2
+
+
+def test_a_login_refused_for_load_is_not_counted_as_a_failure():
+    from nc_server.ssh import LoginQueue, _Auth
+
+    class Busy:
+        async def check_password(self, name, password):
+            raise LoginBusy("64 password checks waiting")
+
+    limiter = LoginLimiter(max_per_connection=1)
+    auth = _Auth(None, Busy(), limiter, LoginQueue(), {})
+    auth.source = "10.0.0.1"
+    assert asyncio.run(auth.validate_password("admin", "pw")) is False
+    assert (limiter._conn, limiter._pairs, limiter._sources) == ({}, {}, {})
