@@ -39,22 +39,33 @@ class ConfirmedCommit:
         self._timer: asyncio.TimerHandle | None = None
 
     # -- queries used by commit/cancel-commit --------------------------------
-    def check_access(self, session_id: int, persist_id: str | None, op: str) -> None:
-        """Raise unless this session (or holder of persist-id) may confirm/extend/cancel."""
+    def check_access(self, session_id: int, persist_id: str | None, op: str, recovery: bool = False) -> None:
+        """Raise unless this session (or holder of persist-id) may confirm/extend/cancel.
+        recovery: the recovery user may cancel any pending confirmed commit without its
+        persist-id, so no other user's commit can keep it from committing."""
         p = self.pending
         if p is None:
             if persist_id is not None:
                 raise RpcError("invalid-value", "no confirmed commit is pending for this persist-id",
                                path="/nc:commit/nc:persist-id" if op == "commit" else None)
             return
+        if recovery and op == "cancel-commit" and persist_id is None:
+            return
+        hint = " (the recovery user may cancel it with <cancel-commit/>)"
         if p.persist is not None:
+            if persist_id is None:
+                raise RpcError("in-use", "a persistent confirmed commit is pending; give its persist-id" +
+                               (hint if recovery else ""), app_tag="confirmed-commit-pending")
             if persist_id != p.persist:
-                raise RpcError("invalid-value" if persist_id is not None else "in-use",
-                               "a persistent confirmed commit is pending; give its persist-id")
+                raise RpcError("invalid-value", "the persist-id does not match the pending confirmed commit",
+                               app_tag="wrong-persist-id")
         elif persist_id is not None:
-            raise RpcError("invalid-value", "the pending confirmed commit has no persist-id")
+            raise RpcError("invalid-value", "the pending confirmed commit has no persist-id",
+                           app_tag="wrong-persist-id")
         elif session_id != p.session_id:
-            raise RpcError("in-use", f"a confirmed commit by session {p.session_id} is pending")
+            raise RpcError("in-use", f"a confirmed commit by session {p.session_id} is pending" +
+                           (hint if recovery else ""), app_tag="confirmed-commit-pending",
+                           info=[("session-id", str(p.session_id))])
 
     def stage_begin(self, backup_xml: str | None, session_id: int, timeout: int, persist: str | None,
                     writes: Writes) -> Pending:

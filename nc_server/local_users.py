@@ -1,8 +1,9 @@
 """RFC 7317 local users: `/ietf-system:system/authentication/user` over NETCONF,
 kept in step with the user file SSH logins read (users.json).
 
-- A password given in clear as `$0$...` is hashed (SHA-512-crypt) as soon as an
-  edit arrives, for every datastore, so no clear text is ever stored or returned.
+- A password given in clear as `$0$...` is hashed (SHA-512-crypt, in a worker
+  thread) as soon as an edit or copy arrives, before it is applied to any datastore,
+  so no clear text is ever stored or returned.
 - A commit to running rewrites users.json with running.xml, both or neither (the change
   applies to the next login).
   A user whose entry has no password keeps the hash users.json has, such as the
@@ -13,16 +14,15 @@ kept in step with the user file SSH logins read (users.json).
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 
-from _libyang import lib
-
-from . import libyang_abi
 from .backend import Backend, BackendError, ConfigDiff, xml_text
-from .errors import NC_NS
-from .users import UserDB, sha_crypt
+from .errors import NC_NS, RpcError
+from .users import UserDB, check_password_text, sha_crypt
 
 log = logging.getLogger(__name__)
 
@@ -34,21 +34,60 @@ HASH_ROUNDS = 100_000
 _SALT = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
+# one operation's clear-text passwords; each costs up to some 0.2 s of hashing
+MAX_CLEARTEXT = 16
+_PASSWORD = f"{{{NS}}}password"
+_PARENTS = (f"{{{NS}}}user", f"{{{NS}}}authentication", f"{{{NS}}}system")
+_hasher: ThreadPoolExecutor | None = None
+
+
 def crypt_hash(password: str) -> str:
     salt = "".join(secrets.choice(_SALT) for _ in range(16))
     return sha_crypt(password, f"$6$rounds={HASH_ROUNDS}${salt}")
 
 
-def hash_cleartext(tree) -> None:
-    """Replace every `$0$` password in the tree with its hash, in place."""
+async def hash_cleartext(op) -> None:
+    """Replace every `$0$` user password in an operation's XML with its hash, in place,
+    hashed one at a time in a worker thread so the event loop stays free."""
+    global _hasher
+    found = [el for el in op.iter(_PASSWORD) if (el.text or "").startswith(CLEAR_PREFIX) and _user_password(el)]
+    if len(found) > MAX_CLEARTEXT:
+        raise RpcError("too-big", f"at most {MAX_CLEARTEXT} clear-text ($0$) passwords in one operation, "
+                       f"not {len(found)}", app_tag="too-many-cleartext-passwords")
+    for el in found:
+        try:
+            check_password_text(el.text[len(CLEAR_PREFIX):])
+        except ValueError as exc:
+            name = el.getparent().findtext(f"{{{NS}}}name")
+            raise RpcError("invalid-value", f'user "{name}": {exc}', app_tag="bad-password",
+                           path=f"{USERS}[name='{name}']/password") from None
+    if not found:
+        return
+    if _hasher is None:
+        _hasher = ThreadPoolExecutor(1, thread_name_prefix="password-hash")
+    hashes = await asyncio.get_running_loop().run_in_executor(
+        _hasher, lambda: [crypt_hash(el.text[len(CLEAR_PREFIX):]) for el in found])
+    for el, hashed in zip(found, hashes):
+        el.text = hashed
+
+
+def _user_password(el) -> bool:
+    node = el
+    for tag in _PARENTS:
+        node = node.getparent()
+        if node is None or node.tag != tag:
+            return False
+    return True
+
+
+def refuse_cleartext(tree) -> None:
+    """A `$0$` password that reached a tree was not hashed: never store it."""
     if tree is None:
         return
-    for node in list(tree.find_all(f"{USERS}/password")):
-        value = str(node.value())
-        if value.startswith(CLEAR_PREFIX):
-            if libyang_abi.change_term(node.cdata, crypt_hash(value[len(CLEAR_PREFIX):])) not in (
-                    lib.LY_SUCCESS, lib.LY_EEXIST):
-                raise RuntimeError("cannot store the password hash")
+    for node in tree.find_all(f"{USERS}/password"):
+        if str(node.value()).startswith(CLEAR_PREFIX):
+            raise RpcError("invalid-value", "a clear-text ($0$) password must be inside <system> in the "
+                           "operation itself", app_tag="bad-password", path=f"{USERS}/password")
 
 
 def _users(tree) -> dict[str, dict]:
@@ -79,7 +118,7 @@ class LocalUsers(Backend):
         self.users = users
 
     def protect_secrets(self, tree) -> None:
-        hash_cleartext(tree)
+        refuse_cleartext(tree)
 
     def validate(self, diff: ConfigDiff) -> None:
         users = _users(diff.new)

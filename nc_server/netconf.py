@@ -353,7 +353,7 @@ def commit(session, op):
             raise RpcError("invalid-value", f'confirm-timeout "{text}" is not a positive number of seconds',
                            type="protocol", info=[("bad-element", "confirm-timeout")])
         timeout = int(text)
-    server.confirmed.check_access(session.id, persist_id, "commit")
+    server.confirmed.check_access(session.id, persist_id, "commit", session.username == server.acm.recovery_user)
     pending = server.confirmed.pending is not None
     # the confirmed-commit state changes on disk with running, in one commit
     writes = datastore.Writes()
@@ -379,7 +379,13 @@ def cancel_commit(session, op):
     server = session.server
     if server.confirmed.pending is None:
         raise RpcError("operation-failed", "no confirmed commit is pending", type="protocol")
-    server.confirmed.check_access(session.id, _text(params.get("persist-id")), "cancel-commit")
+    persist_id = _text(params.get("persist-id"))
+    recovery = session.username == server.acm.recovery_user
+    server.confirmed.check_access(session.id, persist_id, "cancel-commit", recovery)
+    holder = server.confirmed.pending.session_id
+    if recovery and persist_id is None and holder != session.id:
+        log.warning("session %d (%s) cancels the confirmed commit of %s", session.id, session.username,
+                    f"session {holder}" if holder else "a session before the restart")
     writes = datastore.Writes()
     server.confirmed.stage_end(writes)
     tree = datastore.parse_config(server.ctx, server.confirmed.pending.backup_xml, validate_now=False)

@@ -43,6 +43,8 @@ class Limits:
     hello_timeout: float = 60.0
     idle_timeout: float = 3600.0
     max_sessions: int = 64
+    max_sessions_per_user: int = 8  # the recovery user has no such limit
+    admin_sessions: int = 2  # of max_sessions, kept for the recovery user
 
 
 class Server:
@@ -144,6 +146,22 @@ class Server:
         # running is on disk already: every change is written before it goes live
         for b in self.backends:
             b.close()
+
+    def admission(self, username: str) -> str | None:
+        """Why a new session for username is refused, or None. The recovery user may use
+        every slot; other users the ones not kept for it, each at most its share."""
+        lim = self.limits
+        total = len(self.sessions)
+        if total >= lim.max_sessions:
+            return f"{total} sessions open, the most the server allows"
+        if username == self.acm.recovery_user:
+            return None
+        if total >= lim.max_sessions - lim.admin_sessions:
+            return f"{total} sessions open; the last {lim.admin_sessions} are kept for {self.acm.recovery_user}"
+        mine = sum(1 for s in self.sessions.values() if s.username == username)
+        if mine >= lim.max_sessions_per_user:
+            return f"user {username} has {mine} sessions open, the most one user may have"
+        return None
 
     def new_session_id(self) -> int:
         sid = self._next_sid

@@ -14,7 +14,7 @@ import libyang
 from _libyang import ffi, lib
 from lxml import etree
 
-from . import netconf, notifications, xmlsafe
+from . import local_users, netconf, notifications, xmlsafe
 from .backend import BackendError, xml_text
 from .datastore import data_path
 from .errors import NC_NS, RpcError, RpcErrors
@@ -94,10 +94,6 @@ class Session:
     # -- lifecycle ----------------------------------------------------------
     async def run(self) -> None:
         server = self.server
-        if len(server.sessions) >= server.limits.max_sessions:
-            log.warning("refusing a session from %s: %d sessions open", self.source, len(server.sessions))
-            self._close()
-            return
         server.sessions[self.id] = self
         server.stats.in_sessions += 1
         log.info("session %d started: user %s from %s", self.id, self.username, self.source)
@@ -166,25 +162,28 @@ class Session:
         self._write(encode(data, self.chunked))
 
     async def _message(self, timeout: float, what: str) -> bytes | None:
-        while True:
-            msg = self.decoder.next_message()
-            if msg is not None:
-                return msg
-            self._deadline.start(timeout)
-            try:
-                data = await self._read()
-            except asyncio.CancelledError:
-                if not self._deadline.expired:
-                    raise
-                self._deadline.task.uncancel()
-                self.end_reason = "timeout"
-                raise SessionEnd(f"{what} timeout after {timeout:g}s") from None
-            finally:
-                self._deadline.stop()
-            if not data:
-                self.decoder.eof()
-                return None
-            self.decoder.feed(data)
+        """The next message, which must be complete within timeout: bytes trickled
+        in do not move the deadline."""
+        self._deadline.start(timeout)
+        try:
+            while True:
+                msg = self.decoder.next_message()
+                if msg is not None:
+                    return msg
+                try:
+                    data = await self._read()
+                except asyncio.CancelledError:
+                    if not self._deadline.expired:
+                        raise
+                    self._deadline.task.uncancel()
+                    self.end_reason = "timeout"
+                    raise SessionEnd(f"{what} timeout after {timeout:g}s") from None
+                if not data:
+                    self.decoder.eof()
+                    return None
+                self.decoder.feed(data)
+        finally:
+            self._deadline.stop()
 
     # -- hello --------------------------------------------------------------
     def _hello_bytes(self) -> bytes:
@@ -264,6 +263,8 @@ class Session:
                 raise RpcError("operation-not-supported", f'operation "{q.localname}" is not supported',
                                type="protocol")
             self.server.acm.check_operation(self, "ietf-netconf", q.localname)
+            if q.localname in ("edit-config", "copy-config"):
+                await local_users.hash_cleartext(op)
             return handler(self, op)
         return await self._yang_rpc(msg, q)
 

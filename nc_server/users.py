@@ -1,8 +1,10 @@
-"""Local users for SSH login: password hashes, authorized keys, and a bound on
-failed logins per connection and per source address."""
+"""Local users for SSH login: password hashes, authorized keys, and bounds on
+failed logins per connection, per user and source address, and per source address."""
 from __future__ import annotations
 
+import asyncio
 import base64
+import ctypes
 import hashlib
 import hmac
 import json
@@ -11,6 +13,7 @@ import re
 import secrets
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import asyncssh
@@ -22,6 +25,8 @@ log = logging.getLogger(__name__)
 _NAME = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._-]{0,63}$")
 _SCRYPT = dict(n=1 << 15, r=8, p=1)
 _SCRYPT_MAXMEM = 64 * 1024 * 1024
+# bytes of UTF-8; libcrypt itself stops at 511, and SHA-crypt's cost grows with the length
+MAX_PASSWORD = 256
 
 
 def _b64(data: bytes) -> str:
@@ -32,8 +37,18 @@ def _unb64(text: str) -> bytes:
     return base64.b64decode(text + "=" * (-len(text) % 4))
 
 
+def check_password_text(password: str) -> None:
+    """Refuse, before any hashing, what no hash is computed for: the cost of SHA-crypt
+    grows with the length, and libcrypt would stop at a NUL, so "a\\0b" would match "a"."""
+    if len(password.encode(errors="surrogatepass")) > MAX_PASSWORD:
+        raise ValueError(f"a password may have at most {MAX_PASSWORD} bytes")
+    if "\0" in password:
+        raise ValueError("a password may not contain a NUL character")
+
+
 def hash_password(password: str) -> str:
     """`$scrypt$ln=15,r=8,p=1$SALT$HASH` (base64 without padding)."""
+    check_password_text(password)
     salt = secrets.token_bytes(16)
     digest = hashlib.scrypt(password.encode(), salt=salt, maxmem=_SCRYPT_MAXMEM, dklen=32, **_SCRYPT)
     return f"$scrypt$ln=15,r={_SCRYPT['r']},p={_SCRYPT['p']}${_b64(salt)}${_b64(digest)}"
@@ -41,10 +56,11 @@ def hash_password(password: str) -> str:
 
 def verify_password(password: str, stored: str) -> bool:
     """Check against our scrypt form or a SHA-crypt `$5$`/`$6$` hash (RFC 7317 crypt-hash).
-    A malformed stored value never matches."""
+    A malformed stored value, or a password check_password_text refuses, never matches."""
     if not isinstance(stored, str):
         return False
     try:
+        check_password_text(password)
         if stored.startswith("$scrypt$"):
             _, _, params, salt, digest = stored.split("$")
             opts = dict(kv.split("=") for kv in params.split(","))
@@ -56,89 +72,43 @@ def verify_password(password: str, stored: str) -> bool:
                                  maxmem=_SCRYPT_MAXMEM, dklen=len(want))
             return hmac.compare_digest(got, want)
         if stored.startswith(("$5$", "$6$")):
-            return hmac.compare_digest(sha_crypt(password, stored).encode(), stored.encode())
+            got = sha_crypt(password, stored)
+            return got is not None and hmac.compare_digest(got.encode(), stored.encode())
     except (ValueError, KeyError, TypeError):
         return False
     return False
 
 
-# -- SHA-crypt (the published "Unix crypt using SHA-256 and SHA-512" algorithm) -------
+# -- SHA-crypt, computed by the system's libcrypt (libxcrypt) --------------------------
 
-_ITOA64 = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-_ROUNDS_DEFAULT, _ROUNDS_MIN, _ROUNDS_MAX = 5000, 1000, 1_000_000  # the spec allows 999999999: too slow to accept
-_PERM = {
-    "5": [(0, 10, 20), (21, 1, 11), (12, 22, 2), (3, 13, 23), (24, 4, 14), (15, 25, 5), (6, 16, 26),
-          (27, 7, 17), (18, 28, 8), (9, 19, 29), (None, 31, 30)],
-    "6": [(0, 21, 42), (22, 43, 1), (44, 2, 23), (3, 24, 45), (25, 46, 4), (47, 5, 26), (6, 27, 48),
-          (28, 49, 7), (50, 8, 29), (9, 30, 51), (31, 52, 10), (53, 11, 32), (12, 33, 54), (34, 55, 13),
-          (56, 14, 35), (15, 36, 57), (37, 58, 16), (59, 17, 38), (18, 39, 60), (40, 61, 19), (62, 20, 41),
-          (None, None, 63)],
-}
+_ROUNDS_MAX = 1_000_000  # the format allows 999999999: minutes per login
+_ROUNDS = re.compile(r"rounds=([0-9]{1,10})\$")
+_CRYPT_DATA_SIZE = 32768  # sizeof(struct crypt_data) in libxcrypt
+_libcrypt = ctypes.CDLL("libcrypt.so.1")
+_crypt_rn = _libcrypt.crypt_rn
+_crypt_rn.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int]
+_crypt_rn.restype = ctypes.c_char_p
 
 
-def _encode_triplet(b2: int, b1: int, b0: int, n: int) -> str:
-    w = (b2 << 16) | (b1 << 8) | b0
-    out = []
-    for _ in range(n):
-        out.append(_ITOA64[w & 0x3F])
-        w >>= 6
-    return "".join(out)
-
-
-def sha_crypt(password: str, setting: str) -> str:
-    """Compute the SHA-crypt string for password with the salt (and rounds) of setting,
-    e.g. `$5$rounds=10000$saltstring`. Raises ValueError on a bad setting."""
-    parts = setting.split("$")
-    if len(parts) < 3 or parts[1] not in ("5", "6"):
+def sha_crypt(password: str, setting: str) -> str | None:
+    """The SHA-crypt string for password with the salt (and rounds) of setting, e.g.
+    `$6$rounds=100000$saltstring`; None when libcrypt refuses the setting. Takes
+    libcrypt's reentrant entry point, which runs without the GIL: call it in a thread."""
+    if not setting.startswith(("$5$", "$6$")) or "\0" in setting:
         raise ValueError("not a SHA-crypt setting")
-    variant = parts[1]
-    h = hashlib.sha256 if variant == "5" else hashlib.sha512
-    rest = parts[2:]
-    rounds, explicit = _ROUNDS_DEFAULT, False
-    if rest[0].startswith("rounds="):
-        rounds = min(max(int(rest[0][7:]), _ROUNDS_MIN), 999_999_999)
-        if rounds > _ROUNDS_MAX:
+    if setting.startswith("rounds=", 3):
+        # checked here, as libcrypt would read a larger count as its maximum
+        rounds = _ROUNDS.match(setting, 3)
+        if rounds is None or int(rounds.group(1)) > _ROUNDS_MAX:
             raise ValueError("too many rounds")
-        explicit = True
-        rest = rest[1:]
-    if not rest:
-        raise ValueError("no salt")
-    salt = rest[0][:16].encode()
-    pw = password.encode()
-    size = h().digest_size
+    check_password_text(password)
+    data = ctypes.create_string_buffer(_CRYPT_DATA_SIZE)
+    out = _crypt_rn(password.encode(), setting.encode(), data, _CRYPT_DATA_SIZE)
+    return out.decode() if out is not None else None
 
-    b = h(pw + salt + pw).digest()
-    a = h(pw + salt)
-    a.update((b * (len(pw) // size + 1))[:len(pw)])
-    n = len(pw)
-    while n:
-        a.update(b if n & 1 else pw)
-        n >>= 1
-    a_digest = a.digest()
-    dp = h(pw * len(pw)).digest()
-    p = (dp * (len(pw) // size + 1))[:len(pw)]
-    ds = h(salt * (16 + a_digest[0])).digest()
-    s = (ds * (len(salt) // size + 1))[:len(salt)]
-    c = a_digest
-    for i in range(rounds):
-        step = h(p if i & 1 else c)
-        if i % 3:
-            step.update(s)
-        if i % 7:
-            step.update(p)
-        step.update(c if i & 1 else p)
-        c = step.digest()
 
-    encoded = []
-    for i, j, k in _PERM[variant]:
-        if i is None and j is None:
-            encoded.append(_encode_triplet(0, 0, c[k], 2))
-        elif i is None:
-            encoded.append(_encode_triplet(0, c[j], c[k], 3))
-        else:
-            encoded.append(_encode_triplet(c[i], c[j], c[k], 4))
-    head = f"${variant}$" + (f"rounds={rounds}$" if explicit else "")
-    return head + salt.decode() + "$" + "".join(encoded)
+class LoginBusy(Exception):
+    """Too many password checks are waiting: this one was not made."""
 
 
 # -- the user database -----------------------------------------------------------------
@@ -147,19 +117,26 @@ class UserDB:
     """`users.json`: {"users": {name: {"password": hash or null, "authorized-keys": [...]}}}.
     Re-read when the file changes, so edits by another process apply to the next login."""
 
-    # spent on unknown users so timing does not tell which names exist
+    # spent on unknown users when no stored hash can stand in for them
     _DUMMY = hash_password(secrets.token_hex(8))
 
     MAX_CACHED = 1024
+    # Password checks run in threads: a scrypt check holds 32 MiB, so only this many at once,
+    # and past MAX_WAITING queued checks a login is refused (LoginBusy) rather than queued.
+    WORKERS = 2
+    MAX_WAITING = 64
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self._users: dict[str, dict] = {}
         self._stamp: tuple | None = None
+        self._decoy = self._DUMMY
         # A verified login is remembered as a keyed MAC of the password, so automation
         # that connects often pays the slow hash once; a changed stored hash forgets it.
         self._mac_key = secrets.token_bytes(32)
         self._verified: dict[str, tuple[str, bytes]] = {}
+        self._executor: ThreadPoolExecutor | None = None
+        self._waiting = 0
 
     def load(self) -> None:
         try:
@@ -174,6 +151,21 @@ class UserDB:
         users = data.get("users", {}) if isinstance(data, dict) else {}
         self._users = {n: u for n, u in users.items() if isinstance(u, dict)}
         self._stamp = stamp
+        self._decoy = self._typical_hash()
+
+    def _typical_hash(self) -> str:
+        """A stored hash of the most common scheme and cost: an unknown name is checked
+        against it (and refused), so it takes as long as a name that exists."""
+        by_cost: dict[str, list[str]] = {}
+        for user in self._users.values():
+            stored = user.get("password")
+            if isinstance(stored, str) and stored.startswith(("$scrypt$", "$5$", "$6$")):
+                fields = stored.split("$")
+                cost = "$".join(fields[:3] if fields[2].startswith(("ln=", "rounds=")) else fields[:2])
+                by_cost.setdefault(cost, []).append(stored)
+        if not by_cost:
+            return self._DUMMY
+        return max(by_cost.values(), key=len)[0]
 
     def _fresh(self) -> None:
         try:
@@ -240,23 +232,43 @@ class UserDB:
         self._users[name]["password"] = hash_password(password)
         self._save()
 
-    def check_password(self, name: str, password: str) -> bool:
+    async def check_password(self, name: str, password: str) -> bool:
+        """Verify a login in a worker thread; an unknown name or a user without a password
+        costs the same work as a known one. A password too long is refused unhashed.
+        Raises LoginBusy when too many checks are waiting."""
         self._fresh()
+        try:
+            check_password_text(password)
+        except ValueError as exc:
+            log.warning("password for %r refused unchecked: %s", name[:64], exc)
+            return False
         user = self._users.get(name)
         stored = user.get("password") if user else None
         if not isinstance(stored, str):
-            verify_password(password, self._DUMMY)
+            await self._verify(password, self._decoy)
             return False
         mac = hmac.new(self._mac_key, password.encode(), hashlib.sha256).digest()
         cached = self._verified.get(name)
         if cached is not None and cached[0] == stored and hmac.compare_digest(cached[1], mac):
             return True
-        if not verify_password(password, stored):
+        if not await self._verify(password, stored):
             return False
         if len(self._verified) >= self.MAX_CACHED:
             self._verified.clear()
         self._verified[name] = (stored, mac)
         return True
+
+    async def _verify(self, password: str, stored: str) -> bool:
+        if self._waiting >= self.MAX_WAITING:
+            raise LoginBusy(f"{self._waiting} password checks waiting")
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.WORKERS, thread_name_prefix="password")
+        self._waiting += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._executor, verify_password, password, stored)
+        finally:
+            self._waiting -= 1
 
     def authorized_keys(self, name: str) -> list[str]:
         self._fresh()
@@ -285,45 +297,81 @@ class UserDB:
 
 
 class LoginLimiter:
-    """Failed logins: at most max_per_connection on one connection, and a source
-    with max_per_source failures within window seconds is refused until they age out."""
+    """Failed password logins, counted three ways within window seconds:
 
-    MAX_SOURCES = 10000
+    - max_per_connection on one connection closes it;
+    - max_per_user_source for one user name from one source address refuses that
+      name from that address until the failures age out, so guessing one user's
+      password from a shared address does not lock out its other users;
+    - max_per_source for all names from one address refuses every name from it
+      (spraying many names), except a name that logged in from there within
+      remember seconds.
 
-    def __init__(self, max_per_connection: int = 3, max_per_source: int = 10, window: float = 300.0,
-                 clock=time.monotonic):
+    At most MAX_ENTRIES of each are kept, the least recently failed dropped first,
+    and a name is keyed by at most 65 characters (no user name is longer than 64)."""
+
+    MAX_ENTRIES = 10000
+
+    def __init__(self, max_per_connection: int = 3, max_per_user_source: int = 10, max_per_source: int = 100,
+                 window: float = 300.0, remember: float = 86400.0, clock=time.monotonic):
         self.max_per_connection = max_per_connection
+        self.max_per_user_source = max_per_user_source
         self.max_per_source = max_per_source
         self.window = window
+        self.remember = remember
         self.clock = clock
         self._conn: dict[int, int] = {}
+        self._pairs: OrderedDict[tuple[str, str], list[float]] = OrderedDict()
         self._sources: OrderedDict[str, list[float]] = OrderedDict()
+        self._good: OrderedDict[tuple[str, str], float] = OrderedDict()
 
-    def _recent(self, ip: str) -> list[float]:
+    @staticmethod
+    def _key(name: str, ip: str) -> tuple[str, str]:
+        return (name if len(name) <= 64 else name[:64] + "\u2026", ip)
+
+    def _recent(self, table: OrderedDict, key) -> list[float]:
         now = self.clock()
-        times = [t for t in self._sources.get(ip, []) if now - t < self.window]
+        times = [t for t in table.get(key, ()) if now - t < self.window]
         if times:
-            self._sources[ip] = times
+            table[key] = times
         else:
-            self._sources.pop(ip, None)
+            table.pop(key, None)
         return times
 
-    def allow_connection(self, ip: str) -> bool:
-        return len(self._recent(ip)) < self.max_per_source
+    def refusal(self, name: str, ip: str) -> str | None:
+        """Why a password for name from ip is refused unchecked, or None."""
+        key = self._key(name, ip)
+        if len(self._recent(self._pairs, key)) >= self.max_per_user_source:
+            return f"too many failed logins for this user from {ip}"
+        if len(self._recent(self._sources, ip)) >= self.max_per_source:
+            seen = self._good.get(key)
+            if seen is None or self.clock() - seen >= self.remember:
+                return f"too many failed logins from {ip}"
+        return None
 
-    def record_failure(self, conn_id: int, ip: str) -> bool:
+    def record_failure(self, conn_id: int, name: str, ip: str) -> bool:
         """Count a failure; False when the connection must be closed."""
         self._conn[conn_id] = self._conn.get(conn_id, 0) + 1
-        times = self._recent(ip)
-        times.append(self.clock())
-        self._sources[ip] = times
-        self._sources.move_to_end(ip)
-        while len(self._sources) > self.MAX_SOURCES:
-            self._sources.popitem(last=False)
-        return self._conn[conn_id] < self.max_per_connection and len(times) < self.max_per_source
+        self._add(self._pairs, self._key(name, ip), self.max_per_user_source)
+        self._add(self._sources, ip, self.max_per_source)
+        return self._conn[conn_id] < self.max_per_connection and self.refusal(name, ip) is None
 
-    def record_success(self, conn_id: int) -> None:
+    def _add(self, table: OrderedDict, key, keep: int) -> None:
+        times = self._recent(table, key)
+        times.append(self.clock())
+        table[key] = times[-keep:]
+        table.move_to_end(key)
+        while len(table) > self.MAX_ENTRIES:
+            table.popitem(last=False)
+
+    def record_success(self, conn_id: int, name: str, ip: str) -> None:
         self._conn.pop(conn_id, None)
+        key = self._key(name, ip)
+        self._pairs.pop(key, None)
+        self._good[key] = self.clock()
+        self._good.move_to_end(key)
+        while len(self._good) > self.MAX_ENTRIES:
+            self._good.popitem(last=False)
 
     def forget(self, conn_id: int) -> None:
         self._conn.pop(conn_id, None)

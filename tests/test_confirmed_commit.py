@@ -119,10 +119,7 @@ def test_other_session_cannot_confirm_without_persist(server, nc):
     with server.connect() as other:
         with pytest.raises(RPCError) as exc:
             commit(other)
-        assert exc.value.tag == "in-use"
-        with pytest.raises(RPCError) as exc:
-            rpc(other, f'<cancel-commit xmlns="{NC}"/>')
-        assert exc.value.tag == "in-use"
+        assert (exc.value.tag, exc.value.app_tag) == ("in-use", "confirmed-commit-pending")
     commit(nc)
 
 
@@ -165,3 +162,65 @@ def test_unpersisted_confirmed_commit_rolls_back_on_restart(tmp_path):
             assert names(m) == ["orig"]
     finally:
         srv.stop()
+
+
+OPS_CFG = (f'<config xmlns="{NC}"><system xmlns="urn:ietf:params:xml:ns:yang:ietf-system"><authentication>'
+           "<user><name>admin</name></user><user><name>ops</name><password>$0$ops-pw</password></user>"
+           "</authentication></system><nacm xmlns=\"urn:ietf:params:xml:ns:yang:ietf-netconf-acm\"><groups>"
+           "<group><name>ops</name><user-name>ops</user-name></group></groups><rule-list><name>ops</name>"
+           "<group>ops</group><rule><name>all</name><module-name>*</module-name><access-operations>*"
+           "</access-operations><action>permit</action></rule></rule-list></nacm></config>")
+
+
+def test_the_recovery_user_cancels_another_users_persistent_commit_after_a_restart(tmp_path):
+    srv = ServerProcess(tmp_path / "state").start()
+    try:
+        with srv.connect() as m:
+            m.edit_config(target="running", config=OPS_CFG)
+            stage(m, "orig")
+            m.commit()
+        with srv.connect(username="ops", password="ops-pw") as ops:
+            stage(ops, "held")
+            commit(ops, "<confirmed/><persist>ops-tok</persist><confirm-timeout>4294967295</confirm-timeout>")
+        srv.stop()
+        srv.start()
+        with srv.connect(username="ops", password="ops-pw") as ops:
+            for op in ("<commit/>", "<cancel-commit/>"):
+                with pytest.raises(RPCError) as exc:
+                    rpc(ops, op.replace("/>", f' xmlns="{NC}"/>'))
+                assert (exc.value.tag, exc.value.app_tag, exc.value.message) == (
+                    "in-use", "confirmed-commit-pending", "a persistent confirmed commit is pending; give its persist-id")
+            with pytest.raises(RPCError) as exc:
+                rpc(ops, f'<cancel-commit xmlns="{NC}"><persist-id>guess</persist-id></cancel-commit>')
+            assert (exc.value.tag, exc.value.app_tag) == ("invalid-value", "wrong-persist-id")
+        with srv.connect() as m:
+            assert names(m) == ["held"]
+            with pytest.raises(RPCError) as exc:
+                commit(m)
+            assert (exc.value.tag, exc.value.app_tag, exc.value.message) == (
+                "in-use", "confirmed-commit-pending", "a persistent confirmed commit is pending; give its persist-id "
+                "(the recovery user may cancel it with <cancel-commit/>)")
+            rpc(m, f'<cancel-commit xmlns="{NC}"/>')
+            assert names(m) == ["orig"]
+            assert not (srv.state_dir / "datastore" / "confirmed-commit.json").exists()
+            stage(m, "mine")
+            m.commit()
+            assert names(m) == ["mine"]
+        assert "cancels the confirmed commit of a session before the restart" in srv.log()
+    finally:
+        srv.stop()
+
+
+def test_the_recovery_user_cancels_another_sessions_commit(server, nc):
+    stage(nc, "orig")
+    nc.commit()
+    other = server.connect()
+    try:
+        stage(other, "theirs")
+        commit(other, "<confirmed/><confirm-timeout>600</confirm-timeout>")
+        rpc(nc, f'<cancel-commit xmlns="{NC}"/>')
+        assert names(nc) == ["orig"]
+        commit(other)  # nothing pending any more: a plain commit of the discarded candidate
+        assert names(nc) == ["orig"]
+    finally:
+        other.close_session()

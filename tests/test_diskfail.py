@@ -357,7 +357,7 @@ def test_userdb_failed_save_leaves_nothing_live(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         db.remove_user("admin")
     assert db.users() == ["admin"]
-    assert not db.check_password("mallory", "pw")
+    assert not asyncio.run(db.check_password("mallory", "pw"))
 
 
 def test_confirmed_rollback_refused_by_the_disk_is_tried_again(tmp_path, monkeypatch):

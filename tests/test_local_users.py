@@ -1,5 +1,6 @@
 """RFC 7317 local users over NETCONF, kept in step with SSH logins and with the
 offline `trustplane user` command."""
+import asyncio
 import json
 import subprocess
 import sys
@@ -109,6 +110,9 @@ def test_offline_cli_edits_show_up_at_start(tmp_path):
     subprocess.run([*cli, "add", "hashed", "--password-hash", openssl_passwd("-6", "h-pw")], check=True, cwd=ROOT)
     bad = subprocess.run([*cli, "add", "x", "--password-hash", "nope"], capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2 and "crypt hash" in bad.stderr
+    long = subprocess.run([*cli, "add", "y", "--password-stdin"], input="x" * 257 + "\n", capture_output=True,
+                          text=True, cwd=ROOT)
+    assert (long.returncode, long.stderr) == (2, "trustplane: a password may have at most 256 bytes\n")
     listed = subprocess.run([*cli, "list"], capture_output=True, text=True, check=True, cwd=ROOT).stdout.split()
     assert listed == ["admin", "auditor", "hashed"]
     srv.start()
@@ -137,3 +141,52 @@ def test_the_last_user_cannot_be_removed(fresh_server):
         assert exc.value.app_tag == "no-local-users"
     with fresh_server.connect() as m:
         assert m.session_id
+
+
+def test_password_length_is_capped(fresh_server):
+    srv = fresh_server
+    with srv.connect() as m:
+        before = etree.tostring(configured(m, "candidate"))
+        with pytest.raises(RPCError) as exc:
+            m.edit_config(target="candidate", config=users_cfg(user("ops", "$0$" + "x" * 257)))
+        assert (exc.value.tag, exc.value.app_tag) == ("invalid-value", "bad-password")
+        assert exc.value.message == 'user "ops": a password may have at most 256 bytes'
+        with pytest.raises(RPCError) as exc:
+            m.edit_config(target="candidate", config=users_cfg(*(user(f"u{i}", "$0$pw") for i in range(17))))
+        assert (exc.value.tag, exc.value.app_tag) == ("too-big", "too-many-cleartext-passwords")
+        assert exc.value.message == "at most 16 clear-text ($0$) passwords in one operation, not 17"
+        assert etree.tostring(configured(m, "candidate")) == before
+        longest = "p" * 256
+        m.edit_config(target="running", config=users_cfg(user("ops", "$0$" + longest)))
+    with srv.connect(username="ops", password=longest) as ops:
+        assert ops.session_id
+
+    async def long_login():
+        with pytest.raises(asyncssh.PermissionDenied):
+            await asyncssh.connect(srv.host, srv.port, username="ops", password="x" * 24 * 1024,
+                                   known_hosts=None, client_keys=None, preferred_auth="password")
+
+    asyncio.run(long_login())
+    assert "password for 'ops' refused unchecked: a password may have at most 256 bytes" in srv.log()
+
+
+def test_cleartext_is_hashed_in_a_worker_thread(monkeypatch):
+    import threading
+
+    from nc_server import local_users
+    threads = []
+    real = local_users.crypt_hash
+    monkeypatch.setattr(local_users, "crypt_hash", lambda pw: threads.append(threading.current_thread().name)
+                        or real(pw))
+    op = etree.fromstring(f'<edit-config xmlns="{NC}"><target><running/></target>'
+                          f'{users_cfg(user("a", "$0$pw-a"), user("b", "$6$salt$h"), user("c", "$0$pw-c"))}'
+                          "</edit-config>")
+    asyncio.run(local_users.hash_cleartext(op))
+    assert len(threads) == 2 and all(t.startswith("password-hash") for t in threads)
+    hashes = op.xpath("//s:password/text()", namespaces={"s": SYS})
+    assert hashes[1] == "$6$salt$h"
+    for pw, hashed in zip(("pw-a", "pw-c"), hashes[::2]):
+        salt = hashed.split("$")[3]
+        # openssl computes the same string: an independent SHA-512-crypt
+        assert hashed == subprocess.run(["openssl", "passwd", "-6", "-salt", f"rounds=100000${salt}", "-stdin"],
+                                        input=pw + "\n", capture_output=True, text=True).stdout.strip()

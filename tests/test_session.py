@@ -313,7 +313,8 @@ def test_session_limit(tmp_path):
             writer, reader, _ = await conn.open_session(subsystem="netconf", encoding=None)
             assert await asyncio.wait_for(reader.read(65536), 10) == b""  # no hello: refused
             conn.close()
-    assert "1 sessions open" in run_on_own_server(tmp_path, ["--max-sessions", "1"], go)
+    log = run_on_own_server(tmp_path, ["--max-sessions", "1", "--admin-sessions", "1"], go)
+    assert "refusing a session for admin from 127.0.0.1: 1 sessions open, the most the server allows" in log
 
 
 def test_error_path_prefixes_are_bound(server):
@@ -328,4 +329,163 @@ def test_error_path_prefixes_are_bound(server):
             path = error_of(parse(await s.read_chunked()))["error-path"]
             assert path.text == "/config-test:settings/mtu"
             assert path.nsmap["config-test"] == ct
+    run(go())
+
+
+def test_hello_and_idle_timeouts_are_absolute(tmp_path):
+    # a client that trickles bytes never finishing its message is cut at the deadline all the same
+    async def trickle(s, data: bytes):
+        for b in data:
+            s.writer.write(bytes([b]))
+            await asyncio.sleep(0.1)
+
+    async def go(srv):
+        async with Raw(srv) as s:
+            start = time.monotonic()
+            sender = asyncio.create_task(trickle(s, hello(BASE10)))
+            assert await s.closed(timeout=8)
+            assert time.monotonic() - start < 3.5 and not sender.done()
+            sender.cancel()
+        async with Raw(srv) as s:
+            s.writer.write(hello(BASE10))
+            start = time.monotonic()
+            sender = asyncio.create_task(trickle(s, f'<rpc message-id="1" xmlns="{NC}"><get-config><source>'
+                                                    "<running/></source></get-config></rpc>]]>]]>".encode()))
+            assert await s.closed(timeout=8)
+            assert time.monotonic() - start < 3.5 and not sender.done()
+            sender.cancel()
+    log = run_on_own_server(tmp_path, ["--hello-timeout", "2", "--idle-timeout", "2"], go)
+    assert "hello timeout after 2s" in log and "idle timeout after 2s" in log
+
+
+async def open_netconf(srv, username: str, password: str):
+    """A netconf channel for username: (connection, its server hello) or (connection, the refusal)."""
+    conn = await asyncssh.connect(srv.host, srv.port, username=username, password=password,
+                                  known_hosts=None, client_keys=None)
+    chan = await conn.create_process(subsystem="netconf", encoding=None)
+    out = await asyncio.wait_for(chan.stdout.read(1), 10)
+    if out:
+        return conn, out
+    result = await asyncio.wait_for(chan.wait(), 10)
+    return conn, (result.exit_status, result.stderr.decode())
+
+
+def test_sessions_per_user_and_kept_for_admin(tmp_path):
+    args = ["--max-sessions", "5", "--max-sessions-per-user", "2", "--admin-sessions", "1"]
+
+    async def go(srv):
+        conns = []
+
+        async def session(user, password=PASSWORD):
+            conn, got = await open_netconf(srv, user, password)
+            conns.append(conn)
+            return got
+
+        try:
+            async with Raw(srv) as admin:
+                admin.writer.write(hello(BASE10))
+                users = "".join(f"<user><name>{n}</name><password>$0$pw-{n}</password></user>" for n in ("ops", "dev"))
+                admin.writer.write(f'<rpc message-id="1" xmlns="{NC}"><edit-config><target><running/></target>'
+                                   f'<config><system xmlns="urn:ietf:params:xml:ns:yang:ietf-system">'
+                                   f"<authentication>{users}</authentication></system></config></edit-config>"
+                                   "</rpc>]]>]]>".encode())
+                assert b"<ok/>" in await admin.read_until(b"]]>]]>")
+                assert await session("ops", "pw-ops") == b"<"
+                assert await session("ops", "pw-ops") == b"<"
+                assert await session("ops", "pw-ops") == (
+                    1, "session refused: user ops has 2 sessions open, the most one user may have\n")
+                assert await session("dev", "pw-dev") == b"<"  # 4 of 5 open
+                assert await session("dev", "pw-dev") == (
+                    1, "session refused: 4 sessions open; the last 1 are kept for admin\n")
+                assert await session("admin") == b"<"  # the kept slot
+                assert await session("admin") == (1, "session refused: 5 sessions open, the most the server allows\n")
+                # ops holds 3 connections; twice its session limit is the most it may hold
+                extra = await asyncssh.connect(srv.host, srv.port, username="ops", password="pw-ops",
+                                               known_hosts=None, client_keys=None)
+                conns.append(extra)
+                closed = await asyncssh.connect(srv.host, srv.port, username="ops", password="pw-ops",
+                                                known_hosts=None, client_keys=None)
+                conns.append(closed)
+                await asyncio.wait_for(closed.wait_closed(), 10)
+                assert not extra.is_closed()
+        finally:
+            for conn in conns:
+                conn.close()
+    log = run_on_own_server(tmp_path, args, go)
+    assert "refusing a session for ops from 127.0.0.1: user ops has 2 sessions open" in log
+    assert "closing a connection of ops from 127.0.0.1: 4 connections open, the most one user may have" in log
+
+
+def test_guessing_one_name_does_not_lock_out_another_from_the_same_address(tmp_path):
+    async def attempt(srv, username, password):
+        conn = await asyncssh.connect(srv.host, srv.port, username=username, password=password,
+                                      known_hosts=None, client_keys=None, preferred_auth="password")
+        conn.close()
+
+    async def go(srv):
+        for i in range(11):
+            with pytest.raises(asyncssh.DisconnectError) as exc:
+                await attempt(srv, "root", f"guess{i}")
+            # the tenth failure, and any attempt after it, closes the connection at once
+            assert (type(exc.value), exc.value.code) == ((asyncssh.PermissionDenied, 14) if i < 9 else
+                                                         (asyncssh.DisconnectError, 11))
+        await attempt(srv, "admin", PASSWORD)  # the same address, another name
+    log = run_on_own_server(tmp_path, [], go)
+    assert "refusing a password for 'root' unchecked: too many failed logins for this user from 127.0.0.1" in log
+
+
+def test_connections_not_logged_in_are_bounded_per_address(server):
+    import socket
+
+    async def login():
+        conn = await asyncssh.connect(server.host, server.port, username="admin", password=PASSWORD,
+                                      known_hosts=None, client_keys=None)
+        conn.close()
+
+    idle = [socket.create_connection((server.host, server.port)) for _ in range(10)]
+    try:
+        for sock in idle:  # the server's version line: each connection is accepted and counted
+            assert sock.recv(256).startswith(b"SSH-2.0-")
+        # closed at once: the client sees a reset or the connection lost, as its reads fall
+        with pytest.raises((ConnectionResetError, asyncssh.ConnectionLost)):
+            run(login())
+    finally:
+        for sock in idle:
+            sock.close()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            run(login())
+            break
+        except (ConnectionError, asyncssh.DisconnectError):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    assert "refusing a connection from 127.0.0.1: 10 connections from 127.0.0.1 not logged in yet" in server.log()
+
+
+def test_login_queue_bounds_per_address_and_in_all():
+    from nc_server.ssh import LoginQueue
+    q = LoginQueue(per_source=2, total=3)
+    assert q.enter("10.0.0.1") is None and q.enter("10.0.0.1") is None
+    assert q.enter("10.0.0.1") == "2 connections from 10.0.0.1 not logged in yet"
+    assert q.enter("10.0.0.2") is None
+    assert q.enter("10.0.0.3") == "3 connections not logged in yet"
+    q.leave("10.0.0.1")
+    assert q.enter("10.0.0.3") is None
+    for ip in ("10.0.0.1", "10.0.0.2", "10.0.0.3"):
+        q.leave(ip)
+    assert q._by_source == {}
+
+
+def test_channels_per_connection_are_bounded(server):
+    async def go():
+        async with asyncssh.connect(server.host, server.port, username="admin", password=PASSWORD,
+                                    known_hosts=None, client_keys=None) as conn:
+            for _ in range(8):
+                _writer, reader, _ = await conn.open_session(subsystem="netconf", encoding=None)
+                assert (await asyncio.wait_for(reader.readuntil(b"]]>]]>"), 10)).startswith(b"<?xml")
+            with pytest.raises(asyncssh.ChannelOpenError) as exc:
+                await conn.open_session(subsystem="netconf", encoding=None)
+            assert (exc.value.code, exc.value.reason) == (asyncssh.OPEN_RESOURCE_SHORTAGE,
+                                                          "at most 8 channels per connection")
     run(go())

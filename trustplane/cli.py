@@ -71,7 +71,8 @@ async def serve(args) -> int:
     services = Services(state_dir=state_dir, devfs=devfs, clock=lambda: datetime.now(timezone.utc) + offset)
     instances = [LocalUsers(users), *(factory(services) for factory in registered().values())]
     limits = Limits(max_message=args.max_message, hello_timeout=args.hello_timeout,
-                    idle_timeout=args.idle_timeout, max_sessions=args.max_sessions)
+                    idle_timeout=args.idle_timeout, max_sessions=args.max_sessions,
+                    max_sessions_per_user=args.max_sessions_per_user, admin_sessions=args.admin_sessions)
     server = Server(state_dir, instances, services, limits, extra_yang_dirs=args.yang_dir,
                     replay_size=args.replay_size, notification_queue=args.notification_queue)
     server.load()
@@ -165,9 +166,15 @@ def main(argv: list[str] | None = None) -> int:
     p_serve.add_argument("--host", default="127.0.0.1")
     p_serve.add_argument("--port", type=int, default=8830)
     p_serve.add_argument("--max-message", type=int, default=32 * 1024 * 1024, help="bytes per message")
-    p_serve.add_argument("--hello-timeout", type=float, default=60.0, help="seconds")
-    p_serve.add_argument("--idle-timeout", type=float, default=3600.0, help="seconds")
+    p_serve.add_argument("--hello-timeout", type=float, default=60.0,
+                         help="seconds from the start of a session to the end of the client's hello")
+    p_serve.add_argument("--idle-timeout", type=float, default=3600.0,
+                         help="seconds from the last reply to the end of the next message")
     p_serve.add_argument("--max-sessions", type=int, default=64)
+    p_serve.add_argument("--max-sessions-per-user", type=int, default=8,
+                         help="NETCONF sessions one user may hold (the recovery user admin: no limit)")
+    p_serve.add_argument("--admin-sessions", type=int, default=2,
+                         help="of --max-sessions, how many only the recovery user admin may use")
     p_serve.add_argument("--replay-size", type=int, default=1000,
                          help="notifications kept for replay; the oldest are dropped first")
     p_serve.add_argument("--notification-queue", type=int, default=1000,
@@ -202,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "user" and args.action != "list" and not args.name:
         parser.error("user add and del need a NAME")
+    if args.command == "serve" and not (0 <= args.admin_sessions <= args.max_sessions
+                                        and args.max_sessions_per_user >= 1):
+        parser.error("--admin-sessions must be 0 to --max-sessions, --max-sessions-per-user at least 1")
     logs.setup(getattr(args, "log_level", "INFO"))
     try:
         if args.command == "user":
