@@ -45,6 +45,10 @@ def build_rpm(work: Path, name: str, files: dict[str, bytes], *, version: str = 
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_bytes(data)
         os.chmod(f, (modes or {}).get(path, 0o644))
+    for d in dirs:
+        (src / d.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        if d in (modes or {}):
+            os.chmod(src / d.lstrip("/"), modes[d])
     for path, target in (symlinks or {}).items():
         (src / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
         os.symlink(target, src / path.lstrip("/"))

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import shutil
+import stat
 import struct
 import subprocess
 from datetime import datetime, timezone
@@ -14,7 +17,7 @@ from backends.device.profile import init_state_dir
 from backends.engine import fingerprint, openpgp, rpm
 from backends.install import kgv
 from backends.install.backend import InstallBackend
-from backends.install.packages import InstallError, PackageStore, _install_fingerprint, _under
+from backends.install.packages import InstallError, PackageStore, _install_fingerprint
 from nc_server.backend import Services
 from nc_server.devfs import DeviceFS
 from rpms import build_rpm, export_public, make_gpg_key
@@ -87,14 +90,67 @@ def test_run_time_fingerprint_sees_every_kind_of_change(tmp_path):
     assert fingerprint.run_time(root, files, dirs, foreign={"/opt/p/theirs"}) == base
 
 
-def test_package_root_refuses_paths_through_links_that_leave_it(tmp_path):
-    root = tmp_path / "root"
-    root.mkdir()
-    os.symlink("/etc", root / "out")
+def test_run_time_walk_never_leaves_the_root_through_a_link(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (outside / "p").mkdir(parents=True)
+    (outside / "p" / "secret").write_bytes(b"s")
+    (root / "opt").mkdir(parents=True)
+    os.symlink(outside / "p", root / "opt/p")  # the package's top directory, swapped for a link
+    fp = fingerprint.run_time(root, ["/opt/p"], ["/opt/p"])
+    (outside / "p" / "secret").write_bytes(b"changed")
+    (outside / "p" / "more").write_bytes(b"")
+    assert fingerprint.run_time(root, ["/opt/p"], ["/opt/p"]) == fp
+    assert fingerprint.tree_paths(os.open(root, os.O_RDONLY), [], ["/opt/p"], set()) == []
+    # a link higher up: the package's paths read as missing, not as what the link reaches
+    shutil.rmtree(root / "opt")
+    os.symlink(outside, root / "opt")
+    paths = ["/opt/p", "/opt/p/secret"]
+    assert fingerprint.run_time(root, paths, ["/opt/p"]) == fingerprint.combine((p, 0, fingerprint.EMPTY) for p in paths)
+
+
+def tree(root: Path) -> list[tuple[str, int, str]]:
+    out = []
+    for here, dirs, files in os.walk(root):
+        for name in dirs + files:
+            p = os.path.join(here, name)
+            st = os.lstat(p)
+            out.append((os.path.relpath(p, root), st.st_mode,
+                        os.readlink(p) if stat.S_ISLNK(st.st_mode) else ""))
+    return sorted(out)
+
+
+@pytest.fixture(scope="module")
+def link_packages(work):
+    """linker installs /opt/x as a link to a directory outside the root; xowner owns the
+    directory /opt/x (mode 0777) and a file in it."""
+    outside = work / "outside"
+    outside.mkdir()
+    link = build_rpm(work, "linker", {}, symlinks={"/opt/x": str(outside)})
+    owner = build_rpm(work, "xowner", {"/opt/x/f": b"f\n"}, dirs=("/opt/x",), modes={"/opt/x": 0o777})
+    return outside, link, owner
+
+
+@pytest.mark.parametrize("order", [["linker"], ["linker", "xowner"], ["xowner", "linker"]])
+def test_activation_never_follows_a_link_a_package_placed(link_packages, tmp_path, order):
+    outside, link, owner = link_packages
+    os.chmod(outside, 0o700)
+    store = PackageStore(tmp_path / "install", {})
+    store.add([link, owner])
+    nvra = {"linker": "linker-1.0.0-r1.noarch", "xowner": "xowner-1.0.0-r1.noarch"}
+    if order == ["linker"]:
+        store.activate([nvra["linker"]])
+        order = ["xowner"]
+    before, root_before = json.dumps(store.state), tree(store.root)
     with pytest.raises(InstallError) as err:
-        _under(root, "/out/passwd")
-    assert err.value.code == "path-escape"
-    assert _under(root, "/opt/x") == root / "opt/x"
+        store.activate([nvra[n] for n in order])
+    assert (err.value.code, err.value.message) == (
+        ("path-escape", "xowner-1.0.0-r1.noarch: /opt/x is a symbolic link; the package root's paths are never "
+                        "followed through links") if order[0] == "linker" or len(order) == 1 else
+        ("file-conflict", "linker-1.0.0-r1.noarch: /opt/x is a directory in the package root"))
+    assert stat.S_IMODE(os.stat(outside).st_mode) == 0o700 and os.listdir(outside) == []
+    assert json.dumps(store.state) == before and json.loads(store.path.read_text()) == store.state
+    assert tree(store.root) == root_before
+    assert sorted(os.listdir(store.base)) == ["repo", "root", "state.json"]
 
 
 def test_kgv_rules():
