@@ -16,7 +16,7 @@ from ncclient.operations import RPCError
 
 from backends.engine import rpm
 from conftest import PASSWORD, ROOT, ServerProcess, rpc
-from rpms import build_rpm, export_public, make_gpg_key, shell_fingerprint
+from rpms import build_rpm, export_public, make_gpg_key, shell_fingerprint, zstd_claiming_a_big_window
 
 ACT = "http://cisco.com/ns/yang/Cisco-IOS-XR-spirit-install-act"
 SPIRIT = "http://cisco.com/ns/yang/Cisco-IOS-XR-spirit-install-instmgr-oper"
@@ -269,6 +269,7 @@ def test_signatures_decide_the_origin(installed, packages):
 @pytest.mark.parametrize("make, path, tag, app_tag", [
     ("corrupt-payload", "harddisk:/bad/agent.rpm", "invalid-value", "rpm-corrupt"),
     ("corrupt-header", "harddisk:/bad/agent.rpm", "invalid-value", "rpm-corrupt"),
+    ("huge-window", "harddisk:/bad/agent.rpm", "invalid-value", "rpm-too-large"),
     ("not-rpm", "harddisk:/bad/notes.rpm", "invalid-value", "not-an-rpm"),
     (None, "harddisk:/bad/missing.rpm", "data-missing", "file-not-found"),
     (None, "harddisk:/../device.json", "invalid-value", "path-escape"),
@@ -283,6 +284,12 @@ def test_bad_packages_are_refused_and_change_nothing(installed, packages, make, 
     elif make == "corrupt-header":
         at = data.index(b"agent test package")
         (bad / "agent.rpm").write_bytes(data[:at] + b"AGENT" + data[at + 5:])
+    elif make == "huge-window":  # a zstd payload that asks for a 2 GiB window
+        with open(packages["agent"], "rb") as f:
+            at = rpm.read_package(f).payload_offset
+        data = bytearray(data)
+        zstd_claiming_a_big_window(data, at)
+        (bad / "agent.rpm").write_bytes(data)
     elif make == "not-rpm":
         (bad / "notes.rpm").write_text("just text\n")
     state_before = (installed.state_dir / "install" / "state.json").read_bytes()
@@ -404,3 +411,32 @@ def test_activating_a_newer_version_replaces_the_active_one(installed, packages)
         assert row["rpm-fingerprint-run-time"] == row["rpm-fingerprint-install-time"]
         assert (root / "opt/agent/etc/agent.conf").read_bytes() == b"level=2\n"
         assert sorted(package_rows(active_summary(m))) == ["agent", "mcast"]
+
+
+def test_a_link_one_package_placed_is_never_followed(installed, packages):
+    """linker installs /opt/x as a link out of the package root; xowner owns the directory
+    /opt/x with mode 0777. Activating xowner must not touch what the link points to."""
+    outside = installed.state_dir.parent / "outside"
+    outside.mkdir(mode=0o700)
+    link = build_rpm(packages["work"], "linker", {}, symlinks={"/opt/x": str(outside)})
+    owner = build_rpm(packages["work"], "xowner", {"/opt/x/f": b"f\n"}, dirs=("/opt/x",), modes={"/opt/x": 0o777})
+    for p in (link, owner):
+        shutil.copy(p, installed.state_dir / "fs" / "harddisk:" / "pkgs")
+    state = installed.state_dir / "install" / "state.json"
+    with installed.connect() as m:
+        act(m, "install-add", "<packagepath>harddisk:/pkgs</packagepath><packagename>linker-1.0.0-r1.noarch.rpm"
+                              "</packagename><packagename>xowner-1.0.0-r1.noarch.rpm</packagename>")
+        act(m, "install-activate", names("linker"))
+        wait_run_time(m, "linker")
+        before = state.read_bytes()
+        with pytest.raises(RPCError) as err:
+            act(m, "install-activate", names("xowner"))
+        assert error_of(err.value) == ("operation-failed", "path-escape")
+        assert err.value.message == ("xowner-1.0.0-r1.noarch: /opt/x is a symbolic link; the package root's paths "
+                                     "are never followed through links")
+        assert os.stat(outside).st_mode & 0o777 == 0o700 and os.listdir(outside) == []
+        assert state.read_bytes() == before
+        assert sorted(package_rows(active_summary(m))) == ["agent", "linker", "mcast"]
+        act(m, "install-deactivate", names("linker"))
+        act(m, "install-remove", names("linker", "xowner"))
+    assert not os.path.lexists(installed.state_dir / "install" / "root" / "opt" / "x")

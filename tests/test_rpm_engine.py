@@ -20,7 +20,8 @@ from backends.install.backend import InstallBackend
 from backends.install.packages import InstallError, PackageStore, _install_fingerprint
 from nc_server.backend import Services
 from nc_server.devfs import DeviceFS
-from rpms import build_rpm, export_public, make_gpg_key
+from rpms import (build_rpm, export_public, make_gpg_key, xz_claiming_a_big_dictionary,
+                  zstd_claiming_a_big_window)
 
 FILES = {"/opt/t/a.txt": b"alpha\n", "/opt/t/sub/b.bin": os.urandom(70_000)}
 NOW = datetime(2026, 11, 30, tzinfo=timezone.utc)
@@ -64,6 +65,36 @@ def test_truncated_and_damaged_packages_are_refused(work, tmp_path):
         with pytest.raises(rpm.RpmError) as err:
             read(p)
         assert err.value.code == ("not-an-rpm" if name in ("not-an-rpm", "short") else "rpm-corrupt"), name
+
+
+@pytest.mark.parametrize("payload, patch, says", [
+    ("w6.xzdio", xz_claiming_a_big_dictionary, "the xz data needs more than 134217728 bytes of memory to decompress"),
+    ("w19.zstdio", zstd_claiming_a_big_window, "the zstd data needs a window over 134217728 bytes"),
+])
+def test_payload_decoders_have_a_memory_limit(work, tmp_path, payload, patch, says):
+    path = build_rpm(work, f"mem-{payload[3:5]}", FILES, dirs=("/opt/t", "/opt/t/sub"), payload=payload)
+    data = bytearray(path.read_bytes())
+    with open(path, "rb") as f:
+        patch(data, rpm.read_package(f).payload_offset)
+    (tmp_path / "p.rpm").write_bytes(data)
+    with pytest.raises(rpm.RpmError) as err:
+        read(tmp_path / "p.rpm")
+    assert (err.value.code, err.value.message) == ("rpm-too-large", f"payload: {says}")
+
+
+def test_payload_size_is_bounded_in_all_and_per_file(work, monkeypatch):
+    path = build_rpm(work, "big", {"/opt/big/a": bytes(300_000), "/opt/big/b": bytes(300_000)}, dirs=("/opt/big",))
+    with open(path, "rb") as f:
+        pkg = rpm.read_package(f)
+        with pytest.raises(rpm.RpmError) as err:
+            for item in rpm.payload(f, pkg, max_size=400_000):
+                for _ in item.chunks or ():
+                    pass
+    assert (err.value.code, err.value.message) == ("rpm-too-large", "the payload is larger than 400000 bytes")
+    monkeypatch.setattr(rpm, "MAX_FILE_SIZE", 299_999)
+    with open(path, "rb") as f, pytest.raises(rpm.RpmError) as err:
+        rpm.read_package(f)
+    assert err.value.code == "rpm-too-large" and "larger than 299999 bytes each" in err.value.message
 
 
 def test_run_time_fingerprint_sees_every_kind_of_change(tmp_path):
