@@ -3,21 +3,26 @@
 cleared with a consent token; plus the real IOS XR vouchers in ../shared/interop."""
 from __future__ import annotations
 
+import gzip
+import io
 import json
+import lzma
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
 from lxml import etree
+import zstandard
 from ncclient.operations import RPCError
 
-from backends.engine import cms
+from backends.engine import cms, ownership
 from backends.engine.identity import load_cert_pem, load_key_pem
 from conftest import PASSWORD, ROOT, ServerProcess, rpc
-from rpms import build_rpm, export_public, make_gpg_key
+from rpms import build_rpm, export_public, make_gpg_key, xz_claiming_a_big_dictionary
 
 ACT = "http://cisco.com/ns/yang/Cisco-IOS-XR-ownership-act"
 OPER = "http://cisco.com/ns/yang/Cisco-IOS-XR-ownership-oper"
@@ -218,6 +223,51 @@ def test_failures_change_nothing(dev, tmp_path):
                                          "</allow-mixed-security-profiles>")
         oper = m.get(("subtree", f'<ownership xmlns="{OPER}"><security-profile/></ownership>')).data_ele
         assert oper.findtext(f".//{{{OPER}}}signed-rpm") == "enable"  # strict wins
+
+
+def tar_of(members: list[tuple[str, bytes]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def zeros_tar() -> bytes:
+    return tar_of([(f"v{i}.vcj", bytes(ownership.MAX_MEMBER)) for i in range(300)])  # 75 MiB of members
+
+
+@pytest.mark.parametrize("pack", [lambda t: gzip.compress(t, 1), lambda t: lzma.compress(t, preset=0),
+                                  zstandard.compress], ids=["gzip", "xz", "zstd"])
+def test_a_bundle_is_bounded_as_it_decompresses(zeros_tar, pack):
+    with pytest.raises(ownership.OwnershipError) as err:
+        ownership.read_bundle(pack(zeros_tar), "bomb.tar")
+    assert (err.value.code, err.value.message) == (
+        "ov-bundle-too-large", f"bomb.tar decompresses to more than {ownership.MAX_BUNDLE} bytes")
+
+
+def test_bundle_decoders_and_members_that_are_refused(tmp_path):
+    xz = bytearray(lzma.compress(tar_of([("a.vcj", b"x")])))
+    xz_claiming_a_big_dictionary(xz, 0)
+    with pytest.raises(ownership.OwnershipError) as err:
+        ownership.read_bundle(bytes(xz), "dict.tar.xz")
+    assert (err.value.code, err.value.message) == (
+        "ov-bundle-too-large", "the xz data needs more than 134217728 bytes of memory to decompress")
+    # a GNU sparse member: its map, not its size, says what it expands to
+    with open(tmp_path / "s.vcj", "wb") as f:
+        f.truncate(200_000)
+    subprocess.run(["tar", "--sparse", "--format=gnu", "-cf", "s.tar", "s.vcj"], cwd=tmp_path, check=True)
+    with pytest.raises(ownership.OwnershipError) as err:
+        ownership.read_bundle((tmp_path / "s.tar").read_bytes(), "s.tar")
+    assert (err.value.code, err.value.message) == ("ov-bundle-corrupt", "s.tar: s.vcj is not a regular file")
+
+
+def test_a_decompression_bomb_is_refused_over_netconf(dev, zeros_tar):
+    (dev.disk / "bomb.tar.gz").write_bytes(gzip.compress(zeros_tar, 9))
+    refused(dev, "disk0:/bomb.tar.gz", "disk0:/oc.cms", ("invalid-value", "ov-bundle-too-large"))
 
 
 def test_duplicate_vouchers_first_valid_applies(dev):
