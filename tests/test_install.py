@@ -2,6 +2,7 @@
 added and activated over NETCONF, read back with ncclient, tampered with on disk."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -43,11 +44,9 @@ def packages(tmp_path_factory):
     return {"agent": agent, "mcast": mcast, "other": other, "key": key, "stranger": stranger, "work": work}
 
 
-@pytest.fixture(scope="module")
-def device(tmp_path_factory, packages):
-    """A server whose profile lists the test signing key as the vendor's."""
-    state = tmp_path_factory.mktemp("inst") / "state"
-    srv = ServerProcess(state)
+def make_state(state, packages) -> None:
+    """A state directory whose profile lists the test signing key as the vendor's, with the
+    test packages in harddisk:/pkgs."""
     subprocess.run([sys.executable, "-m", "trustplane.cli", "init", "--state-dir", str(state)],
                    check=True, capture_output=True, env=dict(os.environ, TRUSTPLANE_ADMIN_PASSWORD=PASSWORD),
                    cwd=ROOT)
@@ -60,7 +59,13 @@ def device(tmp_path_factory, packages):
     pkgs.mkdir(parents=True)
     for name in ("agent", "mcast", "other"):
         shutil.copy(packages[name], pkgs)
-    srv.start()
+
+
+@pytest.fixture(scope="module")
+def device(tmp_path_factory, packages):
+    state = tmp_path_factory.mktemp("inst") / "state"
+    make_state(state, packages)
+    srv = ServerProcess(state).start()
     yield srv
     srv.stop()
 
@@ -440,3 +445,94 @@ def test_a_link_one_package_placed_is_never_followed(installed, packages):
         act(m, "install-deactivate", names("linker"))
         act(m, "install-remove", names("linker", "xowner"))
     assert not os.path.lexists(installed.state_dir / "install" / "root" / "opt" / "x")
+
+
+@pytest.fixture
+def small_disk(tmp_path, packages):
+    """A server whose install directory is a 4 MiB tmpfs."""
+    state = tmp_path / "state"
+    make_state(state, packages)
+    disk = state / "install"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(disk)], check=True)
+    srv = ServerProcess(state)
+    try:
+        yield srv.start(), disk
+    finally:
+        srv.stop()
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def fill(disk) -> None:
+    fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while os.write(fd, bytes(1 << 16)):
+            pass
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+
+
+def snapshot(disk) -> dict[str, tuple[int, bytes]]:
+    out = {}
+    for here, _dirs, files in os.walk(disk):
+        for name in files:
+            p = os.path.join(here, name)
+            if name != "filler":
+                out[os.path.relpath(p, disk)] = (os.lstat(p).st_mode, b"" if os.path.islink(p) else open(p, "rb").read())
+        out[os.path.relpath(here, disk)] = (os.lstat(here).st_mode, b"")
+    return out
+
+
+def test_a_full_or_read_only_disk_changes_nothing(small_disk):
+    srv, disk = small_disk
+    agent = "<packagepath>harddisk:/pkgs/agent-1.0.0-r1.noarch.rpm</packagepath>"
+    mcast = "<packagepath>harddisk:/pkgs/mcast-2.0.0.0-r731.noarch.rpm</packagepath>"
+    other = "<packagepath>harddisk:/pkgs/other-1.0.0-r1.noarch.rpm</packagepath>"
+    with srv.connect() as m:
+        act(m, "install-add", agent)
+        act(m, "install-activate", names("agent"))
+        wait_run_time(m, "agent")
+        kgv = srv.state_dir / "fs" / "harddisk:" / "kgv.json"
+        kgv.write_text(json.dumps({"packages": [{"name": "agent", "version": "1.0.0", "release": "r1",
+                                                 "fingerprint": "0" * 64}]}))
+        load = f'<load-known-good-values xmlns="{TPI}"><path>harddisk:/kgv.json</path></load-known-good-values>'
+        for fault, says in (("full", "No space left on device"), ("read-only", "Read-only file system")):
+            if fault == "full":
+                fill(disk)
+            else:
+                (disk / "filler").unlink()
+                subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+            before, shown = snapshot(disk), etree.tostring(active_summary(m))
+            for op, body, what in [
+                    ("install-add", mcast if fault == "full" else other, "the package repository"),
+                    ("install-deactivate", names("agent"), "the install state" if fault == "full"
+                     else "the package root"),
+                    ("install-commit", "", "the install state"),
+                    (None, load, "the known-good values")]:
+                with pytest.raises(RPCError) as err:
+                    call(m, body) if op is None else act(m, op, body)
+                assert error_of(err.value) == ("operation-failed", "storage-failed"), op
+                assert err.value.message == f"cannot write {what}: {says}", op
+                assert snapshot(disk) == before, op
+                assert etree.tostring(active_summary(m)) == shown, op
+            if fault == "full":  # staging the package's files fails too
+                (disk / "filler").unlink()
+                act(m, "install-add", mcast)
+                fill(disk)
+                before = snapshot(disk)
+                with pytest.raises(RPCError) as err:
+                    act(m, "install-activate", names("mcast"))
+                assert error_of(err.value) == ("operation-failed", "storage-failed")
+                assert err.value.message == f"cannot write mcast-2.0.0.0-r731.noarch's files: {says}"
+                assert snapshot(disk) == before
+        subprocess.run(["mount", "-o", "remount,rw", str(disk)], check=True)
+        # with room again, the same operations succeed
+        act(m, "install-activate", names("mcast"))
+        act(m, "install-deactivate", names("agent"))
+        act(m, "install-commit")
+        call(m, load)
+        assert sorted(package_rows(active_summary(m))) == ["mcast"]
+        assert not (disk / "root" / "opt" / "agent").exists()
+    assert "Traceback" not in srv.log()

@@ -264,7 +264,8 @@ class InstallBackend(Backend):
         try:
             atomic_write(self.kgv_path, json.dumps(doc).encode(), mode=0o600)
         except OSError as exc:
-            raise BackendError(f"cannot store the KGV: {exc.strerror}", app_tag="kgv-write-failed") from None
+            raise BackendError(f"cannot write the known-good values: {exc.strerror}",
+                               app_tag="storage-failed") from None
         self.kgv_info, self.kgv = info, entries
         log.info("known-good values loaded from %s: %d package(s)", source, len(entries))
         return f'<entries xmlns="{NS}">{len(entries)}</entries>'

@@ -535,12 +535,13 @@ def _extract(tmp_fd: int, item: rpm.PayloadItem) -> None:
         elif stat.S_ISREG(e.mode):
             fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                          dir_fd=parent)
-            with os.fdopen(fd, "wb", closefd=False) as out:
-                for chunk in item.chunks:
-                    out.write(chunk)
         else:
             raise rpm.RpmError("rpm-unsupported", f"{e.path}: device and fifo files are not installed")
         try:
+            if item.chunks is not None:
+                with os.fdopen(fd, "wb", closefd=False) as out:
+                    for chunk in item.chunks:
+                        out.write(chunk)
             os.fchmod(fd, stat.S_IMODE(e.mode))
         finally:
             os.close(fd)
