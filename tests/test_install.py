@@ -2,7 +2,6 @@
 added and activated over NETCONF, read back with ncclient, tampered with on disk."""
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -17,6 +16,7 @@ from ncclient.operations import RPCError
 
 from backends.engine import rpm
 from conftest import PASSWORD, ROOT, ServerProcess, rpc
+from disks import fill, remount, small_tmpfs
 from rpms import build_rpm, export_public, make_gpg_key, shell_fingerprint, zstd_claiming_a_big_window
 
 ACT = "http://cisco.com/ns/yang/Cisco-IOS-XR-spirit-install-act"
@@ -452,26 +452,10 @@ def small_disk(tmp_path, packages):
     """A server whose install directory is a 4 MiB tmpfs."""
     state = tmp_path / "state"
     make_state(state, packages)
-    disk = state / "install"
-    disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(disk)], check=True)
-    srv = ServerProcess(state)
-    try:
-        yield srv.start(), disk
-    finally:
+    with small_tmpfs(state / "install") as disk:
+        srv = ServerProcess(state).start()
+        yield srv, disk
         srv.stop()
-        subprocess.run(["umount", str(disk)], check=True)
-
-
-def fill(disk) -> None:
-    fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while os.write(fd, bytes(1 << 16)):
-            pass
-    except OSError as exc:
-        assert exc.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
 
 
 def snapshot(disk) -> dict[str, tuple[int, bytes]]:
@@ -503,7 +487,7 @@ def test_a_full_or_read_only_disk_changes_nothing(small_disk):
                 fill(disk)
             else:
                 (disk / "filler").unlink()
-                subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+                remount(disk, "ro")
             before, shown = snapshot(disk), etree.tostring(active_summary(m))
             for op, body, what in [
                     ("install-add", mcast if fault == "full" else other, "the package repository"),
@@ -527,7 +511,7 @@ def test_a_full_or_read_only_disk_changes_nothing(small_disk):
                 assert error_of(err.value) == ("operation-failed", "storage-failed")
                 assert err.value.message == f"cannot write mcast-2.0.0.0-r731.noarch's files: {says}"
                 assert snapshot(disk) == before
-        subprocess.run(["mount", "-o", "remount,rw", str(disk)], check=True)
+        remount(disk, "rw")
         # with room again, the same operations succeed
         act(m, "install-activate", names("mcast"))
         act(m, "install-deactivate", names("agent"))

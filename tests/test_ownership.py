@@ -22,6 +22,7 @@ from ncclient.operations import RPCError
 from backends.engine import cms, ownership
 from backends.engine.identity import load_cert_pem, load_key_pem
 from conftest import PASSWORD, ROOT, ServerProcess, rpc
+from disks import fill, remount, small_tmpfs
 from rpms import build_rpm, export_public, make_gpg_key, xz_claiming_a_big_dictionary
 
 ACT = "http://cisco.com/ns/yang/Cisco-IOS-XR-ownership-act"
@@ -268,6 +269,34 @@ def test_bundle_decoders_and_members_that_are_refused(tmp_path):
 def test_a_decompression_bomb_is_refused_over_netconf(dev, zeros_tar):
     (dev.disk / "bomb.tar.gz").write_bytes(gzip.compress(zeros_tar, 9))
     refused(dev, "disk0:/bomb.tar.gz", "disk0:/oc.cms", ("invalid-value", "ov-bundle-too-large"))
+
+
+def test_a_full_or_read_only_disk_changes_no_ownership(tmp_path):
+    lab = Lab(tmp_path)
+    rp0, rp1 = lab.serials["0/RP0/CPU0"], lab.serials["0/RP1/CPU0"]
+    ov = lab.bundle("ov.tar.gz", lab.vouchers("v", [rp0, rp1]))
+    with small_tmpfs(lab.state / "ownership", "1m") as disk:
+        lab.server.start()
+        try:
+            with lab.server.connect() as m:
+                fill(disk)
+                for fault, says in (("full", "No space left on device"), ("read-only", "Read-only file system")):
+                    if fault == "read-only":
+                        (disk / "filler").unlink()
+                        remount(disk, "ro")
+                    with pytest.raises(RPCError) as err:
+                        apply(m, ov, "disk0:/oc.cms")
+                    assert error_of(err.value) == ("operation-failed", "storage-failed")
+                    assert err.value.message == f"cannot write the ownership state: {says}"
+                    assert {n.findtext(f"{{{TPO}}}state") for n in nodes(m).values()} == {"none"}
+                    assert sorted(os.listdir(disk)) == (["filler"] if fault == "full" else [])
+                remount(disk, "rw")
+                apply(m, ov, "disk0:/oc.cms")
+                assert {n.findtext(f"{{{TPO}}}state") for n in nodes(m).values()} == {"established", "none"}
+                assert nodes(m)["0/RP0/CPU0"].findtext(f"{{{TPO}}}state") == "established"
+        finally:
+            lab.server.stop()
+    assert "Traceback" not in lab.server.log()
 
 
 def test_duplicate_vouchers_first_valid_applies(dev):

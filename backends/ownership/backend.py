@@ -143,7 +143,8 @@ class OwnershipBackend(Backend):
         try:
             atomic_write(self.path, json.dumps(state, indent=1).encode(), mode=0o600)
         except OSError as exc:
-            raise BackendError(f"cannot record ownership: {exc.strerror}", app_tag="ownership-write-failed") from None
+            raise BackendError(f"cannot write the ownership state: {exc.strerror}",
+                               app_tag="storage-failed") from None
         self.data = state
 
     def _notify(self, body: str) -> None:
