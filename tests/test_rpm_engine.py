@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import os
 import shutil
@@ -95,6 +96,22 @@ def test_payload_size_is_bounded_in_all_and_per_file(work, monkeypatch):
     with open(path, "rb") as f, pytest.raises(rpm.RpmError) as err:
         rpm.read_package(f)
     assert err.value.code == "rpm-too-large" and "larger than 299999 bytes each" in err.value.message
+
+
+def test_a_link_entry_cannot_carry_a_large_content(work, tmp_path):
+    """A cpio entry for a link whose size says 1 GiB is refused before it is read."""
+    path = build_rpm(work, "lnk", {"/opt/l/a": b"a"}, dirs=("/opt/l",), symlinks={"/opt/l/ln": "a"})
+    data = path.read_bytes()
+    with open(path, "rb") as f:
+        at = rpm.read_package(f).payload_offset
+    cpio = bytearray(gzip.decompress(data[at:]))
+    head = cpio.index(b"./opt/l/ln\0") - 110
+    cpio[head + 54:head + 62] = b"40000000"  # c_filesize
+    (tmp_path / "p.rpm").write_bytes(data[:at] + gzip.compress(bytes(cpio)))
+    with pytest.raises(rpm.RpmError) as err:
+        read(tmp_path / "p.rpm")
+    assert (err.value.code, err.value.message) == ("rpm-corrupt", "payload entry '/opt/l/ln' has 1073741824 bytes "
+                                                                  "of content")
 
 
 def test_run_time_fingerprint_sees_every_kind_of_change(tmp_path):

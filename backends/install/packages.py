@@ -291,14 +291,10 @@ class PackageStore:
         except OSError as exc:
             raise _storage_error(f"{nvra}'s files", exc) from None
         try:
-            tmp_fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                with open(self.repo / f"{nvra}.rpm", "rb") as f:
-                    pkg = rpm.read_package(f)
-                    for item in rpm.payload(f, pkg):
-                        _extract(tmp_fd, item)
-            finally:
-                os.close(tmp_fd)
+            with _DirFd(tmp) as tmp_fd, open(self.repo / f"{nvra}.rpm", "rb") as f:
+                pkg = rpm.read_package(f)
+                for item in rpm.payload(f, pkg):
+                    _extract(tmp_fd, item)
         except rpm.RpmError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise InstallError(exc.code, f"{nvra}: the repository copy is damaged: {exc.message}") from None
