@@ -16,7 +16,7 @@ import pytest
 
 from backends.device.profile import init_state_dir
 from backends.engine import fingerprint, openpgp, rpm
-from backends.install import kgv
+from backends.install import kgv, packages
 from backends.install.backend import InstallBackend
 from backends.install.packages import InstallError, PackageStore, _install_fingerprint
 from nc_server.backend import Services
@@ -229,6 +229,27 @@ def test_store_add_is_all_or_nothing(work, tmp_path):
     assert store.state["packages"] == {} and os.listdir(store.repo) == []
     op, nvras = store.add([good])
     assert nvras == ["good-1.0.0-r1.noarch"] and store.operation(op) == nvras
+
+
+def test_add_keeps_the_bytes_it_checked(work, tmp_path, monkeypatch):
+    """The user's file is replaced right after the package was checked: the repository holds
+    what was checked, not what the file holds now."""
+    good = build_rpm(work, "swap", FILES, dirs=("/opt/t",))
+    user = tmp_path / "user.rpm"
+    shutil.copyfile(good, user)
+    genuine = good.read_bytes()
+    real = packages._install_fingerprint
+
+    def check_then_swap(f, pkg):
+        fp = real(f, pkg)
+        user.write_bytes(b"forged " + genuine)
+        return fp
+
+    monkeypatch.setattr(packages, "_install_fingerprint", check_then_swap)
+    store = PackageStore(tmp_path / "install", {})
+    store.add([user])
+    assert os.listdir(store.repo) == ["swap-1.0.0-r1.noarch.rpm"]
+    assert (store.repo / "swap-1.0.0-r1.noarch.rpm").read_bytes() == genuine
 
 
 def test_periodic_collection_follows_the_configured_frequency(work, tmp_path):

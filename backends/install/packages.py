@@ -86,54 +86,83 @@ class PackageStore:
     # -- operations (each runs in a worker thread, under the backend's lock)
 
     def add(self, rpm_paths: list[Path]) -> tuple[int, list[str]]:
-        """Check every package completely, then copy them into the repository and record them."""
+        """Copy every package into the repository and check the copies completely (what is
+        checked is what is kept: the user's file may change meanwhile), then record them."""
+        made: list[Path] = []  # files this operation put in the repository
+        try:
+            return self._add(rpm_paths, made)
+        except BaseException:
+            for p in made:
+                try:
+                    p.unlink(missing_ok=True)
+                except OSError:
+                    pass  # the repository is not writable: nothing was copied there
+            raise
+
+    def _add(self, rpm_paths: list[Path], made: list[Path]) -> tuple[int, list[str]]:
         checked = []
         for path in rpm_paths:
+            tmp = self._copy_in(path)
+            made.append(tmp)
             try:
-                with open(path, "rb") as f:
+                with open(tmp, "rb") as f:
                     pkg = rpm.read_package(f)
                     origin = self._origin(pkg)
-                    checked.append((path, pkg, origin, _install_fingerprint(f, pkg)))
+                    checked.append((tmp, pkg, origin, _install_fingerprint(f, pkg)))
             except rpm.RpmError as exc:
                 tag = "operation-failed" if exc.code == "owner-signature-required" else "invalid-value"
                 raise InstallError(exc.code, f"{path.name}: {exc.message}", tag=tag) from None
         state = copy.deepcopy(self.state)
         op = state["next-op"]
         nvras = []
-        for _path, pkg, _origin, _fp in checked:
+        for _tmp, pkg, _origin, _fp in checked:
             if pkg.nvra in state["packages"] or pkg.nvra in nvras:
                 raise InstallError("package-exists", f"{pkg.nvra} is already added", tag="data-exists")
             nvras.append(pkg.nvra)
-        copied = []
-        try:
-            for path, pkg, origin, install_fp in checked:
-                dest = self.repo / f"{pkg.nvra}.rpm"
-                copied.append(dest)
-                shutil.copyfile(path, dest)
-                os.chmod(dest, 0o644)
-                state["packages"][pkg.nvra] = {
-                    "name": pkg.name, "version": pkg.version, "release": pkg.release, "epoch": pkg.epoch,
-                    "arch": pkg.arch, "gpg-key-id": pkg.gpg_key_id,
-                    "origin": origin,
-                    "install-time": install_fp, "added-op": op,
-                    "files": [e.path for e in pkg.files if not e.ghost and not stat.S_ISDIR(e.mode)],
-                    "dirs": [e.path for e in pkg.files if not e.ghost and stat.S_ISDIR(e.mode)],
-                }
-            state["operations"][str(op)] = nvras
-            state["next-op"] = op + 1
-            self._commit(state)
-        except (OSError, InstallError) as exc:
-            for dest in copied:
-                try:
-                    dest.unlink(missing_ok=True)
-                except OSError:
-                    pass  # the repository is not writable: nothing was copied there
-            if isinstance(exc, OSError):
+        for tmp, pkg, origin, install_fp in checked:
+            dest = self.repo / f"{pkg.nvra}.rpm"
+            try:
+                os.replace(tmp, dest)
+            except OSError as exc:
                 raise _storage_error("the package repository", exc) from None
-            raise
-        for _path, pkg, _origin, install_fp in checked:
+            made.append(dest)
+            state["packages"][pkg.nvra] = {
+                "name": pkg.name, "version": pkg.version, "release": pkg.release, "epoch": pkg.epoch,
+                "arch": pkg.arch, "gpg-key-id": pkg.gpg_key_id,
+                "origin": origin,
+                "install-time": install_fp, "added-op": op,
+                "files": [e.path for e in pkg.files if not e.ghost and not stat.S_ISDIR(e.mode)],
+                "dirs": [e.path for e in pkg.files if not e.ghost and stat.S_ISDIR(e.mode)],
+            }
+        state["operations"][str(op)] = nvras
+        state["next-op"] = op + 1
+        self._commit(state)
+        made.clear()
+        for _tmp, pkg, _origin, install_fp in checked:
             log.info("install add: %s (op %d, install-time fingerprint %s)", pkg.nvra, op, install_fp)
         return op, nvras
+
+    def _copy_in(self, path: Path) -> Path:
+        """A private copy of a user's file in the repository, under a temporary name."""
+        try:
+            src = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            raise InstallError("file-not-found", f"{path.name}: {exc.strerror}", tag="data-missing") from None
+        with open(src, "rb") as f:
+            if not stat.S_ISREG(os.fstat(src).st_mode):
+                raise InstallError("not-a-file", f"{path.name} is not a regular file", tag="invalid-value")
+            try:
+                fd, tmp = tempfile.mkstemp(dir=self.repo, prefix=".add-")
+            except OSError as exc:
+                raise _storage_error("the package repository", exc) from None
+            try:
+                os.fchmod(fd, 0o644)
+                with open(fd, "wb") as out:
+                    shutil.copyfileobj(f, out, 1 << 20)
+            except OSError as exc:
+                os.unlink(tmp)
+                raise _storage_error("the package repository", exc) from None
+        return Path(tmp)
 
     def _origin(self, pkg: rpm.RpmPackage) -> str:
         """xr or partner when a profile key verifies the header signature; owner otherwise.
