@@ -494,6 +494,8 @@ def test_a_full_or_read_only_disk_changes_nothing(small_disk):
                     ("install-deactivate", names("agent"), "the install state" if fault == "full"
                      else "the package root"),
                     ("install-commit", "", "the install state"),
+                    ("install-verify", "", "the install state"),
+                    (None, f'<verify-packages xmlns="{TPI}"/>', "the install state"),
                     (None, load, "the known-good values")]:
                 with pytest.raises(RPCError) as err:
                     call(m, body) if op is None else act(m, op, body)
