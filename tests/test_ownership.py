@@ -294,6 +294,25 @@ def test_a_full_or_read_only_disk_changes_no_ownership(tmp_path):
                 apply(m, ov, "disk0:/oc.cms")
                 assert {n.findtext(f"{{{TPO}}}state") for n in nodes(m).values()} == {"established", "none"}
                 assert nodes(m)["0/RP0/CPU0"].findtext(f"{{{TPO}}}state") == "established"
+                # a consent-token response whose state write fails can be given again
+                tp("lab", "consent-key", "--out", str(lab.work / "ct"))
+                tp("lab", "key-package", "--pdc-dir", str(lab.work / "owner"), "--consent-key",
+                   str(lab.work / "ct" / "ct.pub.pem"), "--out", str(lab.disk / "kp.cms"))
+                call(m, f'<kpkg-apply xmlns="{KPKG}"><keypackage-type>customer</keypackage-type>'
+                        "<keypackage-file>disk0:/kp.cms</keypackage-file></kpkg-apply>")
+                c = call(m, f'<clear-device-ownership-challenge xmlns="{TPO}"><location>0/RP1/CPU0</location>'
+                            "</clear-device-ownership-challenge>").findtext(f".//{{{TPO}}}challenge-string")
+                r = tp("lab", "consent-response", "--key", str(lab.work / "ct" / "ct.key"), "--challenge", c).strip()
+                respond = (f'<clear-device-ownership-response xmlns="{TPO}"><location>0/RP1/CPU0</location>'
+                           f"<challenge-response>{r}</challenge-response></clear-device-ownership-response>")
+                fill(disk)
+                with pytest.raises(RPCError) as err:
+                    call(m, respond)
+                assert error_of(err.value) == ("operation-failed", "storage-failed")
+                assert nodes(m)["0/RP1/CPU0"].findtext(f"{{{TPO}}}state") == "established"
+                (disk / "filler").unlink()
+                call(m, respond)
+                assert nodes(m)["0/RP1/CPU0"].findtext(f"{{{TPO}}}state") == "none"
         finally:
             lab.server.stop()
     assert "Traceback" not in lab.server.log()
