@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from backends.device.profile import init_state_dir
-from backends.engine import fingerprint, openpgp, rpm
+from backends.engine import fingerprint, openpgp, rootfs, rpm
 from backends.install import kgv, packages
 from backends.install.backend import InstallBackend
 from backends.install.packages import InstallError, PackageStore, _install_fingerprint
@@ -229,6 +229,22 @@ def test_store_add_is_all_or_nothing(work, tmp_path):
     assert store.state["packages"] == {} and os.listdir(store.repo) == []
     op, nvras = store.add([good])
     assert nvras == ["good-1.0.0-r1.noarch"] and store.operation(op) == nvras
+
+
+def test_staging_never_writes_through_a_link_the_package_holds(tmp_path):
+    outside, stage = tmp_path / "outside", tmp_path / "stage"
+    outside.mkdir()
+    stage.mkdir()
+    link = rpm.FileEntry("/opt/ln", stat.S_IFLNK | 0o777, 0, "", str(outside), False)
+    inner = rpm.FileEntry("/opt/ln/f", stat.S_IFREG | 0o644, 1, "", "", False)
+    fd = os.open(stage, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        packages._extract(fd, rpm.PayloadItem(link, None))
+        with pytest.raises(rootfs.PathBlocked) as err:
+            packages._extract(fd, rpm.PayloadItem(inner, iter([b"x"])))
+    finally:
+        os.close(fd)
+    assert (err.value.path, err.value.kind) == ("/opt/ln", "link") and os.listdir(outside) == []
 
 
 def test_add_keeps_the_bytes_it_checked(work, tmp_path, monkeypatch):
