@@ -247,7 +247,7 @@ def test_a_bundle_is_bounded_as_it_decompresses(zeros_tar, pack):
     with pytest.raises(ownership.OwnershipError) as err:
         ownership.read_bundle(pack(zeros_tar), "bomb.tar")
     assert (err.value.code, err.value.message) == (
-        "ov-bundle-too-large", f"bomb.tar decompresses to more than {ownership.MAX_BUNDLE} bytes")
+        "ov-bundle-too-large", f"bomb.tar: the data is over {ownership.MAX_BUNDLE} bytes decompressed")
 
 
 def test_bundle_decoders_and_members_that_are_refused(tmp_path):
@@ -256,7 +256,19 @@ def test_bundle_decoders_and_members_that_are_refused(tmp_path):
     with pytest.raises(ownership.OwnershipError) as err:
         ownership.read_bundle(bytes(xz), "dict.tar.xz")
     assert (err.value.code, err.value.message) == (
-        "ov-bundle-too-large", "the xz data needs more than 134217728 bytes of memory to decompress")
+        "ov-bundle-too-large", "dict.tar.xz: the xz data needs more than 134217728 bytes of memory to decompress")
+    # a pax header or a GNU long name is read whole: a large one is refused before it is read
+    for fmt in (tarfile.PAX_FORMAT, tarfile.GNU_FORMAT):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+            info = tarfile.TarInfo("v/" * 40_000 + "a.vcj")
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+        with pytest.raises(ownership.OwnershipError) as err:
+            ownership.read_bundle(gzip.compress(buf.getvalue()), "long.tar.gz")
+        assert err.value.code == "ov-bundle-too-large"
+        assert err.value.message.startswith("long.tar.gz: a tar header extension of 8")
+        assert err.value.message.endswith(" bytes is over 65536 bytes")
     # a GNU sparse member: its map, not its size, says what it expands to
     with open(tmp_path / "s.vcj", "wb") as f:
         f.truncate(200_000)

@@ -103,8 +103,8 @@ def sniff(head: bytes) -> str | None:
 class Bounded(io.RawIOBase):
     """A reader that raises TooLarge once more than limit bytes have been read through it."""
 
-    def __init__(self, f: BinaryIO, limit: int, what: str):
-        self.f, self.limit, self.what, self.count = f, limit, what, 0
+    def __init__(self, f: BinaryIO, limit: int):
+        self.f, self.limit, self.count = f, limit, 0
 
     def readable(self) -> bool:
         return True
@@ -113,5 +113,5 @@ class Bounded(io.RawIOBase):
         n = self.f.readinto(memoryview(b)[:self.limit + 1 - self.count])
         self.count += n
         if self.count > self.limit:
-            raise TooLarge(f"{self.what} decompresses to more than {self.limit} bytes")
+            raise TooLarge(f"the data is over {self.limit} bytes decompressed")
         return n

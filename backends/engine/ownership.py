@@ -18,10 +18,28 @@ from .errors import EngineError
 MAX_MEMBERS = 10_000
 MAX_MEMBER = 256 * 1024
 MAX_BUNDLE = 64 * 1024 * 1024  # the file as given, and the tar it decompresses to
+MAX_TAR_EXTENSION = 64 * 1024  # a pax or GNU long-name header, read whole into memory
 
 
 class OwnershipError(EngineError):
     pass
+
+
+class _Member(tarfile.TarInfo):
+    """A tar header whose extension (pax records, a GNU long name) is refused when large,
+    before tarfile reads it into memory."""
+
+    @classmethod
+    def frombuf(cls, buf, encoding, errors):
+        info = super().frombuf(buf, encoding, errors)
+        if info.type in _EXTENSIONS and info.size > MAX_TAR_EXTENSION:
+            raise decompress.TooLarge(f"a tar header extension of {info.size} bytes is over "
+                                      f"{MAX_TAR_EXTENSION} bytes")
+        return info
+
+
+_EXTENSIONS = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+               tarfile.GNUTYPE_LONGLINK)
 
 
 def read_bundle(data: bytes, name: str = "bundle") -> list[tuple[str, bytes]]:
@@ -36,8 +54,8 @@ def read_bundle(data: bytes, name: str = "bundle") -> list[tuple[str, bytes]]:
     try:
         raw = io.BytesIO(data)
         compression = decompress.sniff(data[:6])
-        stream = decompress.Bounded(decompress.OPENERS[compression](raw) if compression else raw, MAX_BUNDLE, name)
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
+        stream = decompress.Bounded(decompress.OPENERS[compression](raw) if compression else raw, MAX_BUNDLE)
+        with tarfile.open(fileobj=stream, mode="r|", tarinfo=_Member) as tar:
             for i, member in enumerate(tar):
                 if i >= MAX_MEMBERS:
                     raise OwnershipError("ov-bundle-too-large", f"{name} has over {MAX_MEMBERS} members",
@@ -52,10 +70,10 @@ def read_bundle(data: bytes, name: str = "bundle") -> list[tuple[str, bytes]]:
                                          tag="invalid-value")
                 total += member.size
                 if total > MAX_BUNDLE:
-                    raise decompress.TooLarge(f"{name}'s members are over {MAX_BUNDLE} bytes in all")
+                    raise decompress.TooLarge(f"the members are over {MAX_BUNDLE} bytes in all")
                 out.append((member.name, tar.extractfile(member).read(MAX_MEMBER + 1)))
     except decompress.TooLarge as exc:
-        raise OwnershipError("ov-bundle-too-large", str(exc), tag="invalid-value") from None
+        raise OwnershipError("ov-bundle-too-large", f"{name}: {exc}", tag="invalid-value") from None
     except (tarfile.TarError, *decompress.ERRORS) as exc:
         raise OwnershipError("ov-bundle-corrupt", f"{name} is not a readable tar or compressed tar: {exc}",
                              tag="invalid-value") from None
