@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from lxml import etree
@@ -464,7 +465,8 @@ def snapshot(disk) -> dict[str, tuple[int, bytes]]:
         for name in files:
             p = os.path.join(here, name)
             if name != "filler":
-                out[os.path.relpath(p, disk)] = (os.lstat(p).st_mode, b"" if os.path.islink(p) else open(p, "rb").read())
+                content = b"" if os.path.islink(p) else Path(p).read_bytes()
+                out[os.path.relpath(p, disk)] = (os.lstat(p).st_mode, content)
         out[os.path.relpath(here, disk)] = (os.lstat(here).st_mode, b"")
     return out
 

@@ -153,7 +153,8 @@ def test_run_time_walk_never_leaves_the_root_through_a_link(tmp_path):
     shutil.rmtree(root / "opt")
     os.symlink(outside, root / "opt")
     paths = ["/opt/p", "/opt/p/secret"]
-    assert fingerprint.run_time(root, paths, ["/opt/p"]) == fingerprint.combine((p, 0, fingerprint.EMPTY) for p in paths)
+    missing = fingerprint.combine((p, 0, fingerprint.EMPTY) for p in paths)
+    assert fingerprint.run_time(root, paths, ["/opt/p"]) == missing
 
 
 def tree(root: Path) -> list[tuple[str, int, str]]:
