@@ -1,9 +1,12 @@
-"""Real RPM packages for the tests, built with Debian's rpmbuild and signed with gpg."""
+"""Real RPM packages for the tests, built with Debian's rpmbuild and signed with gpg, and payloads altered
+to ask their decoder for more memory than it may use."""
 from __future__ import annotations
 
 import os
 import shutil
+import struct
 import subprocess
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +48,10 @@ def build_rpm(work: Path, name: str, files: dict[str, bytes], *, version: str = 
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_bytes(data)
         os.chmod(f, (modes or {}).get(path, 0o644))
+    for d in dirs:
+        (src / d.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        if d in (modes or {}):
+            os.chmod(src / d.lstrip("/"), modes[d])
     for path, target in (symlinks or {}).items():
         (src / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
         os.symlink(target, src / path.lstrip("/"))
@@ -67,6 +74,21 @@ def build_rpm(work: Path, name: str, files: dict[str, bytes], *, version: str = 
     out = work / rpm.name
     shutil.copyfile(rpm, out)
     return out
+
+
+def xz_claiming_a_big_dictionary(data: bytearray, at: int) -> None:
+    """The xz stream at data[at:] says it needs a 1.5 GiB dictionary (its block header CRC fixed up)."""
+    hdr = at + 12  # after the stream header
+    assert data[hdr + 1:hdr + 4] == b"\x00\x21\x01"  # no sizes, one LZMA2 filter with one property byte
+    data[hdr + 4] = 37
+    size = (data[hdr] + 1) * 4
+    data[hdr + size - 4:hdr + size] = struct.pack("<I", zlib.crc32(bytes(data[hdr:hdr + size - 4])))
+
+
+def zstd_claiming_a_big_window(data: bytearray, at: int) -> None:
+    """The zstd frame at data[at:] says it needs a 2 GiB window."""
+    assert data[at + 4] & 0x20 == 0  # not single-segment: a window descriptor follows
+    data[at + 5] = 21 << 3
 
 
 FINGERPRINT_SH = r"""

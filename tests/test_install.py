@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from lxml import etree
@@ -16,7 +17,8 @@ from ncclient.operations import RPCError
 
 from backends.engine import rpm
 from conftest import PASSWORD, ROOT, ServerProcess, rpc
-from rpms import build_rpm, export_public, make_gpg_key, shell_fingerprint
+from disks import fill, remount, small_tmpfs
+from rpms import build_rpm, export_public, make_gpg_key, shell_fingerprint, zstd_claiming_a_big_window
 
 ACT = "http://cisco.com/ns/yang/Cisco-IOS-XR-spirit-install-act"
 SPIRIT = "http://cisco.com/ns/yang/Cisco-IOS-XR-spirit-install-instmgr-oper"
@@ -43,11 +45,9 @@ def packages(tmp_path_factory):
     return {"agent": agent, "mcast": mcast, "other": other, "key": key, "stranger": stranger, "work": work}
 
 
-@pytest.fixture(scope="module")
-def device(tmp_path_factory, packages):
-    """A server whose profile lists the test signing key as the vendor's."""
-    state = tmp_path_factory.mktemp("inst") / "state"
-    srv = ServerProcess(state)
+def make_state(state, packages) -> None:
+    """A state directory whose profile lists the test signing key as the vendor's, with the
+    test packages in harddisk:/pkgs."""
     subprocess.run([sys.executable, "-m", "trustplane.cli", "init", "--state-dir", str(state)],
                    check=True, capture_output=True, env=dict(os.environ, TRUSTPLANE_ADMIN_PASSWORD=PASSWORD),
                    cwd=ROOT)
@@ -60,7 +60,13 @@ def device(tmp_path_factory, packages):
     pkgs.mkdir(parents=True)
     for name in ("agent", "mcast", "other"):
         shutil.copy(packages[name], pkgs)
-    srv.start()
+
+
+@pytest.fixture(scope="module")
+def device(tmp_path_factory, packages):
+    state = tmp_path_factory.mktemp("inst") / "state"
+    make_state(state, packages)
+    srv = ServerProcess(state).start()
     yield srv
     srv.stop()
 
@@ -269,6 +275,7 @@ def test_signatures_decide_the_origin(installed, packages):
 @pytest.mark.parametrize("make, path, tag, app_tag", [
     ("corrupt-payload", "harddisk:/bad/agent.rpm", "invalid-value", "rpm-corrupt"),
     ("corrupt-header", "harddisk:/bad/agent.rpm", "invalid-value", "rpm-corrupt"),
+    ("huge-window", "harddisk:/bad/agent.rpm", "invalid-value", "rpm-too-large"),
     ("not-rpm", "harddisk:/bad/notes.rpm", "invalid-value", "not-an-rpm"),
     (None, "harddisk:/bad/missing.rpm", "data-missing", "file-not-found"),
     (None, "harddisk:/../device.json", "invalid-value", "path-escape"),
@@ -283,6 +290,12 @@ def test_bad_packages_are_refused_and_change_nothing(installed, packages, make, 
     elif make == "corrupt-header":
         at = data.index(b"agent test package")
         (bad / "agent.rpm").write_bytes(data[:at] + b"AGENT" + data[at + 5:])
+    elif make == "huge-window":  # a zstd payload that asks for a 2 GiB window
+        with open(packages["agent"], "rb") as f:
+            at = rpm.read_package(f).payload_offset
+        data = bytearray(data)
+        zstd_claiming_a_big_window(data, at)
+        (bad / "agent.rpm").write_bytes(data)
     elif make == "not-rpm":
         (bad / "notes.rpm").write_text("just text\n")
     state_before = (installed.state_dir / "install" / "state.json").read_bytes()
@@ -404,3 +417,110 @@ def test_activating_a_newer_version_replaces_the_active_one(installed, packages)
         assert row["rpm-fingerprint-run-time"] == row["rpm-fingerprint-install-time"]
         assert (root / "opt/agent/etc/agent.conf").read_bytes() == b"level=2\n"
         assert sorted(package_rows(active_summary(m))) == ["agent", "mcast"]
+
+
+def test_a_link_one_package_placed_is_never_followed(installed, packages):
+    """linker installs /opt/x as a link out of the package root; xowner owns the directory
+    /opt/x with mode 0777. Activating xowner must not touch what the link points to."""
+    outside = installed.state_dir.parent / "outside"
+    outside.mkdir(mode=0o700)
+    link = build_rpm(packages["work"], "linker", {}, symlinks={"/opt/x": str(outside)})
+    owner = build_rpm(packages["work"], "xowner", {"/opt/x/f": b"f\n"}, dirs=("/opt/x",), modes={"/opt/x": 0o777})
+    for p in (link, owner):
+        shutil.copy(p, installed.state_dir / "fs" / "harddisk:" / "pkgs")
+    state = installed.state_dir / "install" / "state.json"
+    with installed.connect() as m:
+        act(m, "install-add", "<packagepath>harddisk:/pkgs</packagepath><packagename>linker-1.0.0-r1.noarch.rpm"
+                              "</packagename><packagename>xowner-1.0.0-r1.noarch.rpm</packagename>")
+        act(m, "install-activate", names("linker"))
+        wait_run_time(m, "linker")
+        before = state.read_bytes()
+        with pytest.raises(RPCError) as err:
+            act(m, "install-activate", names("xowner"))
+        assert error_of(err.value) == ("operation-failed", "path-escape")
+        assert err.value.message == ("xowner-1.0.0-r1.noarch: /opt/x is a symbolic link; the package root's paths "
+                                     "are never followed through links")
+        assert os.stat(outside).st_mode & 0o777 == 0o700 and os.listdir(outside) == []
+        assert state.read_bytes() == before
+        assert sorted(package_rows(active_summary(m))) == ["agent", "linker", "mcast"]
+        act(m, "install-deactivate", names("linker"))
+        act(m, "install-remove", names("linker", "xowner"))
+    assert not os.path.lexists(installed.state_dir / "install" / "root" / "opt" / "x")
+
+
+@pytest.fixture
+def small_disk(tmp_path, packages):
+    """A server whose install directory is a 4 MiB tmpfs."""
+    state = tmp_path / "state"
+    make_state(state, packages)
+    with small_tmpfs(state / "install") as disk:
+        srv = ServerProcess(state).start()
+        yield srv, disk
+        srv.stop()
+
+
+def snapshot(disk) -> dict[str, tuple[int, bytes]]:
+    out = {}
+    for here, _dirs, files in os.walk(disk):
+        for name in files:
+            p = os.path.join(here, name)
+            if name != "filler":
+                content = b"" if os.path.islink(p) else Path(p).read_bytes()
+                out[os.path.relpath(p, disk)] = (os.lstat(p).st_mode, content)
+        out[os.path.relpath(here, disk)] = (os.lstat(here).st_mode, b"")
+    return out
+
+
+def test_a_full_or_read_only_disk_changes_nothing(small_disk):
+    srv, disk = small_disk
+    agent = "<packagepath>harddisk:/pkgs/agent-1.0.0-r1.noarch.rpm</packagepath>"
+    mcast = "<packagepath>harddisk:/pkgs/mcast-2.0.0.0-r731.noarch.rpm</packagepath>"
+    other = "<packagepath>harddisk:/pkgs/other-1.0.0-r1.noarch.rpm</packagepath>"
+    with srv.connect() as m:
+        act(m, "install-add", agent)
+        act(m, "install-activate", names("agent"))
+        wait_run_time(m, "agent")
+        kgv = srv.state_dir / "fs" / "harddisk:" / "kgv.json"
+        kgv.write_text(json.dumps({"packages": [{"name": "agent", "version": "1.0.0", "release": "r1",
+                                                 "fingerprint": "0" * 64}]}))
+        load = f'<load-known-good-values xmlns="{TPI}"><path>harddisk:/kgv.json</path></load-known-good-values>'
+        for fault, says in (("full", "No space left on device"), ("read-only", "Read-only file system")):
+            if fault == "full":
+                fill(disk)
+            else:
+                (disk / "filler").unlink()
+                remount(disk, "ro")
+            before, shown = snapshot(disk), etree.tostring(active_summary(m))
+            for op, body, what in [
+                    ("install-add", mcast if fault == "full" else other, "the package repository"),
+                    ("install-deactivate", names("agent"), "the install state" if fault == "full"
+                     else "the package root"),
+                    ("install-commit", "", "the install state"),
+                    ("install-verify", "", "the install state"),
+                    (None, f'<verify-packages xmlns="{TPI}"/>', "the install state"),
+                    (None, load, "the known-good values")]:
+                with pytest.raises(RPCError) as err:
+                    call(m, body) if op is None else act(m, op, body)
+                assert error_of(err.value) == ("operation-failed", "storage-failed"), op
+                assert err.value.message == f"cannot write {what}: {says}", op
+                assert snapshot(disk) == before, op
+                assert etree.tostring(active_summary(m)) == shown, op
+            if fault == "full":  # staging the package's files fails too
+                (disk / "filler").unlink()
+                act(m, "install-add", mcast)
+                fill(disk)
+                before = snapshot(disk)
+                with pytest.raises(RPCError) as err:
+                    act(m, "install-activate", names("mcast"))
+                assert error_of(err.value) == ("operation-failed", "storage-failed")
+                assert err.value.message == f"cannot write mcast-2.0.0.0-r731.noarch's files: {says}"
+                assert snapshot(disk) == before
+        remount(disk, "rw")
+        # with room again, the same operations succeed
+        act(m, "install-activate", names("mcast"))
+        act(m, "install-deactivate", names("agent"))
+        act(m, "install-commit")
+        call(m, load)
+        assert sorted(package_rows(active_summary(m))) == ["mcast"]
+        assert not (disk / "root" / "opt" / "agent").exists()
+    assert "Traceback" not in srv.log()

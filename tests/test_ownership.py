@@ -3,21 +3,27 @@
 cleared with a consent token; plus the real IOS XR vouchers in ../shared/interop."""
 from __future__ import annotations
 
+import gzip
+import io
 import json
+import lzma
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
 from lxml import etree
+import zstandard
 from ncclient.operations import RPCError
 
-from backends.engine import cms
+from backends.engine import cms, ownership
 from backends.engine.identity import load_cert_pem, load_key_pem
 from conftest import PASSWORD, ROOT, ServerProcess, rpc
-from rpms import build_rpm, export_public, make_gpg_key
+from disks import fill, remount, small_tmpfs
+from rpms import build_rpm, export_public, make_gpg_key, xz_claiming_a_big_dictionary
 
 ACT = "http://cisco.com/ns/yang/Cisco-IOS-XR-ownership-act"
 OPER = "http://cisco.com/ns/yang/Cisco-IOS-XR-ownership-oper"
@@ -218,6 +224,110 @@ def test_failures_change_nothing(dev, tmp_path):
                                          "</allow-mixed-security-profiles>")
         oper = m.get(("subtree", f'<ownership xmlns="{OPER}"><security-profile/></ownership>')).data_ele
         assert oper.findtext(f".//{{{OPER}}}signed-rpm") == "enable"  # strict wins
+
+
+def tar_of(members: list[tuple[str, bytes]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def zeros_tar() -> bytes:
+    return tar_of([(f"v{i}.vcj", bytes(ownership.MAX_MEMBER)) for i in range(300)])  # 75 MiB of members
+
+
+@pytest.mark.parametrize("pack", [lambda t: gzip.compress(t, 1), lambda t: lzma.compress(t, preset=0),
+                                  zstandard.compress], ids=["gzip", "xz", "zstd"])
+def test_a_bundle_is_bounded_as_it_decompresses(zeros_tar, pack):
+    with pytest.raises(ownership.OwnershipError) as err:
+        ownership.read_bundle(pack(zeros_tar), "bomb.tar")
+    assert (err.value.code, err.value.message) == (
+        "ov-bundle-too-large", f"bomb.tar: the data is over {ownership.MAX_BUNDLE} bytes decompressed")
+
+
+def test_bundle_decoders_and_members_that_are_refused(tmp_path):
+    xz = bytearray(lzma.compress(tar_of([("a.vcj", b"x")])))
+    xz_claiming_a_big_dictionary(xz, 0)
+    with pytest.raises(ownership.OwnershipError) as err:
+        ownership.read_bundle(bytes(xz), "dict.tar.xz")
+    assert (err.value.code, err.value.message) == (
+        "ov-bundle-too-large", "dict.tar.xz: the xz data needs more than 134217728 bytes of memory to decompress")
+    # a pax header or a GNU long name is read whole: a large one is refused before it is read
+    for fmt in (tarfile.PAX_FORMAT, tarfile.GNU_FORMAT):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+            info = tarfile.TarInfo("v/" * 40_000 + "a.vcj")
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+        with pytest.raises(ownership.OwnershipError) as err:
+            ownership.read_bundle(gzip.compress(buf.getvalue()), "long.tar.gz")
+        assert err.value.code == "ov-bundle-too-large"
+        assert err.value.message.startswith("long.tar.gz: a tar header extension of 8")
+        assert err.value.message.endswith(" bytes is over 65536 bytes")
+    # a GNU sparse member: its map, not its size, says what it expands to
+    with open(tmp_path / "s.vcj", "wb") as f:
+        f.truncate(200_000)
+    subprocess.run(["tar", "--sparse", "--format=gnu", "-cf", "s.tar", "s.vcj"], cwd=tmp_path, check=True)
+    with pytest.raises(ownership.OwnershipError) as err:
+        ownership.read_bundle((tmp_path / "s.tar").read_bytes(), "s.tar")
+    assert (err.value.code, err.value.message) == ("ov-bundle-corrupt", "s.tar: s.vcj is not a regular file")
+
+
+def test_a_decompression_bomb_is_refused_over_netconf(dev, zeros_tar):
+    (dev.disk / "bomb.tar.gz").write_bytes(gzip.compress(zeros_tar, 9))
+    refused(dev, "disk0:/bomb.tar.gz", "disk0:/oc.cms", ("invalid-value", "ov-bundle-too-large"))
+
+
+def test_a_full_or_read_only_disk_changes_no_ownership(tmp_path):
+    lab = Lab(tmp_path)
+    rp0, rp1 = lab.serials["0/RP0/CPU0"], lab.serials["0/RP1/CPU0"]
+    ov = lab.bundle("ov.tar.gz", lab.vouchers("v", [rp0, rp1]))
+    with small_tmpfs(lab.state / "ownership", "1m") as disk:
+        lab.server.start()
+        try:
+            with lab.server.connect() as m:
+                fill(disk)
+                for fault, says in (("full", "No space left on device"), ("read-only", "Read-only file system")):
+                    if fault == "read-only":
+                        (disk / "filler").unlink()
+                        remount(disk, "ro")
+                    with pytest.raises(RPCError) as err:
+                        apply(m, ov, "disk0:/oc.cms")
+                    assert error_of(err.value) == ("operation-failed", "storage-failed")
+                    assert err.value.message == f"cannot write the ownership state: {says}"
+                    assert {n.findtext(f"{{{TPO}}}state") for n in nodes(m).values()} == {"none"}
+                    assert sorted(os.listdir(disk)) == (["filler"] if fault == "full" else [])
+                remount(disk, "rw")
+                apply(m, ov, "disk0:/oc.cms")
+                assert {n.findtext(f"{{{TPO}}}state") for n in nodes(m).values()} == {"established", "none"}
+                assert nodes(m)["0/RP0/CPU0"].findtext(f"{{{TPO}}}state") == "established"
+                # a consent-token response whose state write fails can be given again
+                tp("lab", "consent-key", "--out", str(lab.work / "ct"))
+                tp("lab", "key-package", "--pdc-dir", str(lab.work / "owner"), "--consent-key",
+                   str(lab.work / "ct" / "ct.pub.pem"), "--out", str(lab.disk / "kp.cms"))
+                call(m, f'<kpkg-apply xmlns="{KPKG}"><keypackage-type>customer</keypackage-type>'
+                        "<keypackage-file>disk0:/kp.cms</keypackage-file></kpkg-apply>")
+                c = call(m, f'<clear-device-ownership-challenge xmlns="{TPO}"><location>0/RP1/CPU0</location>'
+                            "</clear-device-ownership-challenge>").findtext(f".//{{{TPO}}}challenge-string")
+                r = tp("lab", "consent-response", "--key", str(lab.work / "ct" / "ct.key"), "--challenge", c).strip()
+                respond = (f'<clear-device-ownership-response xmlns="{TPO}"><location>0/RP1/CPU0</location>'
+                           f"<challenge-response>{r}</challenge-response></clear-device-ownership-response>")
+                fill(disk)
+                with pytest.raises(RPCError) as err:
+                    call(m, respond)
+                assert error_of(err.value) == ("operation-failed", "storage-failed")
+                assert nodes(m)["0/RP1/CPU0"].findtext(f"{{{TPO}}}state") == "established"
+                (disk / "filler").unlink()
+                call(m, respond)
+                assert nodes(m)["0/RP1/CPU0"].findtext(f"{{{TPO}}}state") == "none"
+        finally:
+            lab.server.stop()
+    assert "Traceback" not in lab.server.log()
 
 
 def test_duplicate_vouchers_first_valid_applies(dev):

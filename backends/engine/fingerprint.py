@@ -18,6 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable
 
+from . import rootfs
+
 EMPTY = hashlib.sha256(b"").hexdigest()
 MAX_WALK = 200_000  # entries visited under a package's directories
 _BUF = 1 << 20
@@ -38,44 +40,58 @@ def combine(records: Iterable[tuple[str, int, str]]) -> str:
     return h.hexdigest()
 
 
-def file_record(root: Path, path: str) -> tuple[str, int, str]:
-    """(path, mode, digest) of an installed file, read from under root without following links."""
-    real = os.path.join(root, path.lstrip("/"))
+def file_record(root_fd: int, path: str) -> tuple[str, int, str]:
+    """(path, mode, digest) of an installed file under root, read without following links:
+    a path that leads through a link is as missing as one that does not exist."""
+    comps = rootfs.parts(path)
+    if not comps:
+        return path, os.fstat(root_fd).st_mode, EMPTY
     try:
-        st = os.lstat(real)
-    except FileNotFoundError:
+        parent = rootfs.open_dir(root_fd, comps[:-1])
+    except (FileNotFoundError, rootfs.PathBlocked):
         return path, 0, EMPTY
-    if stat.S_ISLNK(st.st_mode):
-        return path, st.st_mode, hashlib.sha256(os.fsencode(os.readlink(real))).hexdigest()
-    if not stat.S_ISREG(st.st_mode):
-        return path, st.st_mode, EMPTY
-    fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW)
+    name = comps[-1]
+    try:
+        try:
+            st = os.lstat(name, dir_fd=parent)
+        except FileNotFoundError:
+            return path, 0, EMPTY
+        if stat.S_ISLNK(st.st_mode):
+            return path, st.st_mode, hashlib.sha256(os.fsencode(os.readlink(name, dir_fd=parent))).hexdigest()
+        if not stat.S_ISREG(st.st_mode):
+            return path, st.st_mode, EMPTY
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=parent)
+    finally:
+        os.close(parent)
     with os.fdopen(fd, "rb", buffering=0) as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):  # replaced since the lstat
+            return path, st.st_mode, EMPTY
         return path, st.st_mode, hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def tree_paths(root: Path, files: Iterable[str], dirs: Iterable[str], foreign: set[str]) -> list[str]:
+def tree_paths(root_fd: int, files: Iterable[str], dirs: Iterable[str], foreign: set[str]) -> list[str]:
     """The package's files, plus everything now under its directories that no other package owns."""
     paths = set(files)
     budget = MAX_WALK
     for d in dirs:
-        top = os.path.join(root, d.lstrip("/"))
-        for here, subdirs, names in os.walk(top):  # does not follow symbolic links
-            budget -= len(subdirs) + len(names)
+        for p in rootfs.walk(root_fd, rootfs.parts(d)):
+            budget -= 1
             if budget < 0:
                 raise FingerprintError(f"more than {MAX_WALK} entries under the package directories")
-            rel = "/" + os.path.relpath(here, root)
-            for name in subdirs + names:
-                p = os.path.join(rel, name)
-                if p not in foreign:
-                    paths.add(p)
+            if p not in foreign:
+                paths.add(p)
     return list(paths)  # combine() puts them in fingerprint order
 
 
 def run_time(root: Path, files: Iterable[str], dirs: Iterable[str], foreign: set[str] = frozenset(),
              workers: int = 2) -> str:
-    paths = tree_paths(root, files, dirs, foreign)
-    # hashlib and file reads release the GIL, so two threads use both cores
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        records = list(pool.map(lambda p: file_record(root, p), paths, chunksize=16))
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        paths = tree_paths(root_fd, files, dirs, foreign)
+        # hashlib and file reads release the GIL, so two threads use both cores
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            records = list(pool.map(lambda p: file_record(root_fd, p), paths, chunksize=16))
+    finally:
+        os.close(root_fd)
     return combine(records)

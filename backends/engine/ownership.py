@@ -12,45 +12,70 @@ from typing import Iterable
 
 from cryptography import x509
 
-from . import cms, voucher, x509path
+from . import cms, decompress, voucher, x509path
 from .errors import EngineError
 
 MAX_MEMBERS = 10_000
 MAX_MEMBER = 256 * 1024
-MAX_BUNDLE = 64 * 1024 * 1024
+MAX_BUNDLE = 64 * 1024 * 1024  # the file as given, and the tar it decompresses to
+MAX_TAR_EXTENSION = 64 * 1024  # a pax or GNU long-name header, read whole into memory
 
 
 class OwnershipError(EngineError):
     pass
 
 
+class _Member(tarfile.TarInfo):
+    """A tar header whose extension (pax records, a GNU long name) is refused when large,
+    before tarfile reads it into memory."""
+
+    @classmethod
+    def frombuf(cls, buf, encoding, errors):
+        info = super().frombuf(buf, encoding, errors)
+        if info.type in _EXTENSIONS and info.size > MAX_TAR_EXTENSION:
+            raise decompress.TooLarge(f"a tar header extension of {info.size} bytes is over "
+                                      f"{MAX_TAR_EXTENSION} bytes")
+        return info
+
+
+_EXTENSIONS = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+               tarfile.GNUTYPE_LONGLINK)
+
+
 def read_bundle(data: bytes, name: str = "bundle") -> list[tuple[str, bytes]]:
-    """The members of a tar or tar.gz of vouchers (flat; directories are skipped). A
-    single voucher (DER CMS) is taken as a bundle of one."""
+    """The members of a tar, or a tar compressed with gzip, bzip2, xz or zstd, of vouchers
+    (flat; directories are skipped). A single voucher (DER CMS) is taken as a bundle of one.
+    The tar is read as it is decompressed, and never past MAX_BUNDLE bytes."""
     if len(data) > MAX_BUNDLE:
         raise OwnershipError("ov-bundle-too-large", f"{name} is over {MAX_BUNDLE} bytes", tag="invalid-value")
     if data[:1] == b"\x30":
         return [(name, data)]
     out, total = [], 0
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
+        raw = io.BytesIO(data)
+        compression = decompress.sniff(data[:6])
+        stream = decompress.Bounded(decompress.OPENERS[compression](raw) if compression else raw, MAX_BUNDLE)
+        with tarfile.open(fileobj=stream, mode="r|", tarinfo=_Member) as tar:
             for i, member in enumerate(tar):
                 if i >= MAX_MEMBERS:
                     raise OwnershipError("ov-bundle-too-large", f"{name} has over {MAX_MEMBERS} members",
                                          tag="invalid-value")
                 if member.isdir():
                     continue
-                if not member.isfile():
+                if not member.isfile() or member.sparse is not None or member.type == tarfile.GNUTYPE_SPARSE:
                     raise OwnershipError("ov-bundle-corrupt", f"{name}: {member.name} is not a regular file",
                                          tag="invalid-value")
                 if member.size > MAX_MEMBER:
                     raise OwnershipError("ov-bundle-corrupt", f"{name}: {member.name} is over {MAX_MEMBER} bytes",
                                          tag="invalid-value")
                 total += member.size
-                f = tar.extractfile(member)
-                out.append((member.name, f.read(MAX_MEMBER + 1)))
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        raise OwnershipError("ov-bundle-corrupt", f"{name} is not a readable tar or tar.gz: {exc}",
+                if total > MAX_BUNDLE:
+                    raise decompress.TooLarge(f"the members are over {MAX_BUNDLE} bytes in all")
+                out.append((member.name, tar.extractfile(member).read(MAX_MEMBER + 1)))
+    except decompress.TooLarge as exc:
+        raise OwnershipError("ov-bundle-too-large", f"{name}: {exc}", tag="invalid-value") from None
+    except (tarfile.TarError, *decompress.ERRORS) as exc:
+        raise OwnershipError("ov-bundle-corrupt", f"{name} is not a readable tar or compressed tar: {exc}",
                              tag="invalid-value") from None
     if not out:
         raise OwnershipError("ov-bundle-empty", f"{name} holds no vouchers", tag="invalid-value")

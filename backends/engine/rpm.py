@@ -7,18 +7,13 @@ Every length read from the file is bounded before it is used.
 """
 from __future__ import annotations
 
-import bz2
-import gzip
 import hashlib
-import lzma
 import stat
 import struct
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Iterator
 
-import zstandard
-
-from . import openpgp
+from . import decompress, openpgp
 
 LEAD_MAGIC = b"\xed\xab\xee\xdb"
 HEADER_MAGIC = b"\x8e\xad\xe8\x01"
@@ -26,7 +21,8 @@ MAX_HEADER_ENTRIES = 65536
 MAX_HEADER_STORE = 64 * 1024 * 1024
 MAX_FILES = 100_000
 MAX_NAME = 4096
-DEFAULT_MAX_PAYLOAD = 2 * 1024 ** 3  # uncompressed
+DEFAULT_MAX_PAYLOAD = 2 * 1024 ** 3  # uncompressed, the cpio archive whole
+MAX_FILE_SIZE = 1024 ** 3  # one file's content
 
 # header tags (rpmtag.h numbers)
 NAME, VERSION, RELEASE, EPOCH, SUMMARY, ARCH = 1000, 1001, 1002, 1003, 1004, 1022
@@ -40,17 +36,11 @@ SIG_LONGARCHIVESIZE, SIG_PAYLOADSIZE = 271, 1007
 RPMFILE_GHOST = 1 << 6
 
 DIGEST_ALGOS = {1: "md5", 2: "sha1", 8: "sha256", 9: "sha384", 10: "sha512", 11: "sha224"}
-DECOMPRESSORS: dict[str, Callable[[BinaryIO], BinaryIO]] = {
-    "gzip": lambda f: gzip.GzipFile(fileobj=f),
-    "bzip2": lambda f: bz2.BZ2File(f),
-    "xz": lambda f: lzma.LZMAFile(f),
-    "lzma": lambda f: lzma.LZMAFile(f),
-    "zstd": lambda f: zstandard.ZstdDecompressor().stream_reader(f, closefd=False),
-}
+DECOMPRESSORS = decompress.OPENERS
 
 
 class RpmError(Exception):
-    """code: not-an-rpm, rpm-corrupt or rpm-unsupported."""
+    """code: not-an-rpm, rpm-corrupt, rpm-unsupported or rpm-too-large."""
 
     def __init__(self, code: str, message: str):
         super().__init__(message)
@@ -208,6 +198,9 @@ def _files(tags: dict, algo: str) -> list[FileEntry]:
     if not (len(dirindexes) == len(modes) == len(sizes) == len(digests) == len(links) == len(flags) == n):
         raise RpmError("rpm-corrupt", "the header's file lists disagree in length")
     out = []
+    if sum(sizes) > DEFAULT_MAX_PAYLOAD or any(s > MAX_FILE_SIZE for s in sizes):
+        raise RpmError("rpm-too-large", f"the package's files are larger than {MAX_FILE_SIZE} bytes each "
+                       f"or {DEFAULT_MAX_PAYLOAD} bytes in all")
     for i in range(n):
         if dirindexes[i] >= len(dirnames):
             raise RpmError("rpm-corrupt", "a file names a directory the header lacks")
@@ -261,10 +254,12 @@ def payload(f: BinaryIO, pkg: RpmPackage, max_size: int = DEFAULT_MAX_PAYLOAD) -
         nonlocal total
         total += n
         if total > max_size:
-            raise RpmError("rpm-unsupported", f"the payload is larger than {max_size} bytes")
+            raise RpmError("rpm-too-large", f"the payload is larger than {max_size} bytes")
         try:
             return _read_exact(stream, n, what)
-        except (OSError, EOFError, lzma.LZMAError, zstandard.ZstdError) as exc:
+        except decompress.TooLarge as exc:
+            raise RpmError("rpm-too-large", f"payload: {exc}") from None
+        except decompress.ERRORS as exc:
             raise RpmError("rpm-corrupt", f"payload: {exc}") from None
 
     while True:
@@ -298,6 +293,8 @@ def payload(f: BinaryIO, pkg: RpmPackage, max_size: int = DEFAULT_MAX_PAYLOAD) -
             for _ in item.chunks:  # whatever the consumer left unread
                 pass
         else:
+            if filesize > MAX_NAME:  # a link target; directories have no content
+                raise RpmError("rpm-corrupt", f"payload entry {path!r} has {filesize} bytes of content")
             data = read(filesize, "payload")
             if stat.S_ISLNK(mode) and data.decode("utf-8", "replace") != entry.link_to:
                 raise RpmError("rpm-corrupt", f"payload link {path!r} differs from the header")

@@ -184,14 +184,16 @@ class InstallBackend(Backend):
         unknown = [loc for loc in params.get("location") or [] if loc not in self.nodes]
         if unknown:
             raise BackendError(f"no node {unknown[0]!r}", app_tag="unknown-node", tag="invalid-value")
-        await self.collect()
+        await self.collect(for_rpc=True)
         return None
 
     # -- run-time fingerprints
 
-    async def collect(self, nvras: list[str] | None = None, announce: bool = True) -> dict[str, str]:
+    async def collect(self, nvras: list[str] | None = None, announce: bool = True,
+                      for_rpc: bool = False) -> dict[str, str]:
         """Recompute run-time fingerprints and record them; a new drift raises a
-        notification unless the caller reports it itself (announce=False)."""
+        notification unless the caller reports it itself (announce=False). A failure is
+        logged, and raised as a BackendError when an RPC asked for the collection."""
         async with self.lock:
             chosen = list(self.store.state["active"]) if nvras is None else nvras
             self.collecting = True
@@ -199,9 +201,14 @@ class InstallBackend(Backend):
                 loop = asyncio.get_running_loop()
                 fps = await loop.run_in_executor(None, self.store.run_time, chosen)
                 await loop.run_in_executor(None, self.store.record_run_time, fps, self.services.clock())
-            except Exception as exc:  # the next collection tries again; sessions must not see this
+            except Exception as exc:  # the next collection tries again
                 log.error("run-time fingerprint collection failed: %s", exc)
-                return {}
+                if not for_rpc:
+                    return {}
+                if isinstance(exc, InstallError):
+                    raise BackendError(exc.message, app_tag=exc.code, tag=exc.tag) from None
+                raise BackendError(f"the run-time fingerprints could not be computed: {exc}",
+                                   app_tag="fingerprint-failed") from None
             finally:
                 self.collecting = False
         for n, fp in fps.items():
@@ -264,7 +271,8 @@ class InstallBackend(Backend):
         try:
             atomic_write(self.kgv_path, json.dumps(doc).encode(), mode=0o600)
         except OSError as exc:
-            raise BackendError(f"cannot store the KGV: {exc.strerror}", app_tag="kgv-write-failed") from None
+            raise BackendError(f"cannot write the known-good values: {exc.strerror}",
+                               app_tag="storage-failed") from None
         self.kgv_info, self.kgv = info, entries
         log.info("known-good values loaded from %s: %d package(s)", source, len(entries))
         return f'<entries xmlns="{NS}">{len(entries)}</entries>'
@@ -280,10 +288,7 @@ class InstallBackend(Backend):
             idle = [n for n in chosen if n not in active]
             if idle:
                 raise BackendError(f"{idle[0]} is not active", app_tag="package-not-active", tag="data-missing")
-        fps = await self.collect(chosen, announce=False)
-        if set(fps) != set(chosen):
-            raise BackendError("the run-time fingerprints could not be computed; see the server log",
-                               app_tag="fingerprint-failed")
+        fps = await self.collect(chosen, announce=False, for_rpc=True)
         out = []
         for n in chosen:
             p = self.store.state["packages"][n]

@@ -143,8 +143,21 @@ class OwnershipBackend(Backend):
         try:
             atomic_write(self.path, json.dumps(state, indent=1).encode(), mode=0o600)
         except OSError as exc:
-            raise BackendError(f"cannot record ownership: {exc.strerror}", app_tag="ownership-write-failed") from None
+            raise BackendError(f"cannot write the ownership state: {exc.strerror}",
+                               app_tag="storage-failed") from None
         self.data = state
+
+    def _commit_redeemed(self, state: dict, tokens_before: tuple) -> None:
+        """_commit after a consent token was redeemed: when the write fails, the challenge
+        is pending again, so the same response works once the state can be written."""
+        try:
+            self._commit(state)
+        except BackendError:
+            self.tokens.pending, self.tokens.spent = tokens_before
+            raise
+
+    def _tokens(self) -> tuple:
+        return dict(self.tokens.pending), list(self.tokens.spent)
 
     def _notify(self, body: str) -> None:
         if self.services.notify is not None:
@@ -307,6 +320,7 @@ class OwnershipBackend(Backend):
         location = params["location"]
         self._node_serial(location)
         key = self._consent_key()
+        before = self._tokens()
         try:
             self.tokens.redeem(location, "clear-device-ownership", params["challenge-response"], key,
                                self.services.clock())
@@ -317,7 +331,7 @@ class OwnershipBackend(Backend):
         if not any(loc in state["nodes"] for loc in self.serials.values() if loc != CHASSIS):
             state["nodes"].clear()  # the chassis voucher goes with the last node
             state["key-packages"] = None
-        self._commit(state)
+        self._commit_redeemed(state, before)
         log.warning("device ownership cleared on %s by %s", location, getattr(session, "username", "unknown"))
         self._notify(f'<ownership-cleared xmlns="{NS}">{xml_leaf("location", location)}</ownership-cleared>')
 
@@ -344,6 +358,7 @@ class OwnershipBackend(Backend):
     def _reimage_response(self, params: dict) -> None:
         action = params["reimage-protection"]
         key = self._consent_key()
+        before = self._tokens()
         try:
             self.tokens.redeem(self._active_location(), f"reimage-protection-{action}",
                                params["challenge-response"], key, self.services.clock())
@@ -351,7 +366,7 @@ class OwnershipBackend(Backend):
             raise _error(exc) from None
         state = copy.deepcopy(self.data)
         state["reimage-protection"] = "enabled" if action == "enable" else "disabled"
-        self._commit(state)
+        self._commit_redeemed(state, before)
         log.info("reimage protection %sd", action)
 
     async def session_terminate(self, session, params: dict) -> None:
