@@ -32,8 +32,7 @@ class Disk:
     def unmount(self) -> None:
         subprocess.run(["umount", str(self.path)], check=True)
 
-    @contextlib.contextmanager
-    def full(self):
+    def fill(self) -> None:
         """No byte more fits: the filler takes every free block."""
         fd = os.open(self.path / FILLER, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
@@ -46,19 +45,41 @@ class Disk:
                         break
         finally:
             os.close(fd)
+
+    def unfill(self) -> None:
+        os.unlink(self.path / FILLER)
+
+    def remount(self, mode: str) -> None:
+        """mode: "ro" or "rw"."""
+        subprocess.run(["mount", "-o", f"remount,{mode}", str(self.path)], check=True)
+
+    @contextlib.contextmanager
+    def full(self):
+        self.fill()
         try:
             yield errno.ENOSPC
         finally:
-            os.unlink(self.path / FILLER)
+            self.unfill()
 
     @contextlib.contextmanager
     def read_only(self):
-        subprocess.run(["mount", "-o", "remount,ro", str(self.path)], check=True)
+        self.remount("ro")
         try:
             yield errno.EROFS
         finally:
-            subprocess.run(["mount", "-o", "remount,rw", str(self.path)], check=True)
+            self.remount("rw")
 
     def broken(self, how: str):
         """The context for `how`: "full" or "read-only"."""
         return self.full() if how == "full" else self.read_only()
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: str = "4m"):
+    """A Disk mounted at path for the length of the block."""
+    need_root()
+    disk = Disk(path, size).mount()
+    try:
+        yield disk
+    finally:
+        disk.unmount()

@@ -17,7 +17,7 @@ from ncclient.operations import RPCError
 
 from backends.engine import rpm
 from conftest import PASSWORD, ROOT, ServerProcess, rpc
-from disks import fill, remount, small_tmpfs
+from diskfull import FILLER, small_tmpfs
 from rpms import build_rpm, export_public, make_gpg_key, shell_fingerprint, zstd_claiming_a_big_window
 
 ACT = "http://cisco.com/ns/yang/Cisco-IOS-XR-spirit-install-act"
@@ -486,11 +486,11 @@ def test_a_full_or_read_only_disk_changes_nothing(small_disk):
         load = f'<load-known-good-values xmlns="{TPI}"><path>harddisk:/kgv.json</path></load-known-good-values>'
         for fault, says in (("full", "No space left on device"), ("read-only", "Read-only file system")):
             if fault == "full":
-                fill(disk)
+                disk.fill()
             else:
-                (disk / "filler").unlink()
-                remount(disk, "ro")
-            before, shown = snapshot(disk), etree.tostring(active_summary(m))
+                disk.unfill()
+                disk.remount("ro")
+            before, shown = snapshot(disk.path), etree.tostring(active_summary(m))
             for op, body, what in [
                     ("install-add", mcast if fault == "full" else other, "the package repository"),
                     ("install-deactivate", names("agent"), "the install state" if fault == "full"
@@ -503,24 +503,24 @@ def test_a_full_or_read_only_disk_changes_nothing(small_disk):
                     call(m, body) if op is None else act(m, op, body)
                 assert error_of(err.value) == ("operation-failed", "storage-failed"), op
                 assert err.value.message == f"cannot write {what}: {says}", op
-                assert snapshot(disk) == before, op
+                assert snapshot(disk.path) == before, op
                 assert etree.tostring(active_summary(m)) == shown, op
             if fault == "full":  # staging the package's files fails too
-                (disk / "filler").unlink()
+                disk.unfill()
                 act(m, "install-add", mcast)
-                fill(disk)
-                before = snapshot(disk)
+                disk.fill()
+                before = snapshot(disk.path)
                 with pytest.raises(RPCError) as err:
                     act(m, "install-activate", names("mcast"))
                 assert error_of(err.value) == ("operation-failed", "storage-failed")
                 assert err.value.message == f"cannot write mcast-2.0.0.0-r731.noarch's files: {says}"
-                assert snapshot(disk) == before
-        remount(disk, "rw")
+                assert snapshot(disk.path) == before
+        disk.remount("rw")
         # with room again, the same operations succeed
         act(m, "install-activate", names("mcast"))
         act(m, "install-deactivate", names("agent"))
         act(m, "install-commit")
         call(m, load)
         assert sorted(package_rows(active_summary(m))) == ["mcast"]
-        assert not (disk / "root" / "opt" / "agent").exists()
+        assert not (disk.path / "root" / "opt" / "agent").exists()
     assert "Traceback" not in srv.log()

@@ -22,7 +22,7 @@ from ncclient.operations import RPCError
 from backends.engine import cms, ownership
 from backends.engine.identity import load_cert_pem, load_key_pem
 from conftest import PASSWORD, ROOT, ServerProcess, rpc
-from disks import fill, remount, small_tmpfs
+from diskfull import FILLER, small_tmpfs
 from rpms import build_rpm, export_public, make_gpg_key, xz_claiming_a_big_dictionary
 
 ACT = "http://cisco.com/ns/yang/Cisco-IOS-XR-ownership-act"
@@ -291,18 +291,18 @@ def test_a_full_or_read_only_disk_changes_no_ownership(tmp_path):
         lab.server.start()
         try:
             with lab.server.connect() as m:
-                fill(disk)
+                disk.fill()
                 for fault, says in (("full", "No space left on device"), ("read-only", "Read-only file system")):
                     if fault == "read-only":
-                        (disk / "filler").unlink()
-                        remount(disk, "ro")
+                        disk.unfill()
+                        disk.remount("ro")
                     with pytest.raises(RPCError) as err:
                         apply(m, ov, "disk0:/oc.cms")
                     assert error_of(err.value) == ("operation-failed", "storage-failed")
                     assert err.value.message == f"cannot write the ownership state: {says}"
                     assert {n.findtext(f"{{{TPO}}}state") for n in nodes(m).values()} == {"none"}
-                    assert sorted(os.listdir(disk)) == (["filler"] if fault == "full" else [])
-                remount(disk, "rw")
+                    assert sorted(os.listdir(disk.path)) == ([FILLER] if fault == "full" else [])
+                disk.remount("rw")
                 apply(m, ov, "disk0:/oc.cms")
                 assert {n.findtext(f"{{{TPO}}}state") for n in nodes(m).values()} == {"established", "none"}
                 assert nodes(m)["0/RP0/CPU0"].findtext(f"{{{TPO}}}state") == "established"
@@ -317,12 +317,12 @@ def test_a_full_or_read_only_disk_changes_no_ownership(tmp_path):
                 r = tp("lab", "consent-response", "--key", str(lab.work / "ct" / "ct.key"), "--challenge", c).strip()
                 respond = (f'<clear-device-ownership-response xmlns="{TPO}"><location>0/RP1/CPU0</location>'
                            f"<challenge-response>{r}</challenge-response></clear-device-ownership-response>")
-                fill(disk)
+                disk.fill()
                 with pytest.raises(RPCError) as err:
                     call(m, respond)
                 assert error_of(err.value) == ("operation-failed", "storage-failed")
                 assert nodes(m)["0/RP1/CPU0"].findtext(f"{{{TPO}}}state") == "established"
-                (disk / "filler").unlink()
+                disk.unfill()
                 call(m, respond)
                 assert nodes(m)["0/RP1/CPU0"].findtext(f"{{{TPO}}}state") == "none"
         finally:
