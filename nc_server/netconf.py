@@ -92,7 +92,8 @@ def _filter(session, params) -> list[str] | None:
                                info=[("bad-attribute", "select"), ("bad-element", "filter")])
             return filters.xpaths_from_select(select, dict(el.nsmap), session.server.ctx)
     except filters.FilterError as exc:
-        raise RpcError(exc.tag, str(exc), type="protocol", info=[("bad-element", "filter")]) from None
+        raise RpcError(exc.tag, str(exc), type="protocol", app_tag=exc.app_tag,
+                       info=[("bad-element", "filter")]) from None
     raise RpcError("bad-attribute", f'filter type "{kind}" is not supported', type="protocol",
                    info=[("bad-attribute", "type"), ("bad-element", "filter")])
 
