@@ -264,7 +264,8 @@ class Session:
                 raise RpcError("operation-not-supported", f'operation "{q.localname}" is not supported',
                                type="protocol")
             self.server.acm.check_operation(self, "ietf-netconf", q.localname)
-            return handler(self, op)
+            result = handler(self, op)
+            return await result if inspect.isawaitable(result) else result
         return await self._yang_rpc(msg, q)
 
     async def _yang_rpc(self, msg: bytes, q: etree.QName):

@@ -4,6 +4,8 @@ Runs on libyang alone (no server): tests/yang/filter-test*.yang.
 """
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from pathlib import Path
 
@@ -639,3 +641,24 @@ def test_subtree_filter_element_cap(data, ctx):
     assert "more than 10000 elements" in str(exc.value)
     names = "".join(f"<item><name>n{i}</name></item>" for i in range(filters.MAX_FILTER_ELEMENTS // 2 - 1))
     assert len(subtree_to_xpaths(flt(top(names)), ctx)) == filters.MAX_FILTER_ELEMENTS // 2 - 1
+
+
+def test_filtered_replies_are_selected_off_the_event_loop(data, ctx, monkeypatch):
+    """The worker gets its own copy of the tree: a commit may free the original meanwhile."""
+    from types import SimpleNamespace
+
+    from nc_server import netconf
+
+    threads = []
+
+    def select_(tree, xpaths, ctx_):
+        threads.append((threading.current_thread().name, tree.cdata == data.cdata))
+        return select(tree, xpaths, ctx_)
+
+    monkeypatch.setattr(filters, "select", select_)
+    session = SimpleNamespace(server=SimpleNamespace(ctx=ctx, acm=SimpleNamespace(checked=lambda s: None)))
+    xpaths = subtree_to_xpaths(flt(top("<name/>")), ctx)
+    reply = asyncio.run(netconf._data_reply(session, data, xpaths, "explicit", owned=False))
+    assert threads == [("filter_0", False)]
+    assert canon(reply[reply.index(">") + 1:-len("</data>")]) == canon(top("<name>the-top</name>"))
+    assert data.find_path("/filter-test:top/name") is not None  # the original is untouched
