@@ -199,15 +199,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-MAX_FILTER_ELEMENTS = 1000  # in a subscription's subtree filter: it is matched against every notification
+MAX_FILTER_ELEMENTS = 100  # in a subscription's subtree filter: it is evaluated for every notification
 
 
 class EventFilter:
-    """A create-subscription filter, checked and compiled once (RFC 5277 §3.6)."""
+    """A create-subscription filter, checked and compiled once (RFC 5277 §3.6): an
+    lxml XPath without extension functions (a subtree filter is turned into one)."""
 
     def __init__(self, el: etree._Element):
-        self.xpath: etree.XPath | None = None
-        self.subtree: list[etree._Element] = []
         try:
             if el.get("type", "subtree") == "xpath":
                 select = el.get("select")
@@ -215,12 +214,14 @@ class EventFilter:
                     raise RpcError("missing-attribute", "an xpath filter needs a select attribute", type="protocol",
                                    info=[("bad-attribute", "select"), ("bad-element", "filter")])
                 filters.check_select(select, filters.XPATH_FUNCTIONS)
-                # regexp=False: no EXSLT regular expressions; check_select refused the other extensions
-                self.xpath = etree.XPath(select, namespaces={k: v for k, v in el.nsmap.items() if k},
-                                         regexp=False, smart_strings=False)
+                namespaces = {k: v for k, v in el.nsmap.items() if k}
             else:
                 filters.check_subtree_size(el, MAX_FILTER_ELEMENTS)
-                self.subtree = [deepcopy(f) for f in el if isinstance(f.tag, str)]
+                namespaces = {}
+                tops = [f"/{_subtree_xpath(f, namespaces)}" for f in el if isinstance(f.tag, str)]
+                select = " | ".join(tops) if tops else "false()"
+            # regexp=False: no EXSLT regular expressions; check_select refused the other extensions
+            self.xpath = etree.XPath(select, namespaces=namespaces, regexp=False, smart_strings=False)
         except filters.FilterError as exc:
             raise RpcError(exc.tag, str(exc), type="protocol", app_tag=exc.app_tag,
                            info=[("bad-element", "filter")]) from None
@@ -230,28 +231,31 @@ class EventFilter:
 
     def matches(self, body: etree._Element) -> bool:
         """Whether the filter selects anything of a notification."""
-        if self.xpath is not None:
-            try:
-                return bool(self.xpath(body))
-            except etree.XPathError:
-                return False
-        return any(_subtree(f, body) for f in self.subtree)
+        try:
+            return bool(self.xpath(body))
+        except etree.XPathError:
+            return False
 
 
-def _subtree(f: etree._Element, node: etree._Element) -> bool:
-    """RFC 6241 §6 subtree matching: does filter node f select anything of node?"""
-    fq, nq = etree.QName(f), etree.QName(node)
-    if fq.localname != nq.localname or fq.namespace not in (None, nq.namespace):
-        return False
+def _subtree_xpath(f: etree._Element, namespaces: dict[str, str]) -> str:
+    """RFC 6241 §6 subtree filter element f as a relative XPath that selects the
+    nodes f matches: name (any namespace without one), content-match children as
+    conditions (all must hold), else any selection or containment child."""
+    q = etree.QName(f)
+    if q.namespace is None:
+        step = f"*[local-name() = {filters.quote(q.localname)}]"
+    else:
+        prefix = next((p for p, ns in namespaces.items() if ns == q.namespace), f"f{len(namespaces)}")
+        namespaces[prefix] = q.namespace
+        step = f"{prefix}:{q.localname}"
     kids = [k for k in f if isinstance(k.tag, str)]
-    if not kids:  # selection node, or content match node when it has text
-        text = (f.text or "").strip()
-        return not text or text == (node.text or "").strip()
+    if not kids:
+        text = " ".join((f.text or "").split())
+        return f"{step}[normalize-space() = {filters.quote(text)}]" if text else step
     content = [k for k in kids if len(k) == 0 and (k.text or "").strip()]
-    if not all(any(_subtree(c, n) for n in node) for c in content):
-        return False
-    others = [k for k in kids if k not in content]
-    return bool(content) or any(_subtree(k, n) for k in others for n in node)
+    if content:
+        return step + "".join(f"[{_subtree_xpath(c, namespaces)}]" for c in content)
+    return f"{step}[{' or '.join(_subtree_xpath(k, namespaces) for k in kids)}]"
 
 
 class Subscription:
@@ -261,6 +265,8 @@ class Subscription:
         self.stop = stop
         self.queue: asyncio.Queue = asyncio.Queue(room)
         self.task: asyncio.Task | None = None
+        self.replay: list[tuple[float, str]] | None = None  # logged notifications to send first
+        self.replayed = 0.0  # the event time of replayComplete
 
 
 class Notifications:
@@ -368,25 +374,31 @@ class Notifications:
         if flt is not None and flt.get("type", "subtree") not in ("subtree", "xpath"):
             raise RpcError("bad-attribute", f'unknown filter type "{flt.get("type")}"', type="protocol",
                            info=[("bad-attribute", "type"), ("bad-element", "filter")])
-        sub = Subscription(session, EventFilter(flt) if flt is not None else None, stop, 0)
-        replay = []
-        for t, body in self.log.between(start, stop) if start is not None else []:
-            body = self._deliverable(sub, etree.fromstring(body), body)
-            if body is not None:
-                replay.append((t, body))
-        # room for the replayed notifications on top of the live ones
-        sub.queue = asyncio.Queue(self.queue_size + len(replay) + 2)
-        for item in replay:
-            sub.queue.put_nowait(item)
+        sub = Subscription(session, EventFilter(flt) if flt is not None else None, stop, self.queue_size + 1)
         if start is not None:
-            sub.queue.put_nowait((now, f'<replayComplete xmlns="{MANAGE_NS}"/>'))
+            sub.replay = self.log.between(start, stop)
+            sub.replayed = now
         if stop is not None and stop <= now:
             sub.queue.put_nowait((now, None))  # the end, right after the replay
         self.subscriptions[session.id] = sub
         sub.task = asyncio.get_running_loop().create_task(self._deliver(sub))
 
+    async def _replay(self, sub: Subscription) -> None:
+        """Send the logged notifications of the replay window, then replayComplete.
+        Each is filtered here, yielding to the loop in between: a long log costs other
+        sessions nothing. Live ones wait in the queue meanwhile."""
+        for t, body in sub.replay:
+            body = self._deliverable(sub, etree.fromstring(body), body)
+            if body is not None:
+                sub.session.send_notification(t, body)
+                await sub.session.drain()
+            await asyncio.sleep(0)
+        sub.session.send_notification(sub.replayed, f'<replayComplete xmlns="{MANAGE_NS}"/>')
+
     async def _deliver(self, sub: Subscription) -> None:
         try:
+            if sub.replay is not None:
+                await self._replay(sub)
             while True:
                 if sub.stop is not None:
                     try:

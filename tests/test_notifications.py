@@ -14,7 +14,7 @@ from lxml import etree
 from ncclient.operations.rpc import RPCError
 
 from conftest import CT, NC, PASSWORD, ServerProcess, rpc
-from nc_server.notifications import ReplayLog
+from nc_server.notifications import EventFilter, ReplayLog
 
 NOTIF = "urn:ietf:params:xml:ns:netconf:notification:1.0"
 NCN = "urn:ietf:params:xml:ns:yang:ietf-netconf-notifications"
@@ -237,8 +237,8 @@ def test_confirmed_commit_extend_and_cancel_events(server, nc):
      "invalid-value", "xpath-construct-not-allowed", 'the axis "following" is not allowed'),
     (f'<filter type="xpath" xmlns:n="{NCN}" select="/n:x[n:y=\'{"z" * 4096}\']"/>',
      "too-big", "filter-too-large", "longer than 4096 characters"),
-    (f'<filter type="subtree"><netconf-config-change xmlns="{NCN}">{"<edit/>" * 1000}</netconf-config-change>'
-     "</filter>", "too-big", "filter-too-large", "more than 1000 elements"),
+    (f'<filter type="subtree"><netconf-config-change xmlns="{NCN}">{"<edit/>" * 100}</netconf-config-change>'
+     "</filter>", "too-big", "filter-too-large", "more than 100 elements"),
     ('<filter type="xpath"/>', "missing-attribute", None, "needs a select attribute"),
 ])
 def test_subscription_filter_limits(nc, flt, tag, app_tag, message):
@@ -352,3 +352,36 @@ def test_a_full_or_read_only_notification_log_breaks_nothing(tmp_path, tiny_log_
         assert "Traceback" not in log and "internal error" not in log
     finally:
         srv.stop()
+
+
+def event(xml: str) -> etree._Element:
+    return etree.fromstring(xml)
+
+
+CHANGE = (f'<netconf-config-change xmlns="{NCN}"><changed-by><username>admin</username></changed-by>'
+          "<datastore>running</datastore><edit><target>/a:x</target><operation>merge</operation></edit>"
+          "<edit><target>/a:y</target><operation>delete</operation></edit></netconf-config-change>")
+
+
+@pytest.mark.parametrize("flt,selected", [
+    (f'<netconf-config-change xmlns="{NCN}"/>', True),
+    ('<netconf-config-change xmlns=""/>', True),  # no namespace: any
+    (f'<netconf-session-start xmlns="{NCN}"/>', False),
+    (f'<netconf-config-change xmlns="{NCN}"><datastore> running </datastore></netconf-config-change>', True),
+    (f'<netconf-config-change xmlns="{NCN}"><datastore>startup</datastore></netconf-config-change>', False),
+    # content matches are anded, on the same edit
+    (f'<netconf-config-change xmlns="{NCN}"><edit><target>/a:y</target><operation>delete</operation></edit>'
+     "</netconf-config-change>", True),
+    (f'<netconf-config-change xmlns="{NCN}"><edit><target>/a:y</target><operation>merge</operation></edit>'
+     "</netconf-config-change>", False),
+    # containment: any child selecting something
+    (f'<netconf-config-change xmlns="{NCN}"><changed-by><session-id/></changed-by><datastore/>'
+     "</netconf-config-change>", True),
+    (f'<netconf-config-change xmlns="{NCN}"><changed-by><session-id/></changed-by></netconf-config-change>', False),
+    (f"<netconf-config-change xmlns=\"{NCN}\"><edit><target>it's \"x\"</target></edit></netconf-config-change>",
+     False),
+    ("", False),
+])
+def test_subtree_event_filter(flt, selected):
+    compiled = EventFilter(etree.fromstring(f'<filter xmlns="{NC}" type="subtree">{flt}</filter>'))
+    assert compiled.matches(event(CHANGE)) is selected
