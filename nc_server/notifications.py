@@ -70,15 +70,18 @@ class ReplayLog:
         self.writable = True
         self._late: list[str] | None = None  # lines appended while a compaction runs
         self.compaction: asyncio.Future | None = None
-        meta = {}
+        meta, lines = {}, []
         try:
             directory.mkdir(parents=True, exist_ok=True)
+            if self.path.exists():
+                lines = self.path.read_text().splitlines()
             if self.meta_path.exists():
                 meta = json.loads(self.meta_path.read_text())
-            lines = self.path.read_text().splitlines() if self.path.exists() else []
-        except (OSError, ValueError) as exc:
+        except OSError as exc:
             self._failed(exc)
-            lines = []
+        except ValueError:
+            log.warning("%s is damaged; the replay log's times start again", self.meta_path)
+        meta = meta if isinstance(meta, dict) else {}
         self.created = meta.get("created") or time.time()
         self.aged = meta.get("aged")
         for line in lines:
@@ -199,7 +202,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-MAX_FILTER_ELEMENTS = 100  # in a subscription's subtree filter: it is evaluated for every notification
+MAX_EVENT_FILTER_ELEMENTS = 100  # in a subscription's subtree filter: it is evaluated for every notification
 
 
 class EventFilter:
@@ -216,7 +219,7 @@ class EventFilter:
                 filters.check_select(select, filters.XPATH_FUNCTIONS)
                 namespaces = {k: v for k, v in el.nsmap.items() if k}
             else:
-                filters.check_subtree_size(el, MAX_FILTER_ELEMENTS)
+                filters.check_subtree_size(el, MAX_EVENT_FILTER_ELEMENTS)
                 namespaces = {}
                 tops = [f"/{_subtree_xpath(f, namespaces)}" for f in el if isinstance(f.tag, str)]
                 select = " | ".join(tops) if tops else "false()"
