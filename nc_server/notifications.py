@@ -148,11 +148,7 @@ class ReplayLog:
     def _compact(self) -> None:
         entries = list(self.entries)
         self._late = []
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # no loop (start-up): nothing to block
-            self._compacted(self._write_compacted(entries, self.aged), entries)
-            return
+        loop = asyncio.get_running_loop()
         self.compaction = loop.run_in_executor(None, self._write_compacted, entries, self.aged)
         self.compaction.add_done_callback(lambda f: self._compacted(f.result(), entries))
 

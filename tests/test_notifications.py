@@ -268,17 +268,21 @@ def log_lines(path) -> list[float]:
 
 
 def test_a_full_replay_log_is_appended_and_compacted_at_twice_its_size(tmp_path):
+    async def fill():
+        for t in range(1, 7):
+            log.append(float(t), f"<e{t}/>")
+            if t == 3:
+                inode = log.path.stat().st_ino
+        # full since the 4th: still the same file, one more line each time
+        assert log.path.stat().st_ino == inode and log.compaction is None
+        assert log_lines(log.path) == [1, 2, 3, 4, 5, 6]
+        assert [t for t, _ in log.entries] == [4, 5, 6]
+        assert log.aged == 6  # the 6th notification aged the 3rd out
+        log.append(7.0, "<e7/>")  # more than twice the size: compacted
+        await log.compaction
+
     log = ReplayLog(tmp_path, 3)
-    for t in range(1, 7):
-        log.append(float(t), f"<e{t}/>")
-        if t == 3:
-            inode = log.path.stat().st_ino
-    # full since the 4th: still the same file, one more line each time
-    assert log.path.stat().st_ino == inode
-    assert log_lines(log.path) == [1, 2, 3, 4, 5, 6]
-    assert [t for t, _ in log.entries] == [4, 5, 6]
-    assert log.aged == 6  # the 6th notification aged the 3rd out
-    log.append(7.0, "<e7/>")  # more than twice the size: compacted
+    asyncio.run(fill())
     assert log_lines(log.path) == [5, 6, 7]
     assert json.loads(log.meta_path.read_text())["aged"] == 7
     # a restart keeps the newest and the aged time; a damaged last line is skipped
