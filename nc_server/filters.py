@@ -51,9 +51,9 @@ class FilterError(Exception):
         self.app_tag = app_tag
 
 
-# Limits on what a client filter may cost: a filter is evaluated on the event loop
-# (subscriptions: for every notification), so its size and the XPath constructs whose
-# cost grows faster than the data are capped.
+# Limits on what a client filter may cost (a subscription's is evaluated for every
+# notification, on the event loop): its size is capped, and XPath constructs whose cost
+# grows faster than the data are refused.
 MAX_FILTER_ELEMENTS = 10000   # elements in a subtree filter
 MAX_XPATH_LENGTH = 4096       # characters of a select expression
 MAX_XPATH_NESTING = 8         # [] and () inside each other
@@ -525,9 +525,9 @@ def _tokenize(expr: str) -> list[tuple[str, str, re.Match]]:
 
 
 def _next_significant(tokens, i: int) -> str | None:
-    for kind, text, _ in tokens[i + 1:]:
-        if kind != "ws":
-            return text
+    for j in range(i + 1, len(tokens)):
+        if tokens[j][0] != "ws":
+            return tokens[j][1]
     return None
 
 
