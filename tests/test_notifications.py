@@ -249,20 +249,6 @@ def test_subscription_filter_limits(nc, flt, tag, app_tag, message):
     nc.create_subscription()  # nothing was left behind
 
 
-@pytest.mark.parametrize("flt,tag,app_tag,message", [
-    (f'<filter type="xpath" xmlns:c="{CT}" select="/c:settings[re-match(c:name, \'(a+)+b\')]"/>',
-     "invalid-value", "xpath-construct-not-allowed", 'the function "re-match" is not allowed'),
-    (f'<filter type="subtree"><bulk xmlns="{CT}">{"<entry><name>x</name></entry>" * 5000}</bulk></filter>',
-     "too-big", "filter-too-large", "more than 10000 elements"),
-])
-def test_get_filter_limits(nc, flt, tag, app_tag, message):
-    for op in (f'<get-config xmlns="{NC}"><source><running/></source>{flt}</get-config>', f'<get xmlns="{NC}">{flt}</get>'):
-        with pytest.raises(RPCError) as exc:
-            rpc(nc, op)
-        assert (exc.value.tag, exc.value.app_tag) == (tag, app_tag)
-        assert message in exc.value.message
-
-
 def log_lines(path) -> list[float]:
     return [json.loads(line)["time"] for line in path.read_text().splitlines()]
 
