@@ -34,19 +34,48 @@ from _libyang import ffi, lib
 from libyang.util import ly_array_iter
 from lxml import etree
 
-__all__ = ["FilterError", "subtree_to_xpaths", "xpaths_from_select", "top_level_modules", "select"]
+__all__ = ["FilterError", "subtree_to_xpaths", "xpaths_from_select", "top_level_modules", "select",
+           "check_subtree_size", "check_select"]
 
 
 class FilterError(Exception):
     """A filter the server cannot accept.
 
     .tag is the RFC 6241 error-tag ('invalid-value', 'bad-element', ...),
-    str(e) the message.
+    .app_tag the error-app-tag (or None), str(e) the message.
     """
 
-    def __init__(self, tag: str = "invalid-value", message: str | None = None):
+    def __init__(self, tag: str = "invalid-value", message: str | None = None, app_tag: str | None = None):
         super().__init__(message if message is not None else tag)
         self.tag = tag
+        self.app_tag = app_tag
+
+
+# Limits on what a client filter may cost (a subscription's is evaluated for every
+# notification, on the event loop): its size is capped, and XPath constructs whose cost
+# grows faster than the data are refused.
+MAX_FILTER_ELEMENTS = 10000   # elements in a subtree filter
+MAX_XPATH_LENGTH = 4096       # characters of a select expression
+MAX_XPATH_NESTING = 8         # [] and () inside each other
+MAX_XPATH_DESCENDANT = 8      # '//' and descendant axes: each walks the whole tree
+TOO_LARGE = "filter-too-large"               # error-app-tag: over one of the caps above
+NOT_ALLOWED = "xpath-construct-not-allowed"  # error-app-tag: a function or axis refused
+
+# XPath 1.0 core functions (no extension function: lxml would otherwise offer EXSLT,
+# regular expressions included)
+XPATH_FUNCTIONS = frozenset({
+    "last", "position", "count", "local-name", "namespace-uri", "name", "string", "concat",
+    "starts-with", "contains", "substring-before", "substring-after", "substring", "string-length",
+    "normalize-space", "translate", "boolean", "not", "true", "false", "lang", "number", "sum",
+    "floor", "ceiling", "round"})
+# ... and the YANG 1.1 ones libyang evaluates in constant time per node; re-match
+# (a client's regular expression), deref(), current() and id() are left out
+YANG_FUNCTIONS = XPATH_FUNCTIONS | {"derived-from", "derived-from-or-self", "enum-value", "bit-is-set"}
+# axes whose cost per context node is bounded by the depth or the node's own subtree
+_TOP_AXES = frozenset({"child", "attribute", "self", "parent", "descendant", "descendant-or-self",
+                       "ancestor", "ancestor-or-self"})
+# inside a predicate (evaluated for every candidate node): only downwards, one level
+_PREDICATE_AXES = frozenset({"child", "attribute", "self"})
 
 
 _DATA_TYPES = lib.LYS_CONTAINER | lib.LYS_LIST | lib.LYS_LEAF | lib.LYS_LEAFLIST | lib.LYS_ANYDATA
@@ -213,6 +242,7 @@ def subtree_to_xpaths(filter_el: etree._Element, ctx) -> list[str]:
     filter selects nothing: [].
     """
     schema = _schema_for(ctx)
+    check_subtree_size(filter_el)
     text = etree.tostring(filter_el, with_tail=False)
     key = (text, tuple(sorted(filter_el.nsmap.items(), key=str)))
     known = schema.subtree_xpaths.get(key)
@@ -229,6 +259,13 @@ def subtree_to_xpaths(filter_el: etree._Element, ctx) -> list[str]:
         schema.subtree_xpaths.pop(next(iter(schema.subtree_xpaths)))
     schema.subtree_xpaths[key] = out
     return list(out)
+
+
+def check_subtree_size(filter_el: etree._Element, limit: int = MAX_FILTER_ELEMENTS) -> None:
+    """Raise FilterError('too-big') for a subtree filter of more than limit elements."""
+    for n, _ in enumerate(filter_el.iter(), 0):
+        if n > limit:
+            raise FilterError("too-big", f"the subtree filter has more than {limit} elements", TOO_LARGE)
 
 
 def _node_xpaths(el: etree._Element, snode, base: str, parent_mod, schema: _Schema) -> list[str]:
@@ -338,7 +375,7 @@ def xpaths_from_select(select: str, nsmap: dict[str | None, str], ctx) -> list[s
     is not a node-set.
     """
     schema = _schema_for(ctx)
-    tokens = _tokenize(select)
+    tokens = check_select(select, YANG_FUNCTIONS)
     parts: list[str] = []
     out: list[str] = []
     prev = None  # previous significant token (operator names and '*' classified)
@@ -415,6 +452,58 @@ def xpaths_from_select(select: str, nsmap: dict[str | None, str], ctx) -> list[s
     return parts
 
 
+def check_select(select: str, functions: frozenset[str]) -> list[tuple[str, str, re.Match]]:
+    """The tokens of an xpath filter's select expression, which must keep within the
+    caps above and call only the given functions (unprefixed: no extensions).
+
+    Raises FilterError: 'too-big' for a cap, 'invalid-value' for a refused construct."""
+    if len(select) > MAX_XPATH_LENGTH:
+        raise FilterError("too-big", f"the xpath filter is longer than {MAX_XPATH_LENGTH} characters", TOO_LARGE)
+    tokens = _tokenize(select)
+    nesting = []  # the open brackets
+    descendant = 0
+    prev = None
+    for i, (kind, text, _) in enumerate(tokens):
+        if kind == "ws":
+            continue
+        operand = prev in _OPERAND_BEFORE
+        in_predicate = "[" in nesting
+        nxt = _next_significant(tokens, i)
+        if kind in ("name", "qname") and nxt == "(" and text not in _NODE_TYPES and \
+                not (kind == "name" and not operand and text in _OPERATOR_NAMES):
+            if kind == "qname" or text not in functions:
+                raise FilterError("invalid-value", f'xpath filter: the function "{text}" is not allowed', NOT_ALLOWED)
+        elif kind == "name" and nxt == "::":
+            axes = _PREDICATE_AXES if in_predicate else _TOP_AXES
+            if text not in axes:
+                where = "in a predicate" if in_predicate else "in an xpath filter"
+                raise FilterError("invalid-value", f'xpath filter: the axis "{text}" is not allowed {where}',
+                                  NOT_ALLOWED)
+            descendant += text.startswith("descendant")
+        elif text == "//":
+            descendant += 1
+        if in_predicate and (text == ".." or text == "//" or (text == "/" and operand and prev not in _NOT_A_START)):
+            raise FilterError("invalid-value", f'xpath filter: "{text}" is not allowed in a predicate '
+                              "(a predicate looks only at the node and its children)", NOT_ALLOWED)
+        if descendant > MAX_XPATH_DESCENDANT:
+            raise FilterError("too-big", f"the xpath filter has more than {MAX_XPATH_DESCENDANT} descendant steps",
+                              TOO_LARGE)
+        if text in ("[", "("):
+            nesting.append(text)
+            if len(nesting) > MAX_XPATH_NESTING:
+                raise FilterError("too-big", f"the xpath filter nests more than {MAX_XPATH_NESTING} levels "
+                                  "of brackets", TOO_LARGE)
+        elif text in ("]", ")") and nesting:
+            nesting.pop()
+        if kind == "op":
+            prev = "name" if text == "*" and operand else text
+        elif kind == "name" and not operand and text in _OPERATOR_NAMES:
+            prev = text
+        else:
+            prev = "name" if kind in ("name", "qname") else kind
+    return tokens
+
+
 def _top_module(schema: _Schema, name: str) -> str:
     mods = {_s(n.module.name) for n in schema.children(None).get(name, [])}
     if len(mods) != 1:
@@ -436,9 +525,9 @@ def _tokenize(expr: str) -> list[tuple[str, str, re.Match]]:
 
 
 def _next_significant(tokens, i: int) -> str | None:
-    for kind, text, _ in tokens[i + 1:]:
-        if kind != "ws":
-            return text
+    for j in range(i + 1, len(tokens)):
+        if tokens[j][0] != "ws":
+            return tokens[j][1]
     return None
 
 

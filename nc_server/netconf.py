@@ -1,11 +1,14 @@
 """RFC 6241 base operations. Each handler takes (session, operation element) and
-returns None (<ok/>), or the XML text to put inside <rpc-reply>."""
+returns None (<ok/>), or the XML text to put inside <rpc-reply>; get and get-config
+are coroutines."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import libyang
 from lxml import etree
@@ -92,36 +95,59 @@ def _filter(session, params) -> list[str] | None:
                                info=[("bad-attribute", "select"), ("bad-element", "filter")])
             return filters.xpaths_from_select(select, dict(el.nsmap), session.server.ctx)
     except filters.FilterError as exc:
-        raise RpcError(exc.tag, str(exc), type="protocol", info=[("bad-element", "filter")]) from None
+        raise RpcError(exc.tag, str(exc), type="protocol", app_tag=exc.app_tag,
+                       info=[("bad-element", "filter")]) from None
     raise RpcError("bad-attribute", f'filter type "{kind}" is not supported', type="protocol",
                    info=[("bad-attribute", "type"), ("bad-element", "filter")])
 
 
-def _data_reply(session, tree, xpaths, mode: str, *, owned: bool) -> str:
+async def _data_reply(session, tree, xpaths, mode: str, *, owned: bool) -> str:
     acm = session.server.acm
     if acm.checked(session) is not None and tree is not None:
         if not owned:
             tree, owned = datastore.duplicate(tree), True
         tree = acm.filter_read(session, tree)
-    try:
-        if xpaths is not None:
-            selected = filters.select(tree, xpaths, session.server.ctx)
+    if xpaths is None:
+        try:
+            body = datastore.to_xml(tree, defaults=mode)
+        finally:
             if owned:
                 datastore.free(tree)
-            tree, owned = selected, True
-        body = datastore.to_xml(tree, defaults=mode)
-    finally:
-        if owned:
-            datastore.free(tree)
+    else:
+        if not owned:  # the worker needs its own copy: a commit frees the tree it replaces
+            tree = datastore.duplicate(tree)
+        body = await asyncio.get_running_loop().run_in_executor(
+            _FILTER_WORKER, _selected_xml, tree, xpaths, mode, session.server.ctx)
     return f'<data xmlns="{NC_NS}">{body}</data>'
 
 
-def get_config(session, op):
+# Filtered replies are selected and printed off the event loop, one at a time (at
+# most one core). libyang allows this: each tree is used by one thread only, the
+# context is not changed after start, and its errors are kept per thread.
+_FILTER_WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="filter")
+
+
+def _selected_xml(tree, xpaths: list[str], mode: str, ctx) -> str:
+    """(On the filter worker.) The XML of what xpaths select in tree; tree is freed."""
+    try:
+        selected = filters.select(tree, xpaths, ctx)
+        try:
+            return datastore.to_xml(selected, defaults=mode)
+        finally:
+            datastore.free(selected)
+    except filters.FilterError as exc:
+        raise RpcError(exc.tag, str(exc), type="protocol", app_tag=exc.app_tag,
+                       info=[("bad-element", "filter")]) from None
+    finally:
+        datastore.free(tree)
+
+
+async def get_config(session, op):
     params = _params(op, {"source": True, "filter": False, "with-defaults": False})
     name = _store_choice(params["source"], ("running", "candidate", "startup"))
     mode = _with_defaults(params)
     xpaths = _filter(session, params)
-    return _data_reply(session, session.server.datastore(name).tree, xpaths, mode, owned=False)
+    return await _data_reply(session, session.server.datastore(name).tree, xpaths, mode, owned=False)
 
 
 _PRED = re.compile(r"\[[^\]]*\]")
@@ -181,13 +207,13 @@ def _validate_all_state(server) -> None:
         datastore.free(tree)
 
 
-def get(session, op):
+async def get(session, op):
     params = _params(op, {"filter": False, "with-defaults": False})
     mode = _with_defaults(params)
     xpaths = _filter(session, params)
     if VALIDATE_REPLIES:
         _validate_all_state(session.server)
-    return _data_reply(session, _with_state(session.server, xpaths), xpaths, mode, owned=True)
+    return await _data_reply(session, _with_state(session.server, xpaths), xpaths, mode, owned=True)
 
 
 def edit_config(session, op):

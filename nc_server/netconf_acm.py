@@ -216,6 +216,18 @@ class AccessControl:
             kept = self._prune(pol, rules, deep, child) or kept
         return kept
 
+    def data_readable(self, session, path: str) -> bool:
+        """Whether the session may read the data node at path (a libyang data path), for
+        notifications that name data nodes (RFC 8341 §3.4.6). An unknown path is not readable."""
+        pol = self.checked(session)
+        if pol is None:
+            return True
+        snode = lib.lys_find_path(self.server.ctx.cdata, ffi.NULL, _PRED.sub("", path).encode(), 0)
+        if snode == ffi.NULL:
+            return False
+        module = ffi.string(snode.module.name).decode()
+        return self._data_allowed(pol, pol.rules_for(session.username), module, path, snode, "read")
+
     # -- notifications --------------------------------------------------------------
     def notification_allowed(self, session, module: str, name: str) -> bool:
         pol = self.checked(session)

@@ -265,7 +265,8 @@ class Session:
             self.server.acm.check_operation(self, "ietf-netconf", q.localname)
             if q.localname in ("edit-config", "copy-config"):
                 await local_users.hash_cleartext(op)
-            return handler(self, op)
+            result = handler(self, op)
+            return await result if inspect.isawaitable(result) else result
         return await self._yang_rpc(msg, q)
 
     async def _yang_rpc(self, msg: bytes, q: etree.QName):

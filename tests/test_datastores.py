@@ -65,6 +65,21 @@ def test_get_returns_state_and_config(nc):
     assert data.find(f".//{{{DEV}}}inventory") is None
 
 
+@pytest.mark.parametrize("flt,tag,app_tag,message", [
+    (f'<filter type="xpath" xmlns:c="{CT}" select="/c:settings[re-match(c:name, \'(a+)+b\')]"/>',
+     "invalid-value", "xpath-construct-not-allowed", 'the function "re-match" is not allowed'),
+    (f'<filter type="subtree"><bulk xmlns="{CT}">{"<entry><name>x</name></entry>" * 5000}</bulk></filter>',
+     "too-big", "filter-too-large", "more than 10000 elements"),
+])
+def test_get_filter_limits(nc, flt, tag, app_tag, message):
+    for op in (f'<get-config xmlns="{NC}"><source><running/></source>{flt}</get-config>',
+               f'<get xmlns="{NC}">{flt}</get>'):
+        with pytest.raises(RPCError) as exc:
+            rpc(nc, op)
+        assert (exc.value.tag, exc.value.app_tag) == (tag, app_tag)
+        assert message in exc.value.message
+
+
 def test_bad_filters(nc):
     assert error(nc.get_config, source="running", filter=("xpath", (NS, "/ct:settings["))).tag == "invalid-value"
     assert error(nc.get_config, source="running",

@@ -4,6 +4,8 @@ Runs on libyang alone (no server): tests/yang/filter-test*.yang.
 """
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from pathlib import Path
 
@@ -574,3 +576,89 @@ def test_xpath_unprefixed_first_step_names_its_module(data, ctx):
     out = select(data, [xp("/t:top/item[name='a']/val", ctx)], ctx)
     assert canon(printed(out)) == canon(top("<item><name>a</name><val>1</val></item>"))
     out.free()
+
+
+# ----------------------------------------------------------------------------------
+# limits on what a filter may cost
+
+
+def refused(select_: str, ctx) -> FilterError:
+    with pytest.raises(FilterError) as exc:
+        xp(select_, ctx, re="http://exslt.org/regular-expressions", str="http://exslt.org/strings")
+    return exc.value
+
+
+@pytest.mark.parametrize("select_,name", [
+    ("/t:top/t:item[re-match(t:name, '(a+)+b')]", "re-match"),
+    ("/t:top/t:item[re:test(t:name, '(a+)+b')]", "re:test"),
+    ("/t:top/t:item[str:padding(100000000) = t:name]", "str:padding"),
+    ("/t:top/t:item[deref(t:name)]", "deref"),
+    ("/t:top/t:item[t:name = current()]", "current"),
+])
+def test_xpath_regex_and_extension_functions_refused(ctx, select_, name):
+    exc = refused(select_, ctx)
+    assert (exc.tag, exc.app_tag) == ("invalid-value", "xpath-construct-not-allowed")
+    assert f'the function "{name}" is not allowed' in str(exc)
+
+
+@pytest.mark.parametrize("select_,what", [
+    ("//t:item[../t:item/t:val = t:val]", '".."'),
+    ("//t:item[t:val = /t:top/t:item/t:val]", '"/"'),
+    ("//t:item[.//t:a]", '"//"'),
+    ("//t:item[following-sibling::t:item]", 'the axis "following-sibling"'),
+    ("//t:item[ancestor::t:top]", 'the axis "ancestor"'),
+    ("//t:item/preceding::t:item", 'the axis "preceding"'),
+])
+def test_xpath_predicates_look_only_down(ctx, select_, what):
+    exc = refused(select_, ctx)
+    assert (exc.tag, exc.app_tag) == ("invalid-value", "xpath-construct-not-allowed")
+    assert what in str(exc)
+
+
+def test_xpath_allowed_constructs_still_select(data, ctx):
+    expr = "/t:top/t:item[t:sub[t:a = 'a1'] and count(t:flags) = 2 and not(t:val > 1)]/t:name | //t:seq/.."
+    out = select(data, xpaths_from_select(expr, {"t": FT}, ctx), ctx)
+    assert out is not None and "<name>a</name>" in printed(out)
+    out.free()
+
+
+@pytest.mark.parametrize("select_,message", [
+    ("/t:top/t:item[t:name = '" + "x" * 4096 + "']", "longer than 4096 characters"),
+    ("/t:top/t:item" + "[t:sub" * 9 + "]" * 9, "more than 8 levels"),
+    (" | ".join(["//t:name"] * 9), "more than 8 descendant steps"),
+])
+def test_xpath_caps(ctx, select_, message):
+    exc = refused(select_, ctx)
+    assert (exc.tag, exc.app_tag) == ("too-big", "filter-too-large")
+    assert message in str(exc)
+
+
+def test_subtree_filter_element_cap(data, ctx):
+    names = "".join(f"<item><name>n{i}</name></item>" for i in range(filters.MAX_FILTER_ELEMENTS // 2))
+    with pytest.raises(FilterError) as exc:
+        subtree_to_xpaths(flt(top(names)), ctx)  # two elements a name, and <top>
+    assert (exc.value.tag, exc.value.app_tag) == ("too-big", "filter-too-large")
+    assert "more than 10000 elements" in str(exc.value)
+    names = "".join(f"<item><name>n{i}</name></item>" for i in range(filters.MAX_FILTER_ELEMENTS // 2 - 1))
+    assert len(subtree_to_xpaths(flt(top(names)), ctx)) == filters.MAX_FILTER_ELEMENTS // 2 - 1
+
+
+def test_filtered_replies_are_selected_off_the_event_loop(data, ctx, monkeypatch):
+    """The worker gets its own copy of the tree: a commit may free the original meanwhile."""
+    from types import SimpleNamespace
+
+    from nc_server import netconf
+
+    threads = []
+
+    def select_(tree, xpaths, ctx_):
+        threads.append((threading.current_thread().name, tree.cdata == data.cdata))
+        return select(tree, xpaths, ctx_)
+
+    monkeypatch.setattr(filters, "select", select_)
+    session = SimpleNamespace(server=SimpleNamespace(ctx=ctx, acm=SimpleNamespace(checked=lambda s: None)))
+    xpaths = subtree_to_xpaths(flt(top("<name/>")), ctx)
+    reply = asyncio.run(netconf._data_reply(session, data, xpaths, "explicit", owned=False))
+    assert threads == [("filter_0", False)]
+    assert canon(reply[reply.index(">") + 1:-len("</data>")]) == canon(top("<name>the-top</name>"))
+    assert data.find_path("/filter-test:top/name") is not None  # the original is untouched

@@ -195,3 +195,36 @@ def test_actions_need_exec_on_their_node(policy_server):
                 rpc(d, action)
             assert exc.value.tag == "access-denied"
         assert counters(admin)["denied-operations"] == before + 1
+
+
+def change_targets(m) -> list[list[str]]:
+    """The edit targets of each netconf-config-change that arrives."""
+    out = []
+    while (n := m.take_notification(timeout=2)) is not None:
+        el = etree.fromstring(n.notification_xml.encode())[1]
+        if etree.QName(el).localname == "netconf-config-change":
+            out.append([e.findtext(f"{{{NCN}}}target") for e in el.iter(f"{{{NCN}}}edit")])
+    return out
+
+
+def test_config_change_edits_of_unreadable_data_are_left_out(policy_server):
+    secret = ("/ietf-system:system/ietf-system:authentication/ietf-system:user"
+              "[ietf-system:name='hidden-key']")
+    with policy_server.connect() as admin, login(policy_server, "auditor") as auditor:
+        auditor.create_subscription()
+        # an edit of data the auditor may not read: no notification at all
+        add_users(admin, "hidden-key")
+        # the same commit changes readable data: only that edit is reported
+        admin.edit_config(target="running", config=cfg(
+            f'<settings xmlns="{CT}"><name>seen</name></settings><system xmlns="{SYS}"><authentication>'
+            "<user><name>hidden-two</name><password>$0$x</password></user></authentication></system>"))
+        assert change_targets(auditor) == [["/config-test:settings/config-test:name"]]
+        # the admin sees both, with the key values
+        admin.create_subscription(start_time="2000-01-01T00:00:00Z")
+        assert [secret] in change_targets(admin)
+    # replay is filtered the same way
+    with login(policy_server, "auditor") as auditor:
+        auditor.create_subscription(start_time="2000-01-01T00:00:00Z")
+        seen = [t for ts in change_targets(auditor) for t in ts]
+        assert "/config-test:settings/config-test:name" in seen
+        assert not [t for t in seen if "hidden" in t or "authentication" in t]

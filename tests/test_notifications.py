@@ -2,6 +2,9 @@
 live delivery, filters, replay (also across a restart), the bounded log,
 interleaved RPCs, errors and a subscriber that stops reading."""
 import asyncio
+import errno
+import json
+import subprocess
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -11,6 +14,7 @@ from lxml import etree
 from ncclient.operations.rpc import RPCError
 
 from conftest import CT, NC, PASSWORD, ServerProcess, rpc
+from nc_server.notifications import EventFilter, ReplayLog
 
 NOTIF = "urn:ietf:params:xml:ns:netconf:notification:1.0"
 NCN = "urn:ietf:params:xml:ns:yang:ietf-netconf-notifications"
@@ -220,3 +224,154 @@ def test_confirmed_commit_extend_and_cancel_events(server, nc):
         events = [(body(n).findtext(f"{{{NCN}}}confirm-event"), body(n).findtext(f"{{{NCN}}}timeout"))
                   for n in take(watcher)]
         assert events == [("start", "60"), ("extend", "90"), ("cancel", None)]
+
+
+@pytest.mark.parametrize("flt,tag,app_tag,message", [
+    # EXSLT regular expressions would run a client's pattern on every notification
+    (f'<filter type="xpath" xmlns:re="http://exslt.org/regular-expressions" xmlns:n="{NCN}" '
+     "select=\"/n:netconf-session-start[re:test(n:username, '^(a+)+$')]\"/>",
+     "invalid-value", "xpath-construct-not-allowed", 'the function "re:test" is not allowed'),
+    ('<filter type="xpath" xmlns:str="http://exslt.org/strings" select="str:padding(1000000000)"/>',
+     "invalid-value", "xpath-construct-not-allowed", 'the function "str:padding" is not allowed'),
+    (f'<filter type="xpath" xmlns:n="{NCN}" select="//n:edit[following::n:edit]"/>',
+     "invalid-value", "xpath-construct-not-allowed", 'the axis "following" is not allowed'),
+    (f'<filter type="xpath" xmlns:n="{NCN}" select="/n:x[n:y=\'{"z" * 4096}\']"/>',
+     "too-big", "filter-too-large", "longer than 4096 characters"),
+    (f'<filter type="subtree"><netconf-config-change xmlns="{NCN}">{"<edit/>" * 100}</netconf-config-change>'
+     "</filter>", "too-big", "filter-too-large", "more than 100 elements"),
+    ('<filter type="xpath"/>', "missing-attribute", None, "needs a select attribute"),
+])
+def test_subscription_filter_limits(nc, flt, tag, app_tag, message):
+    with pytest.raises(RPCError) as exc:
+        rpc(nc, f'<create-subscription xmlns="{NOTIF}">{flt}</create-subscription>')
+    assert (exc.value.tag, exc.value.app_tag) == (tag, app_tag)
+    assert message in exc.value.message
+    nc.create_subscription()  # nothing was left behind
+
+
+def log_lines(path) -> list[float]:
+    return [json.loads(line)["time"] for line in path.read_text().splitlines()]
+
+
+def test_a_full_replay_log_is_appended_and_compacted_at_twice_its_size(tmp_path):
+    async def fill():
+        for t in range(1, 7):
+            log.append(float(t), f"<e{t}/>")
+            if t == 3:
+                inode = log.path.stat().st_ino
+        # full since the 4th: still the same file, one more line each time
+        assert log.path.stat().st_ino == inode and log.compaction is None
+        assert log_lines(log.path) == [1, 2, 3, 4, 5, 6]
+        assert [t for t, _ in log.entries] == [4, 5, 6]
+        assert log.aged == 6  # the 6th notification aged the 3rd out
+        log.append(7.0, "<e7/>")  # more than twice the size: compacted
+        await log.compaction
+
+    log = ReplayLog(tmp_path, 3)
+    asyncio.run(fill())
+    assert log_lines(log.path) == [5, 6, 7]
+    assert json.loads(log.meta_path.read_text())["aged"] == 7
+    # a restart keeps the newest and the aged time; a damaged last line is skipped
+    with open(log.path, "a") as f:
+        f.write('{"time": 8.0, "xml": "<e8/>"}\n{"time": 9.0, "xm')
+    again = ReplayLog(tmp_path, 2)
+    assert [t for t, _ in again.entries] == [7, 8]
+    assert again.aged == 8 and again.created == log.created
+    assert log_lines(again.path) == [7, 8]  # 4 lines for 2 kept: compacted on load
+
+
+def test_compaction_runs_in_an_executor_and_keeps_what_arrives_meanwhile(tmp_path):
+    async def go():
+        log = ReplayLog(tmp_path, 2)
+        for t in range(1, 6):
+            log.append(float(t), f"<e{t}/>")
+        assert log.compaction is not None  # the 5th line started it
+        log.append(6.0, "<e6/>")  # while the executor writes the new file
+        await log.compaction
+        assert log.compaction is None
+        assert log_lines(log.path) == [4, 5, 6]
+        assert [t for t, _ in ReplayLog(tmp_path, 2).entries] == [5, 6]
+    asyncio.run(go())
+
+
+@pytest.fixture
+def tiny_log_fs(tmp_path):
+    """A 64 KiB tmpfs as the server's notifications/ directory."""
+    where = tmp_path / "state" / "notifications"
+    where.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(where)], check=True)
+    yield where
+    subprocess.run(["umount", str(where)], check=True)
+
+
+def fill(where):
+    with open(where / "filler", "wb", buffering=0) as f:
+        with pytest.raises(OSError) as exc:
+            while True:
+                f.write(b"x" * 4096)
+    assert exc.value.errno == errno.ENOSPC
+
+
+def test_a_full_or_read_only_notification_log_breaks_nothing(tmp_path, tiny_log_fs):
+    srv = ServerProcess(tmp_path / "state").start()
+    try:
+        fill(tiny_log_fs)
+        with srv.connect() as watcher:  # its session-start cannot be logged
+            watcher.create_subscription()
+            with srv.connect() as m:
+                m.edit_config(target="running", config=name_cfg("full"))
+                assert m.get_config(source="running").ok
+            assert kinds(take(watcher)) == ["netconf-session-start", "netconf-config-change",
+                                            "netconf-session-end"]
+            # what could not be written is still replayed while the server runs
+            with srv.connect() as late:
+                late.create_subscription(filter=("subtree", f'<netconf-config-change xmlns="{NCN}"/>'),
+                                         start_time=PAST)
+                assert kinds(take(late)) == ["netconf-config-change", "replayComplete"]
+        log = srv.log()
+        assert log.count("cannot write (No space left on device)") == 1
+        srv.stop()
+        subprocess.run(["mount", "-o", "remount,ro", str(tiny_log_fs)], check=True)
+        srv.start()  # on a read-only log directory
+        with srv.connect() as m:
+            m.edit_config(target="running", config=name_cfg("read-only"))
+            m.create_subscription(start_time=PAST)
+            assert "replayComplete" in kinds(take(m))
+        log = srv.log()
+        assert "cannot write (Read-only file system)" in log
+        assert "Traceback" not in log and "internal error" not in log
+    finally:
+        srv.stop()
+
+
+def event(xml: str) -> etree._Element:
+    return etree.fromstring(xml)
+
+
+CHANGE = (f'<netconf-config-change xmlns="{NCN}"><changed-by><username>admin</username></changed-by>'
+          "<datastore>running</datastore><edit><target>/a:x</target><operation>merge</operation></edit>"
+          "<edit><target>/a:y</target><operation>delete</operation></edit></netconf-config-change>")
+
+
+@pytest.mark.parametrize("flt,selected", [
+    (f'<netconf-config-change xmlns="{NCN}"/>', True),
+    ('<netconf-config-change xmlns=""/>', True),  # no namespace: any
+    (f'<netconf-session-start xmlns="{NCN}"/>', False),
+    (f'<netconf-config-change xmlns="{NCN}"><datastore> running </datastore></netconf-config-change>', True),
+    (f'<netconf-config-change xmlns="{NCN}"><datastore>startup</datastore></netconf-config-change>', False),
+    # content matches are anded, on the same edit
+    (f'<netconf-config-change xmlns="{NCN}"><edit><target>/a:y</target><operation>delete</operation></edit>'
+     "</netconf-config-change>", True),
+    (f'<netconf-config-change xmlns="{NCN}"><edit><target>/a:y</target><operation>merge</operation></edit>'
+     "</netconf-config-change>", False),
+    # containment: any child selecting something
+    (f'<netconf-config-change xmlns="{NCN}"><changed-by><session-id/></changed-by><datastore/>'
+     "</netconf-config-change>", True),
+    (f'<netconf-config-change xmlns="{NCN}"><changed-by><session-id/></changed-by></netconf-config-change>', False),
+    (f"<netconf-config-change xmlns=\"{NCN}\"><edit><target>it's \"x\"</target></edit></netconf-config-change>",
+     False),
+    ("", False),
+])
+def test_subtree_event_filter(flt, selected):
+    compiled = EventFilter(etree.fromstring(f'<filter xmlns="{NC}" type="subtree">{flt}</filter>'))
+    assert compiled.matches(event(CHANGE)) is selected
