@@ -2,6 +2,7 @@
 returns None (<ok/>), or the XML text to put inside <rpc-reply>."""
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -190,6 +191,21 @@ def get(session, op):
     return _data_reply(session, _with_state(session.server, xpaths), xpaths, mode, owned=True)
 
 
+def _redacted(handler):
+    """For a handler that checks a whole configuration: its errors may name any node in it,
+    so they go through the session's read access first (see AccessControl.redact_errors)."""
+    @functools.wraps(handler)
+    def run(session, op):
+        try:
+            return handler(session, op)
+        except RpcError as exc:
+            raise session.server.acm.redact_errors(session, [exc])[0] from None
+        except RpcErrors as exc:
+            raise RpcErrors(session.server.acm.redact_errors(session, exc.errors)) from None
+    return run
+
+
+@_redacted
 def edit_config(session, op):
     params = _params(op, {"target": True, "default-operation": False, "test-option": False,
                           "error-option": False, "config": False, "url": False})
@@ -206,10 +222,10 @@ def edit_config(session, op):
     server = session.server
     server.check_writable(name, session.id)
     target = server.datastore(name)
-    new, errors = apply_edit(server.ctx, target.copy(), params["config"],
-                             default_operation=default_op, error_option=error_option)
+    new, errors = apply_edit(server.ctx, target.copy(), params["config"], default_operation=default_op,
+                             error_option=error_option, may_know=server.acm.existence_guard(session))
     local_users.hash_cleartext(new)
-    _check_writes(session, target.tree, new)
+    _check_writes(session, target.tree, new, sent=True)
     if test_option == "test-only":
         datastore.free(server.validate_tree(new))
     elif name == "running":
@@ -226,14 +242,12 @@ def edit_config(session, op):
     return None
 
 
-def _check_writes(session, old, new) -> None:
-    """RFC 8341 write access for every change from old to new; frees new when refused."""
-    server = session.server
-    if server.acm.checked(session) is None:
-        return
+def _check_writes(session, old, new, *, sent: bool = False) -> None:
+    """RFC 8341 write access for every change from old to new; frees new when refused.
+    sent: new holds only what the request sent besides old (errors may name it)."""
     try:
-        server.acm.check_writes(session, server._changes(old, new))
-    except RpcError:
+        session.server.acm.check_tree_writes(session, old, new, sent=sent)
+    except BaseException:
         datastore.free(new)
         raise
 
@@ -264,6 +278,7 @@ def _source_tree(session, source_el):
     return None, tree
 
 
+@_redacted
 def copy_config(session, op):
     params = _params(op, {"target": True, "source": True, "with-defaults": False})
     _with_defaults(params)  # only meaningful for a :url target; still checked
@@ -274,7 +289,7 @@ def copy_config(session, op):
     if src_name == name:
         datastore.free(tree)
         raise RpcError("invalid-value", "source and target are the same datastore", type="protocol")
-    _check_writes(session, server.datastore(name).tree, tree)
+    _check_writes(session, server.datastore(name).tree, tree, sent=src_name is None)
     if name == "candidate":
         server.candidate.replace(server.validate_tree(tree))
         server.candidate_dirty = True
@@ -285,6 +300,7 @@ def copy_config(session, op):
     return None
 
 
+@_redacted
 def delete_config(session, op):
     params = _params(op, {"target": True})
     name = _store_choice(params["target"], ("running", "candidate", "startup"))
@@ -328,6 +344,7 @@ def unlock(session, op):
     return None
 
 
+@_redacted
 def validate(session, op):
     params = _params(op, {"source": True})
     _name, tree = _source_tree(session, params["source"])
@@ -337,6 +354,7 @@ def validate(session, op):
     return None
 
 
+@_redacted
 def commit(session, op):
     params = _params(op, {"confirmed": False, "confirm-timeout": False, "persist": False, "persist-id": False})
     server = session.server
@@ -358,7 +376,10 @@ def commit(session, op):
     backup = None
     if confirmed and not pending:
         backup = datastore.to_xml(server.running.tree)
-    server.commit_tree(server.candidate.copy(), server.running, session)
+    # the committing user needs write access to all it changes in running, whoever edited the candidate
+    new = server.candidate.copy()
+    _check_writes(session, server.running.tree, new)
+    server.commit_tree(new, server.running, session)
     server.candidate_dirty = False
     if confirmed:
         persist = _text(params["persist"]) if "persist" in params else None

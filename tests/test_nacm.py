@@ -192,3 +192,153 @@ def test_actions_need_exec_on_their_node(policy_server):
                 rpc(d, action)
             assert exc.value.tag == "access-denied"
         assert counters(admin)["denied-operations"] == before + 1
+
+
+# -- writes: every node a write creates, deletes or changes (RFC 8341 §3.4.5) ----------------------
+# "writer" may change the device and config-test data, but neither read nor write the domain name,
+# and not read the server entry "hidden".
+WRITER_POLICY = f"""
+<nacm xmlns="{ACM}">
+  <groups><group><name>writers</name><user-name>writer</user-name></group></groups>
+  <rule-list>
+    <name>writers</name><group>writers</group>
+    <rule><name>netconf</name><module-name>ietf-netconf</module-name><rpc-name>*</rpc-name>
+      <access-operations>exec</access-operations><action>permit</action></rule>
+    <rule><name>no-domain</name><module-name>trustplane-device</module-name>
+      <path xmlns:d="{DEV}">/d:device/d:system/d:domain-name</path>
+      <access-operations>*</access-operations><action>deny</action></rule>
+    <rule><name>device</name><module-name>trustplane-device</module-name>
+      <access-operations>*</access-operations><action>permit</action></rule>
+    <rule><name>unseen</name><module-name>config-test</module-name>
+      <path xmlns:ct="{CT}">/ct:servers/ct:server[ct:name='hidden']</path>
+      <access-operations>read</access-operations><action>deny</action></rule>
+    <rule><name>config-test</name><module-name>config-test</module-name>
+      <access-operations>*</access-operations><action>permit</action></rule>
+  </rule-list>
+</nacm>"""
+DOMAIN = (f'<device xmlns="{DEV}"><system><hostname>r1</hostname><domain-name>example.com</domain-name>'
+          "</system></device>")
+
+
+@pytest.fixture(scope="module")
+def writer_server(server):
+    with server.connect() as admin:
+        add_users(admin, "writer")
+        admin.edit_config(target="running", config=cfg(WRITER_POLICY))
+    return server
+
+
+@pytest.fixture
+def admin(writer_server):
+    """An admin session; the device name is r1.example.com and "hidden" is the only server."""
+    with writer_server.connect() as m:
+        m.edit_config(target="running", config=cfg(
+            f'<device xmlns="{DEV}" xmlns:nc="{NC}" nc:operation="remove"/>'
+            f'<servers xmlns="{CT}" xmlns:nc="{NC}" nc:operation="remove"/>'))
+        m.edit_config(target="running", config=cfg(
+            DOMAIN + f'<servers xmlns="{CT}"><server><name>hidden</name><address>10.0.0.1</address></server>'
+                     "</servers>"))
+        m.discard_changes()
+        yield m
+
+
+def config_of(m) -> bytes:
+    return etree.tostring(etree.fromstring(m.get_config(source="running").data_xml.encode()), method="c14n")
+
+
+def refused(srv, admin, send, tag="access-denied") -> RPCError:
+    """send(writer session) must fail with tag and leave running as it was."""
+    before = config_of(admin)
+    with login(srv, "writer") as w:
+        with pytest.raises(RPCError) as exc:
+            send(w)
+    assert exc.value.tag == tag, exc.value.message
+    assert config_of(admin) == before
+    return exc.value
+
+
+def edit(config: str, **kw):
+    return lambda w: w.edit_config(target="running", config=cfg(config), **kw)
+
+
+def test_deleting_a_subtree_needs_delete_access_to_each_node(writer_server, admin):
+    before = counters(admin)["denied-data-writes"]
+    err = refused(writer_server, admin, edit(f'<device xmlns="{DEV}" xmlns:nc="{NC}" nc:operation="delete"/>'))
+    # the refused leaf is unreadable: the error names its nearest readable ancestor
+    assert err.path.strip() == "/trustplane-device:device/system"
+    assert err.message == "delete access to data below /trustplane-device:device/system is denied"
+    assert counters(admin)["denied-data-writes"] == before + 1
+    refused(writer_server, admin, edit(f'<device xmlns="{DEV}" xmlns:nc="{NC}" nc:operation="remove"/>'))
+    refused(writer_server, admin, edit(f'<device xmlns="{DEV}" xmlns:nc="{NC}" nc:operation="replace"/>'))
+    refused(writer_server, admin, edit(f'<device xmlns="{DEV}"><system><hostname>r2</hostname></system></device>',
+                                       default_operation="replace"))
+
+
+def test_recreating_a_subtree_cannot_set_a_denied_leaf(writer_server, admin):
+    admin.edit_config(target="running", config=cfg(f'<device xmlns="{DEV}" xmlns:nc="{NC}" nc:operation="remove"/>'))
+    new = f'<system><hostname>r1</hostname><domain-name>evil.example</domain-name></system>'
+    for op in ("create", "merge", "replace"):
+        err = refused(writer_server, admin, edit(f'<device xmlns="{DEV}" xmlns:nc="{NC}"><system nc:operation="{op}">'
+                                                 + new[len("<system>"):] + "</device>"))
+        # a node the request itself sent may be named
+        assert err.path.strip() == "/trustplane-device:device/system/domain-name"
+        assert err.message == "create access to /trustplane-device:device/system/domain-name is denied"
+    with login(writer_server, "writer") as w:  # the rest of the subtree is the writer's to create
+        w.edit_config(target="running", config=cfg(f'<device xmlns="{DEV}"><system><hostname>r9</hostname>'
+                                                   "</system></device>"))
+    assert b"r9" in config_of(admin)
+
+
+def test_replacing_a_subtree_cannot_change_a_denied_leaf(writer_server, admin):
+    err = refused(writer_server, admin, edit(
+        f'<device xmlns="{DEV}" xmlns:nc="{NC}" nc:operation="replace"><system><hostname>r1</hostname>'
+        "<domain-name>evil.example</domain-name></system></device>"))
+    assert err.message == "update access to /trustplane-device:device/system/domain-name is denied"
+
+
+def test_copy_config_and_commit_check_every_node(writer_server, admin):
+    # the admin's uncommitted candidate drops the device subtree
+    admin.edit_config(target="candidate", config=cfg(
+        f'<device xmlns="{DEV}" xmlns:nc="{NC}" nc:operation="remove"/>'))
+    try:
+        err = refused(writer_server, admin, lambda w: w.copy_config(source="candidate", target="running"))
+        assert err.path.strip() == "/trustplane-device:device/system"
+        refused(writer_server, admin, lambda w: w.commit())
+    finally:
+        admin.discard_changes()
+    with login(writer_server, "writer") as w:  # its own candidate edit, committed: allowed
+        w.edit_config(target="candidate", config=cfg(f'<device xmlns="{DEV}"><system><hostname>r8</hostname>'
+                                                     "</system></device>"))
+        w.commit()
+    assert b"r8" in config_of(admin)
+
+
+def test_existence_of_unreadable_nodes_is_not_revealed(writer_server, admin):
+    hidden = f"<servers xmlns=\"{CT}\" xmlns:nc=\"{NC}\"><server nc:operation=\"{{op}}\"><name>{{name}}</name>" \
+             "<address>10.9.9.9</address></server></servers>"
+    path = "/config-test:servers/server[name='{}']"
+    with login(writer_server, "writer") as w:  # the writer does not see it
+        assert b"hidden" not in etree.tostring(etree.fromstring(w.get_config(source="running").data_xml.encode()))
+    # present and absent answer alike: access-denied, not data-exists / data-missing
+    err = refused(writer_server, admin, edit(hidden.format(op="create", name="hidden")))
+    assert err.path.strip() == path.format("hidden")
+    admin.edit_config(target="running", config=cfg(
+        f'<servers xmlns="{CT}" xmlns:nc="{NC}"><server nc:operation="delete"><name>hidden</name></server></servers>'))
+    err = refused(writer_server, admin, edit(hidden.format(op="delete", name="hidden")))
+    assert err.path.strip() == path.format("hidden")
+    # readable nodes still get the existence errors
+    admin.edit_config(target="running", config=cfg(f'<servers xmlns="{CT}"><server><name>seen</name>'
+                                                   "<address>10.0.0.2</address></server></servers>"))
+    refused(writer_server, admin, edit(hidden.format(op="create", name="seen")), tag="data-exists")
+    refused(writer_server, admin, edit(hidden.format(op="delete", name="gone")), tag="data-missing")
+
+
+def test_validation_errors_do_not_name_unreadable_nodes(writer_server, admin):
+    clash = edit(f'<servers xmlns="{CT}"><server><name>mine</name><address>10.0.0.1</address></server></servers>')
+    err = refused(writer_server, admin, clash, tag="operation-failed")
+    assert err.app_tag == "data-not-unique"
+    assert "hidden" not in err.message and err.path is None
+    assert err.message == "the configuration is not valid where you may not read it"
+    with pytest.raises(RPCError) as exc:  # the admin is told which entries clash
+        clash(admin)
+    assert "hidden" in exc.value.message
