@@ -331,14 +331,18 @@ _DIFF_ACCESS = {"create": "create", "delete": "delete", "replace": "update"}
 
 class _WriteCheck:
     """One user's write rules over one diff. Decisions are kept per schema node and access,
-    unless a rule names list entries: then each node's own path decides."""
+    except where a rule names list entries: there each node's own path decides. A created or
+    deleted subtree whose whole schema may take the access is passed without visiting its data."""
 
     def __init__(self, acm: AccessControl, pol: Policy, rules: list[Rule]):
         self.acm = acm
         self.pol = pol
         self.rules = [r for r in rules if r.kind in (None, "data")]
-        self.by_instance = any(r.kind == "data" and "[" in r.target for r in self.rules)
+        # schema paths of the rules that name list entries
+        self.instance_rules = [_PRED.sub("", r.target) for r in self.rules if r.kind == "data" and "[" in r.target]
         self._decided: dict[tuple[int, str], bool] = {}
+        self._whole: dict[tuple[int, str], bool] = {}
+        self._by_instance: dict[int, bool] = {}
 
     def denied(self, diff):
         """(node, access) for each diff node the user may not change, in document order."""
@@ -349,26 +353,50 @@ class _WriteCheck:
             access = _DIFF_ACCESS.get(op)
             if access is not None and not _structure_only(node.schema) and not self._allowed(node, access):
                 yield node, access
+            if access in ("create", "delete") and not self._by_path(node.schema) and \
+                    self._all_allowed(node.schema, access):
+                continue
             child_op = op if op in ("create", "delete") else "none"
             stack.extend((c, child_op) for c in reversed(list(_children(node))))
 
     def _allowed(self, node, access: str) -> bool:
         schema = node.schema
-        if self.by_instance:
-            path = data_path(node)
-        else:
-            key = (int(ffi.cast("uintptr_t", schema)), access)
-            known = self._decided.get(key)
-            if known is not None:
-                return known
-            raw = lib.lysc_path(schema, lib.LYSC_PATH_DATA, ffi.NULL, 0)
-            path = ffi.string(raw).decode()
-            lib.free(raw)
+        if not self._by_path(schema):
+            return self._schema_allowed(schema, access)
         module = ffi.string(schema.module.name).decode()
-        allowed = self.acm._data_allowed(self.pol, self.rules, module, path, schema, access)
-        if not self.by_instance:
-            self._decided[key] = allowed
-        return allowed
+        return self.acm._data_allowed(self.pol, self.rules, module, data_path(node), schema, access)
+
+    def _by_path(self, schema) -> bool:
+        """Does a rule naming list entries cover this schema node or something below it?"""
+        key = int(ffi.cast("uintptr_t", schema))
+        known = self._by_instance.get(key)
+        if known is None:
+            path = _schema_path(schema)
+            known = self._by_instance[key] = any(p == path or p.startswith(path + "/") or path.startswith(p + "/")
+                                                 for p in self.instance_rules)
+        return known
+
+    def _all_allowed(self, schema, access: str) -> bool:
+        """May every configuration node of the schema subtree take access?"""
+        key = (int(ffi.cast("uintptr_t", schema)), access)
+        known = self._whole.get(key)
+        if known is None:
+            known = _structure_only(schema) or self._schema_allowed(schema, access)
+            child = lib.lys_getnext(ffi.NULL, schema, ffi.NULL, 0)
+            while known and child != ffi.NULL:
+                known = bool(child.flags & lib.LYS_CONFIG_R) or self._all_allowed(child, access)
+                child = lib.lys_getnext(child, schema, ffi.NULL, 0)
+            self._whole[key] = known
+        return known
+
+    def _schema_allowed(self, schema, access: str) -> bool:
+        key = (int(ffi.cast("uintptr_t", schema)), access)
+        known = self._decided.get(key)
+        if known is None:
+            module = ffi.string(schema.module.name).decode()
+            known = self._decided[key] = self.acm._data_allowed(self.pol, self.rules, module, _schema_path(schema),
+                                                                schema, access)
+        return known
 
     def error(self, denied, sent: bool) -> RpcError:
         """access-denied at the refused node, or at its nearest ancestor the user may read
@@ -384,6 +412,14 @@ class _WriteCheck:
             below = "data below "
             node = ffi.cast("struct lyd_node *", node.parent)
         return RpcError("access-denied", f"{access} access is denied")
+
+
+def _schema_path(schema) -> str:
+    raw = lib.lysc_path(schema, lib.LYSC_PATH_DATA, ffi.NULL, 0)
+    try:
+        return ffi.string(raw).decode()
+    finally:
+        lib.free(raw)
 
 
 def _diff_op(node) -> str | None:
