@@ -196,7 +196,7 @@ def test_actions_need_exec_on_their_node(policy_server):
 
 # -- writes: every node a write creates, deletes or changes (RFC 8341 §3.4.5) ----------------------
 # "writer" may change the device and config-test data, but neither read nor write the domain name,
-# and not read the server entry "hidden".
+# not change the address of the server entry "keep", and not read the server entry "hidden".
 WRITER_POLICY = f"""
 <nacm xmlns="{ACM}">
   <groups><group><name>writers</name><user-name>writer</user-name></group></groups>
@@ -209,6 +209,9 @@ WRITER_POLICY = f"""
       <access-operations>*</access-operations><action>deny</action></rule>
     <rule><name>device</name><module-name>trustplane-device</module-name>
       <access-operations>*</access-operations><action>permit</action></rule>
+    <rule><name>keep</name><module-name>config-test</module-name>
+      <path xmlns:ct="{CT}">/ct:servers/ct:server[ct:name='keep']/ct:address</path>
+      <access-operations>update delete</access-operations><action>deny</action></rule>
     <rule><name>unseen</name><module-name>config-test</module-name>
       <path xmlns:ct="{CT}">/ct:servers/ct:server[ct:name='hidden']</path>
       <access-operations>read</access-operations><action>deny</action></rule>
@@ -342,3 +345,22 @@ def test_validation_errors_do_not_name_unreadable_nodes(writer_server, admin):
     with pytest.raises(RPCError) as exc:  # the admin is told which entries clash
         clash(admin)
     assert "hidden" in exc.value.message
+
+
+def test_a_rule_naming_one_entry_holds_inside_a_deleted_subtree(writer_server, admin):
+    admin.edit_config(target="running", config=cfg(f'<servers xmlns="{CT}"><server><name>keep</name>'
+                                                   "<address>10.0.0.3</address></server></servers>"))
+    err = refused(writer_server, admin, edit(f'<servers xmlns="{CT}" xmlns:nc="{NC}" nc:operation="delete"/>'))
+    assert err.message == "delete access to /config-test:servers/server[name='keep']/address is denied"
+
+
+def test_default_deny_write_holds_inside_a_deleted_subtree(writer_server, admin):
+    # with write-default permit, only the users' nacm:default-deny-write stops deleting /system
+    nacm = f'<nacm xmlns="{ACM}"><write-default>{{}}</write-default></nacm>'
+    admin.edit_config(target="running", config=cfg(nacm.format("permit")))
+    try:
+        err = refused(writer_server, admin, edit(f'<system xmlns="{SYS}" xmlns:nc="{NC}" nc:operation="remove"/>'))
+        assert err.message == "delete access is denied"  # the writer may read nothing there
+        assert err.path is None
+    finally:
+        admin.edit_config(target="running", config=cfg(nacm.format("deny")))
