@@ -308,7 +308,10 @@ class Edit:
             preds = f"[.={quote(spec)}]" if spec is not None else ""
         parent = edit_node.parent
         anchor = data_path(ffi.cast("struct lyd_node *", parent)) if parent != ffi.NULL else ""
-        anchor += f"/{ffi.string(schema.module.name).decode()}:{name}{preds}"
+        # libyang's own form (a prefix only where the module changes), as access rules are written
+        prefix = "" if parent != ffi.NULL and parent.schema.module == schema.module else \
+            f"{ffi.string(schema.module.name).decode()}:"
+        anchor += f"/{prefix}{name}{preds}"
         if preds and not self._may_know(anchor, None):
             return False
         if not preds or self._find(anchor) is None:

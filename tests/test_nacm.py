@@ -196,7 +196,7 @@ def test_actions_need_exec_on_their_node(policy_server):
 
 # -- writes: every node a write creates, deletes or changes (RFC 8341 §3.4.5) ----------------------
 # "writer" may change the device and config-test data, but neither read nor write the domain name,
-# not change the address of the server entry "keep", and not read the server entry "hidden".
+# not change the address of the server entry "keep", and not read the server and rule entries "hidden".
 WRITER_POLICY = f"""
 <nacm xmlns="{ACM}">
   <groups><group><name>writers</name><user-name>writer</user-name></group></groups>
@@ -214,6 +214,9 @@ WRITER_POLICY = f"""
       <access-operations>update delete</access-operations><action>deny</action></rule>
     <rule><name>unseen</name><module-name>config-test</module-name>
       <path xmlns:ct="{CT}">/ct:servers/ct:server[ct:name='hidden']</path>
+      <access-operations>read</access-operations><action>deny</action></rule>
+    <rule><name>unseen-rule</name><module-name>config-test</module-name>
+      <path xmlns:ct="{CT}">/ct:rules/ct:rule[ct:name='hidden']</path>
       <access-operations>read</access-operations><action>deny</action></rule>
     <rule><name>config-test</name><module-name>config-test</module-name>
       <access-operations>*</access-operations><action>permit</action></rule>
@@ -237,7 +240,8 @@ def admin(writer_server):
     with writer_server.connect() as m:
         m.edit_config(target="running", config=cfg(
             f'<device xmlns="{DEV}" xmlns:nc="{NC}" nc:operation="remove"/>'
-            f'<servers xmlns="{CT}" xmlns:nc="{NC}" nc:operation="remove"/>'))
+            f'<servers xmlns="{CT}" xmlns:nc="{NC}" nc:operation="remove"/>'
+            f'<rules xmlns="{CT}" xmlns:nc="{NC}" nc:operation="remove"/>'))
         m.edit_config(target="running", config=cfg(
             DOMAIN + f'<servers xmlns="{CT}"><server><name>hidden</name><address>10.0.0.1</address></server>'
                      "</servers>"))
@@ -345,6 +349,18 @@ def test_validation_errors_do_not_name_unreadable_nodes(writer_server, admin):
     with pytest.raises(RPCError) as exc:  # the admin is told which entries clash
         clash(admin)
     assert "hidden" in exc.value.message
+    # the same through the candidate: validate and commit
+    with login(writer_server, "writer") as w:
+        w.edit_config(target="candidate", test_option="set", config=cfg(
+            f'<servers xmlns="{CT}"><server><name>mine</name><address>10.0.0.1</address></server></servers>'))
+        try:
+            for send in (lambda: w.validate(source="candidate"), w.commit):
+                with pytest.raises(RPCError) as exc:
+                    send()
+                assert exc.value.app_tag == "data-not-unique"
+                assert exc.value.message == "the configuration is not valid where you may not read it"
+        finally:
+            w.discard_changes()
 
 
 def test_a_rule_naming_one_entry_holds_inside_a_deleted_subtree(writer_server, admin):
@@ -364,3 +380,18 @@ def test_default_deny_write_holds_inside_a_deleted_subtree(writer_server, admin)
         assert err.path is None
     finally:
         admin.edit_config(target="running", config=cfg(nacm.format("deny")))
+
+
+def test_operation_none_and_insert_anchors_do_not_reveal_unreadable_entries(writer_server, admin):
+    # operation none on a list entry needs it to exist: the writer may not learn whether "hidden" does
+    below_hidden = edit(f'<servers xmlns="{CT}" xmlns:nc="{NC}"><server><name>hidden</name>'
+                        '<port nc:operation="merge">831</port></server></servers>', default_operation="none")
+    err = refused(writer_server, admin, below_hidden)
+    assert err.path.strip() == "/config-test:servers/server[name='hidden']"
+    yang = "urn:ietf:params:xml:ns:yang:1"
+    after_hidden = edit(f'<rules xmlns="{CT}" xmlns:yang="{yang}" xmlns:ct="{CT}"><rule yang:insert="after" '
+                        "yang:key=\"[ct:name='hidden']\"><name>mine</name></rule></rules>")
+    refused(writer_server, admin, after_hidden)  # no hidden rule yet
+    admin.edit_config(target="running", config=cfg(f'<rules xmlns="{CT}"><rule><name>hidden</name></rule></rules>'))
+    err = refused(writer_server, admin, after_hidden)
+    assert err.path.strip() == "/config-test:rules/rule[name='hidden']"
