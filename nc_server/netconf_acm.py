@@ -16,7 +16,8 @@ from .errors import RpcError
 
 NS = "urn:ietf:params:xml:ns:yang:ietf-netconf-acm"
 NACM = "/ietf-netconf-acm:nacm"
-_PRED = re.compile(r"\[[^\]]*\]")
+# a predicate of a libyang path; a quoted key value may hold "]"
+_PRED = re.compile(r"""\[(?:[^\]'"]|'[^']*'|"[^"]*")*\]""")
 # a data path quoted in a libyang message
 _QUOTED_PATH = re.compile(r'"(/[^"]+)"')
 # a fresh device: the admin group may do everything, nobody else anything

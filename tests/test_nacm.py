@@ -196,7 +196,8 @@ def test_actions_need_exec_on_their_node(policy_server):
 
 # -- writes: every node a write creates, deletes or changes (RFC 8341 §3.4.5) ----------------------
 # "writer" may change the device and config-test data, but neither read nor write the domain name,
-# not change the address of the server entry "keep", and not read the server and rule entries "hidden".
+# not change the address of the server entry "keep" nor any server's port, and not read the server
+# and rule entries "hidden".
 WRITER_POLICY = f"""
 <nacm xmlns="{ACM}">
   <groups><group><name>writers</name><user-name>writer</user-name></group></groups>
@@ -212,6 +213,9 @@ WRITER_POLICY = f"""
     <rule><name>keep</name><module-name>config-test</module-name>
       <path xmlns:ct="{CT}">/ct:servers/ct:server[ct:name='keep']/ct:address</path>
       <access-operations>update delete</access-operations><action>deny</action></rule>
+    <rule><name>fixed-ports</name><module-name>config-test</module-name>
+      <path xmlns:ct="{CT}">/ct:servers/ct:server/ct:port</path>
+      <access-operations>update</access-operations><action>deny</action></rule>
     <rule><name>unseen</name><module-name>config-test</module-name>
       <path xmlns:ct="{CT}">/ct:servers/ct:server[ct:name='hidden']</path>
       <access-operations>read</access-operations><action>deny</action></rule>
@@ -395,3 +399,11 @@ def test_operation_none_and_insert_anchors_do_not_reveal_unreadable_entries(writ
     admin.edit_config(target="running", config=cfg(f'<rules xmlns="{CT}"><rule><name>hidden</name></rule></rules>'))
     err = refused(writer_server, admin, after_hidden)
     assert err.path.strip() == "/config-test:rules/rule[name='hidden']"
+
+
+def test_a_key_value_holding_a_bracket_does_not_escape_a_rule(writer_server, admin):
+    admin.edit_config(target="running", config=cfg(f'<servers xmlns="{CT}"><server><name>a]b</name>'
+                                                   "<address>10.0.0.5</address><port>830</port></server></servers>"))
+    err = refused(writer_server, admin, edit(f'<servers xmlns="{CT}"><server><name>a]b</name><port>831</port>'
+                                             "</server></servers>"))
+    assert err.message == "update access to /config-test:servers/server[name='a]b']/port is denied"
