@@ -311,10 +311,19 @@ def test_copy_config_and_commit_check_every_node(writer_server, admin):
     # the admin's uncommitted candidate drops the device subtree
     admin.edit_config(target="candidate", config=cfg(
         f'<device xmlns="{DEV}" xmlns:nc="{NC}" nc:operation="remove"/>'))
+    admin.copy_config(source="running", target="startup")
     try:
         err = refused(writer_server, admin, lambda w: w.copy_config(source="candidate", target="running"))
         assert err.path.strip() == "/trustplane-device:device/system"
         refused(writer_server, admin, lambda w: w.commit())
+        before = admin.get_config(source="startup").data_xml
+        refused(writer_server, admin, lambda w: w.copy_config(source="candidate", target="startup"))
+        assert admin.get_config(source="startup").data_xml == before
+        # and back: copying running over that candidate would create the domain name there
+        before = admin.get_config(source="candidate").data_xml
+        err = refused(writer_server, admin, lambda w: w.copy_config(source="running", target="candidate"))
+        assert err.message == "create access to data below /trustplane-device:device/system is denied"
+        assert admin.get_config(source="candidate").data_xml == before
     finally:
         admin.discard_changes()
     with login(writer_server, "writer") as w:  # its own candidate edit, committed: allowed
