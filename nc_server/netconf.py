@@ -227,14 +227,14 @@ def edit_config(session, op):
     local_users.hash_cleartext(new)
     _check_writes(session, target.tree, new, sent=True)
     if test_option == "test-only":
-        datastore.free(server.validate_tree(new))
+        datastore.free(_validated(session, target.tree, new))
     elif name == "running":
-        server.commit_tree(new, server.running, session)
+        server.commit_tree(_validated(session, target.tree, new), server.running, session)
         if not server.candidate_dirty:
             server.candidate.replace(server.running.copy())
     else:
         if test_option == "test-then-set":
-            new = server.validate_tree(new)
+            new = _validated(session, target.tree, new)
         server.candidate.replace(new)
         server.candidate_dirty = True
     if errors:
@@ -250,6 +250,22 @@ def _check_writes(session, old, new, *, sent: bool = False) -> None:
     except BaseException:
         datastore.free(new)
         raise
+
+
+def _validated(session, old, new):
+    """new, validated. Validation may delete nodes the request did not name (a when that
+    became false, the other case of a choice): for a checked session those deletions are
+    checked too. Frees new when refused."""
+    server = session.server
+    if server.acm.checked(session) is None:
+        return server.validate_tree(new)
+    try:
+        new = server.validate_tree(new)
+    except BaseException:
+        datastore.free(new)
+        raise
+    _check_writes(session, old, new)
+    return new
 
 
 def _enum(params, name: str, values: tuple[str, ...], default: str) -> str:
@@ -289,12 +305,13 @@ def copy_config(session, op):
     if src_name == name:
         datastore.free(tree)
         raise RpcError("invalid-value", "source and target are the same datastore", type="protocol")
-    _check_writes(session, server.datastore(name).tree, tree, sent=src_name is None)
+    old = server.datastore(name).tree
+    _check_writes(session, old, tree, sent=src_name is None)
     if name == "candidate":
-        server.candidate.replace(server.validate_tree(tree))
+        server.candidate.replace(_validated(session, old, tree))
         server.candidate_dirty = True
     else:
-        server.commit_tree(tree, server.datastore(name), session)
+        server.commit_tree(_validated(session, old, tree), server.datastore(name), session)
         if name == "running" and not server.candidate_dirty:
             server.candidate.replace(server.running.copy())
     return None
@@ -379,7 +396,7 @@ def commit(session, op):
     # the committing user needs write access to all it changes in running, whoever edited the candidate
     new = server.candidate.copy()
     _check_writes(session, server.running.tree, new)
-    server.commit_tree(new, server.running, session)
+    server.commit_tree(_validated(session, server.running.tree, new), server.running, session)
     server.candidate_dirty = False
     if confirmed:
         persist = _text(params["persist"]) if "persist" in params else None

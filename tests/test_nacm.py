@@ -196,8 +196,8 @@ def test_actions_need_exec_on_their_node(policy_server):
 
 # -- writes: every node a write creates, deletes or changes (RFC 8341 §3.4.5) ----------------------
 # "writer" may change the device and config-test data, but neither read nor write the domain name,
-# not change the address of the server entry "keep" nor any server's port, and not read the server
-# and rule entries "hidden".
+# not change the address of the server entry "keep" nor any server's port, not delete the TLS settings
+# or the SSH port, and not read the server and rule entries "hidden".
 WRITER_POLICY = f"""
 <nacm xmlns="{ACM}">
   <groups><group><name>writers</name><user-name>writer</user-name></group></groups>
@@ -213,6 +213,12 @@ WRITER_POLICY = f"""
     <rule><name>keep</name><module-name>config-test</module-name>
       <path xmlns:ct="{CT}">/ct:servers/ct:server[ct:name='keep']/ct:address</path>
       <access-operations>update delete</access-operations><action>deny</action></rule>
+    <rule><name>keep-tls</name><module-name>config-test</module-name>
+      <path xmlns:ct="{CT}">/ct:settings/ct:tls</path>
+      <access-operations>delete</access-operations><action>deny</action></rule>
+    <rule><name>keep-ssh</name><module-name>config-test</module-name>
+      <path xmlns:ct="{CT}">/ct:settings/ct:ssh-port</path>
+      <access-operations>delete</access-operations><action>deny</action></rule>
     <rule><name>fixed-ports</name><module-name>config-test</module-name>
       <path xmlns:ct="{CT}">/ct:servers/ct:server/ct:port</path>
       <access-operations>update</access-operations><action>deny</action></rule>
@@ -245,7 +251,8 @@ def admin(writer_server):
         m.edit_config(target="running", config=cfg(
             f'<device xmlns="{DEV}" xmlns:nc="{NC}" nc:operation="remove"/>'
             f'<servers xmlns="{CT}" xmlns:nc="{NC}" nc:operation="remove"/>'
-            f'<rules xmlns="{CT}" xmlns:nc="{NC}" nc:operation="remove"/>'))
+            f'<rules xmlns="{CT}" xmlns:nc="{NC}" nc:operation="remove"/>'
+            f'<settings xmlns="{CT}" xmlns:nc="{NC}" nc:operation="remove"/>'))
         m.edit_config(target="running", config=cfg(
             DOMAIN + f'<servers xmlns="{CT}"><server><name>hidden</name><address>10.0.0.1</address></server>'
                      "</servers>"))
@@ -416,3 +423,23 @@ def test_a_key_value_holding_a_bracket_does_not_escape_a_rule(writer_server, adm
     err = refused(writer_server, admin, edit(f'<servers xmlns="{CT}"><server><name>a]b</name><port>831</port>'
                                              "</server></servers>"))
     assert err.message == "update access to /config-test:servers/server[name='a]b']/port is denied"
+
+
+def test_nodes_validation_deletes_are_checked_too(writer_server, admin):
+    admin.edit_config(target="running", config=cfg(f'<settings xmlns="{CT}"><mode>secure</mode><tls><port>1</port>'
+                                                   "</tls><ssh-port>22</ssh-port></settings>"))
+    plain = f'<settings xmlns="{CT}"><mode>plain</mode></settings>'  # tls's when turns false
+    err = refused(writer_server, admin, edit(plain))
+    assert err.message == "delete access to /config-test:settings/tls is denied"
+    err = refused(writer_server, admin, edit(f'<settings xmlns="{CT}"><tcp-port>23</tcp-port></settings>'))
+    assert err.message == "delete access to /config-test:settings/ssh-port is denied"  # the other case
+    refused(writer_server, admin, lambda w: w.edit_config(target="candidate", config=cfg(plain)))
+    with login(writer_server, "writer") as w:  # unvalidated in the candidate; the commit validates
+        w.edit_config(target="candidate", config=cfg(plain), test_option="set")
+        try:
+            with pytest.raises(RPCError) as exc:
+                w.commit()
+            assert exc.value.message == "delete access to /config-test:settings/tls is denied"
+        finally:
+            w.discard_changes()
+    assert b"<mode>secure</mode>" in config_of(admin)
