@@ -424,9 +424,11 @@ def _schema_path(schema) -> str:
 
 
 def _diff_op(node) -> str | None:
+    """The yang:operation libyang's diff puts on a node, if any."""
     meta = node.meta
     while meta != ffi.NULL:
-        if ffi.string(meta.name) == b"operation" and meta.value.enum_item != ffi.NULL:
+        if ffi.string(meta.name) == b"operation" and ffi.string(meta.annotation.module.name) == b"yang" \
+                and meta.value.enum_item != ffi.NULL:
             return ffi.string(meta.value.enum_item.name).decode()
         meta = meta.next
     return None
