@@ -339,8 +339,9 @@ class _WriteCheck:
         self.acm = acm
         self.pol = pol
         self.rules = [r for r in rules if r.kind in (None, "data")]
-        # schema paths of the rules that name list entries
-        self.instance_rules = [_PRED.sub("", r.target) for r in self.rules if r.kind == "data" and "[" in r.target]
+        # the rules that name list entries, and their schema paths
+        self.instance_targets = [r.target for r in self.rules if r.kind == "data" and "[" in r.target]
+        self.instance_rules = [_PRED.sub("", t) for t in self.instance_targets]
         self._decided: dict[tuple[int, str], bool] = {}
         self._whole: dict[tuple[int, str], bool] = {}
         self._by_instance: dict[int, bool] = {}
@@ -354,7 +355,7 @@ class _WriteCheck:
             access = _DIFF_ACCESS.get(op)
             if access is not None and not _structure_only(node.schema) and not self._allowed(node, access):
                 yield node, access
-            if access in ("create", "delete") and not self._by_path(node.schema) and \
+            if access in ("create", "delete") and self._no_instance_rule_inside(node) and \
                     self._all_allowed(node.schema, access):
                 continue
             child_op = op if op in ("create", "delete") else "none"
@@ -376,6 +377,15 @@ class _WriteCheck:
             known = self._by_instance[key] = any(p == path or p.startswith(path + "/") or path.startswith(p + "/")
                                                  for p in self.instance_rules)
         return known
+
+    def _no_instance_rule_inside(self, node) -> bool:
+        """Does no rule naming list entries apply to this node or below it? (Those rules never
+        match a schema path, so the schema's decisions then hold for the whole subtree.)"""
+        if not self._by_path(node.schema):
+            return True
+        path = data_path(node)
+        return not any(t == path or t.startswith(path + "/") or path.startswith(t + "/") or path.startswith(t + "[")
+                       for t in self.instance_targets)
 
     def _all_allowed(self, schema, access: str) -> bool:
         """May every configuration node of the schema subtree take access?"""
