@@ -47,8 +47,8 @@ def quote(value: str) -> str:
     raise RpcError("invalid-value", "a key value holds both quote characters")
 
 
-def element_path(ctx, el: etree._Element, stop: etree._Element) -> str:
-    """The libyang data path of a request element, resolved against the schema."""
+def element_path(ctx, el: etree._Element, stop: etree._Element):
+    """The libyang data path of a request element and its schema node, resolved against the schema."""
     chain = []
     node = el
     while node is not None and node is not stop:
@@ -83,12 +83,13 @@ def element_path(ctx, el: etree._Element, stop: etree._Element) -> str:
             step += f"[.={quote((e.text or '').strip())}]"
         parts.append(step)
         snode = child
-    return "".join(parts)
+    return "".join(parts), snode
 
 
 class Edit:
-    def __init__(self, ctx, target: datastore.Tree, default_operation: str, error_option: str):
+    def __init__(self, ctx, target: datastore.Tree, default_operation: str, error_option: str, may_know=None):
         self.ctx = ctx
+        self.may_know = may_know
         self.tree = target
         self.default_operation = default_operation
         self.error_option = error_option
@@ -100,6 +101,15 @@ class Edit:
         self.errors.append(err)
         if self.error_option != "continue-on-error":
             raise _Stop()
+
+    def _may_know(self, path: str, op: str | None) -> bool:
+        """Asked before an answer that depends on whether path exists: a user who may not
+        read the node, or not do op on it, gets access-denied whether it exists or not
+        (RFC 8341 §3.4.5); the error is recorded."""
+        if self.may_know is None or self.may_know(path, op):
+            return True
+        self._fail(RpcError("access-denied", f"access to {path} is denied", path=path))
+        return False
 
     # -- tree helpers -------------------------------------------------------
     def _find(self, path: str):
@@ -144,8 +154,8 @@ class Edit:
                 datastore.free(self.tree)
                 self.tree = None
             removals = self._take_removals(config)
-            for op, path in removals:
-                self._remove(op, path)
+            for op, path, snode in removals:
+                self._remove(op, path, snode)
             edit = self._parse(config)
             if edit is None:
                 return self.tree
@@ -184,21 +194,23 @@ class Edit:
             if any(a.get(OP_ATTR) in ("delete", "remove") for a in el.iterancestors() if a is not config):
                 el.getparent().remove(el)
                 continue
-            found.append((op, element_path(self.ctx, el, config), el))
-        for _op, _path, el in found:
+            found.append((op, *element_path(self.ctx, el, config), el))
+        for *_, el in found:
             if el.getparent() is not None:
                 el.getparent().remove(el)
-        return [(op, path) for op, path, _ in found]
+        return [(op, path, snode) for op, path, snode, _ in found]
 
-    def _remove(self, op: str, path: str) -> None:
+    def _remove(self, op: str, path: str, snode) -> None:
+        if snode.flags & lib.LYS_KEY:  # decided by the schema, whether the entry exists or not
+            self._fail(RpcError("bad-element", "a list key cannot be deleted on its own", path=path,
+                                info=[("bad-element", ffi.string(snode.name).decode())]))
+            return
+        if op == "delete" and not self._may_know(path, "delete"):
+            return
         node = self._find(path)
         if node is None:
             if op == "delete":
                 self._fail(RpcError("data-missing", f"{path} does not exist, so it cannot be deleted", path=path))
-            return
-        if node.schema.flags & lib.LYS_KEY:
-            self._fail(RpcError("bad-element", "a list key cannot be deleted on its own", path=path,
-                                info=[("bad-element", ffi.string(node.schema.name).decode())]))
             return
         self._free(node)
 
@@ -241,6 +253,10 @@ class Edit:
         op = _own_op(node) or inherited
         nested = int(ffi.cast("uintptr_t", node)) in self._nested
         path = data_path(node)
+        if op == "create" and not self._may_know(path, "create"):
+            return
+        if op == "none" and _needs_existence(schema) and not self._may_know(path, None):
+            return
         existing = self._find(path)
         if op == "create" and existing is not None:
             self._fail(RpcError("data-exists", f"{path} already exists", path=path))
@@ -256,11 +272,9 @@ class Edit:
                 self._move(path, spec)
             return
         if op == "none":
-            if existing is None and schema.nodetype in (lib.LYS_LIST, lib.LYS_CONTAINER):
-                presence = schema.nodetype == lib.LYS_CONTAINER and schema.flags & lib.LYS_PRESENCE
-                if schema.nodetype == lib.LYS_LIST or presence:
-                    self._fail(RpcError("data-missing", f"{path} does not exist", path=path))
-                    return
+            if existing is None and _needs_existence(schema):
+                self._fail(RpcError("data-missing", f"{path} does not exist", path=path))
+                return
             child_op = "none"
         else:
             if op == "replace" and existing is not None:
@@ -294,7 +308,12 @@ class Edit:
             preds = f"[.={quote(spec)}]" if spec is not None else ""
         parent = edit_node.parent
         anchor = data_path(ffi.cast("struct lyd_node *", parent)) if parent != ffi.NULL else ""
-        anchor += f"/{ffi.string(schema.module.name).decode()}:{name}{preds}"
+        # libyang's own form (a prefix only where the module changes), as access rules are written
+        prefix = "" if parent != ffi.NULL and parent.schema.module == schema.module else \
+            f"{ffi.string(schema.module.name).decode()}:"
+        anchor += f"/{prefix}{name}{preds}"
+        if preds and not self._may_know(anchor, None):
+            return False
         if not preds or self._find(anchor) is None:
             self._fail(RpcError("bad-attribute", f'yang:{attr} "{spec}" names no existing {name} to insert '
                                 f"{insert}", app_tag="missing-instance", path=path,
@@ -317,6 +336,12 @@ class Edit:
             raise self.ctx.error("cannot move the entry")
         if node.parent == ffi.NULL:
             self.tree = libyang.DNode.new(self.ctx, lib.lyd_first_sibling(node))
+
+
+def _needs_existence(schema) -> bool:
+    """operation none on a list entry or presence container needs it to exist."""
+    return schema.nodetype == lib.LYS_LIST or (
+        schema.nodetype == lib.LYS_CONTAINER and bool(schema.flags & lib.LYS_PRESENCE))
 
 
 def _siblings_of(node):
@@ -351,11 +376,12 @@ def _own_op(node) -> str | None:
 
 
 def apply_edit(ctx, target: datastore.Tree, config: etree._Element, *,
-               default_operation: str = "merge", error_option: str = "stop-on-error"):
+               default_operation: str = "merge", error_option: str = "stop-on-error", may_know=None):
     """Apply an edit to `target` (consumed). Returns (new tree, errors).
 
+    may_know(path, op): see Edit._may_know; None for a user who is not checked.
     On rollback-on-error with an error, the returned tree is None and must be ignored."""
-    edit = Edit(ctx, target, default_operation, error_option)
+    edit = Edit(ctx, target, default_operation, error_option, may_know)
     try:
         tree = edit.run(config)
     except RpcError:

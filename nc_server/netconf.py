@@ -4,6 +4,7 @@ are coroutines."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import re
@@ -216,6 +217,21 @@ async def get(session, op):
     return await _data_reply(session, _with_state(session.server, xpaths), xpaths, mode, owned=True)
 
 
+def _redacted(handler):
+    """For a handler that checks a whole configuration: its errors may name any node in it,
+    so they go through the session's read access first (see AccessControl.redact_errors)."""
+    @functools.wraps(handler)
+    def run(session, op):
+        try:
+            return handler(session, op)
+        except RpcError as exc:
+            raise session.server.acm.redact_errors(session, [exc])[0] from None
+        except RpcErrors as exc:
+            raise RpcErrors(session.server.acm.redact_errors(session, exc.errors)) from None
+    return run
+
+
+@_redacted
 def edit_config(session, op):
     params = _params(op, {"target": True, "default-operation": False, "test-option": False,
                           "error-option": False, "config": False, "url": False})
@@ -232,19 +248,19 @@ def edit_config(session, op):
     server = session.server
     server.check_writable(name, session.id)
     target = server.datastore(name)
-    new, errors = apply_edit(server.ctx, target.copy(), params["config"],
-                             default_operation=default_op, error_option=error_option)
+    new, errors = apply_edit(server.ctx, target.copy(), params["config"], default_operation=default_op,
+                             error_option=error_option, may_know=server.acm.existence_guard(session))
     server.protect_secrets(new)
-    _check_writes(session, target.tree, new)
+    _check_writes(session, target.tree, new, sent=True)
     if test_option == "test-only":
-        datastore.free(server.validate_tree(new))
+        datastore.free(_validated(session, target.tree, new))
     elif name == "running":
-        server.commit_tree(new, server.running, session)
+        server.commit_tree(_validated(session, target.tree, new), server.running, session)
         if not server.candidate_dirty:
             server.candidate.replace(server.running.copy())
     else:
         if test_option == "test-then-set":
-            new = server.validate_tree(new)
+            new = _validated(session, target.tree, new)
         server.candidate.replace(new)
         server.candidate_dirty = True
     if errors:
@@ -252,16 +268,30 @@ def edit_config(session, op):
     return None
 
 
-def _check_writes(session, old, new) -> None:
-    """RFC 8341 write access for every change from old to new; frees new when refused."""
-    server = session.server
-    if server.acm.checked(session) is None:
-        return
+def _check_writes(session, old, new, *, sent: bool = False) -> None:
+    """RFC 8341 write access for every change from old to new; frees new when refused.
+    sent: new holds only what the request sent besides old (errors may name it)."""
     try:
-        server.acm.check_writes(session, server._changes(old, new))
-    except RpcError:
+        session.server.acm.check_tree_writes(session, old, new, sent=sent)
+    except BaseException:
         datastore.free(new)
         raise
+
+
+def _validated(session, old, new):
+    """new, validated. Validation may delete nodes the request did not name (a when that
+    became false, the other case of a choice): for a checked session those deletions are
+    checked too. Frees new when refused."""
+    server = session.server
+    if server.acm.checked(session) is None:
+        return server.validate_tree(new)
+    try:
+        new = server.validate_tree(new)
+    except BaseException:
+        datastore.free(new)
+        raise
+    _check_writes(session, old, new)
+    return new
 
 
 def _enum(params, name: str, values: tuple[str, ...], default: str) -> str:
@@ -290,6 +320,7 @@ def _source_tree(session, source_el):
     return None, tree
 
 
+@_redacted
 def copy_config(session, op):
     params = _params(op, {"target": True, "source": True, "with-defaults": False})
     _with_defaults(params)  # only meaningful for a :url target; still checked
@@ -300,17 +331,19 @@ def copy_config(session, op):
     if src_name == name:
         datastore.free(tree)
         raise RpcError("invalid-value", "source and target are the same datastore", type="protocol")
-    _check_writes(session, server.datastore(name).tree, tree)
+    old = server.datastore(name).tree
+    _check_writes(session, old, tree, sent=src_name is None)
     if name == "candidate":
-        server.candidate.replace(server.validate_tree(tree))
+        server.candidate.replace(_validated(session, old, tree))
         server.candidate_dirty = True
     else:
-        server.commit_tree(tree, server.datastore(name), session)
+        server.commit_tree(_validated(session, old, tree), server.datastore(name), session)
         if name == "running" and not server.candidate_dirty:
             server.candidate.replace(server.running.copy())
     return None
 
 
+@_redacted
 def delete_config(session, op):
     params = _params(op, {"target": True})
     name = _store_choice(params["target"], ("running", "candidate", "startup"))
@@ -354,6 +387,7 @@ def unlock(session, op):
     return None
 
 
+@_redacted
 def validate(session, op):
     params = _params(op, {"source": True})
     _name, tree = _source_tree(session, params["source"])
@@ -363,6 +397,7 @@ def validate(session, op):
     return None
 
 
+@_redacted
 def commit(session, op):
     params = _params(op, {"confirmed": False, "confirm-timeout": False, "persist": False, "persist-id": False})
     server = session.server
@@ -381,6 +416,10 @@ def commit(session, op):
         timeout = int(text)
     server.confirmed.check_access(session.id, persist_id, "commit", session.username == server.acm.recovery_user)
     pending = server.confirmed.pending is not None
+    # the committing user needs write access to all it changes in running, whoever edited the candidate
+    new = server.candidate.copy()
+    _check_writes(session, server.running.tree, new)
+    new = _validated(session, server.running.tree, new)
     # the confirmed-commit state changes on disk with running, in one commit
     writes = datastore.Writes()
     if confirmed:
@@ -389,7 +428,7 @@ def commit(session, op):
         next_pending = server.confirmed.stage_begin(backup, session.id, timeout, persist, writes)
     elif pending:
         server.confirmed.stage_end(writes)
-    server.commit_tree(server.candidate.copy(), server.running, session, writes)
+    server.commit_tree(new, server.running, session, writes)
     server.candidate_dirty = False
     if confirmed:
         server.confirmed.start(next_pending)

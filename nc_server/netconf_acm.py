@@ -18,7 +18,10 @@ NS = "urn:ietf:params:xml:ns:yang:ietf-netconf-acm"
 NACM = "/ietf-netconf-acm:nacm"
 # the entries whose access governs the device filesystem's files
 DEVICE_ROOTS = "/trustplane-device:device/filesystem/root"
-_PRED = re.compile(r"\[[^\]]*\]")
+# a predicate of a libyang path; a quoted key value may hold "]"
+_PRED = re.compile(r"""\[(?:[^\]'"]|'[^']*'|"[^"]*")*\]""")
+# a data path quoted in a libyang message
+_QUOTED_PATH = re.compile(r'"(/[^"]+)"')
 # a fresh device: the admin group may do everything, nobody else anything
 DEFAULT_POLICY = (
     f'<nacm xmlns="{NS}"><read-default>deny</read-default><write-default>deny</write-default>'
@@ -161,21 +164,79 @@ class AccessControl:
             return False
         return {"read": pol.read_permit, "exec": pol.exec_permit}.get(op, pol.write_permit)
 
-    def check_writes(self, session, changes) -> None:
+    # -- data writes (RFC 8341 §3.4.5) ---------------------------------------------
+    def check_tree_writes(self, session, old, new, *, sent: bool = False) -> None:
+        """create, delete or update access to every node that differs from `old` to `new`:
+        each node of a created or deleted subtree, each changed leaf, each moved entry.
+        sent: `new` came from the request, so the error may name the nodes it adds or changes."""
         pol = self.checked(session)
         if pol is None:
             return
-        rules = pol.rules_for(session.username)
-        ops = {"create": "create", "delete": "delete", "replace": "update"}
-        for c in changes:
-            bare = _PRED.sub("", c.path)
-            snode = lib.lys_find_path(self.server.ctx.cdata, ffi.NULL, bare.encode(), 0)
-            module = bare.split("/")[1].split(":")[0]
-            if snode != ffi.NULL:
-                module = ffi.string(snode.module.name).decode()
-            if not self._data_allowed(pol, rules, module, c.path, snode, ops.get(c.op, "update")):
+        out = ffi.new("struct lyd_node **")
+        if lib.lyd_diff_siblings(old.cdata if old is not None else ffi.NULL,
+                                 new.cdata if new is not None else ffi.NULL, 0, out) != lib.LY_SUCCESS:
+            raise self.server.ctx.error("diff failed")
+        check = _WriteCheck(self, pol, pol.rules_for(session.username))
+        try:
+            denied = next(check.denied(out[0]), None)
+            if denied is not None:
                 self.denied_data_writes += 1
-                raise RpcError("access-denied", f"write access to {c.path} is denied", path=c.path)
+                raise check.error(denied, sent)
+        finally:
+            if out[0] != ffi.NULL:
+                lib.lyd_free_all(out[0])
+
+    def existence_guard(self, session):
+        """For an edit: None when the session is not checked, else may(path, op) telling whether
+        the session may learn if the node at path exists, and do op (create, delete or None) on it.
+        An edit asks before any answer that depends on existence (data-exists, data-missing)."""
+        pol = self.checked(session)
+        if pol is None:
+            return None
+        rules = pol.rules_for(session.username)
+
+        def may(path: str, op: str | None) -> bool:
+            module, snode = self._resolve(path)
+            ok = self._data_allowed(pol, rules, module, path, snode, "read") and \
+                (op is None or self._data_allowed(pol, rules, module, path, snode, op))
+            if not ok:
+                self.denied_data_writes += 1
+            return ok
+        return may
+
+    def redact_errors(self, session, errors: list[RpcError]) -> list[RpcError]:
+        """Errors from checking a whole configuration (unique, must, leafref, mandatory, a backend's
+        check) may name any node in it: for a checked session, one that names a node the session
+        may not read keeps its tags but loses its message and path."""
+        pol = self.checked(session)
+        if pol is None:
+            return errors
+        rules = pol.rules_for(session.username)
+
+        def readable(path: str) -> bool:
+            module, snode = self._resolve(path)
+            if snode == ffi.NULL:  # a schema path from a module's text names no data; a data path resolves
+                return "[" not in path
+            return self._data_allowed(pol, rules, module, path, snode, "read")
+
+        out = []
+        for err in errors:
+            paths = ([err.path] if err.path else []) + _QUOTED_PATH.findall(err.message)
+            if err.tag == "access-denied" or all(readable(p) for p in paths):
+                out.append(err)
+            else:
+                out.append(RpcError(err.tag, "the configuration is not valid where you may not read it",
+                                    type=err.type, app_tag=err.app_tag, info=err.info))
+        return out
+
+    def _resolve(self, path: str):
+        """(module name, schema node or NULL) of a data path."""
+        bare = _PRED.sub("", path)
+        snode = lib.lys_find_path(self.server.ctx.cdata, ffi.NULL, bare.encode(), 0)
+        if snode == ffi.NULL:
+            lib.ly_err_clean(self.server.ctx.cdata, ffi.NULL)
+            return bare.split("/")[1].split(":")[0] if bare.startswith("/") else "", snode
+        return ffi.string(snode.module.name).decode(), snode
 
     def filter_read(self, session, tree):
         """The tree without the nodes the session may not read (left out silently)."""
@@ -290,6 +351,131 @@ class AccessControl:
                         child = lib.lys_getnext(child, node, ffi.NULL, 0)
             mod = lib.ly_ctx_get_module_iter(ctx.cdata, idx)
         return out
+
+
+# libyang diff operations and the NACM access each needs
+_DIFF_ACCESS = {"create": "create", "delete": "delete", "replace": "update"}
+
+
+class _WriteCheck:
+    """One user's write rules over one diff. Decisions are kept per schema node and access,
+    except where a rule names list entries: there each node's own path decides. A created or
+    deleted subtree whose whole schema may take the access is passed without visiting its data."""
+
+    def __init__(self, acm: AccessControl, pol: Policy, rules: list[Rule]):
+        self.acm = acm
+        self.pol = pol
+        self.rules = [r for r in rules if r.kind in (None, "data")]
+        # the rules that name list entries, and their schema paths
+        self.instance_targets = [r.target for r in self.rules if r.kind == "data" and "[" in r.target]
+        self.instance_rules = [_PRED.sub("", t) for t in self.instance_targets]
+        self._decided: dict[tuple[int, str], bool] = {}
+        self._whole: dict[tuple[int, str], bool] = {}
+        self._by_instance: dict[int, bool] = {}
+
+    def denied(self, diff):
+        """(node, access) for each diff node the user may not change, in document order."""
+        stack = [(n, "none") for n in reversed(list(_siblings(diff)))]
+        while stack:
+            node, inherited = stack.pop()
+            op = _diff_op(node) or inherited
+            access = _DIFF_ACCESS.get(op)
+            if access is not None and not _structure_only(node.schema) and not self._allowed(node, access):
+                yield node, access
+            if access in ("create", "delete") and self._no_instance_rule_inside(node) and \
+                    self._all_allowed(node.schema, access):
+                continue
+            child_op = op if op in ("create", "delete") else "none"
+            stack.extend((c, child_op) for c in reversed(list(_children(node))))
+
+    def _allowed(self, node, access: str) -> bool:
+        schema = node.schema
+        if not self._by_path(schema):
+            return self._schema_allowed(schema, access)
+        module = ffi.string(schema.module.name).decode()
+        return self.acm._data_allowed(self.pol, self.rules, module, data_path(node), schema, access)
+
+    def _by_path(self, schema) -> bool:
+        """Does a rule naming list entries cover this schema node or something below it?"""
+        key = int(ffi.cast("uintptr_t", schema))
+        known = self._by_instance.get(key)
+        if known is None:
+            path = _schema_path(schema)
+            known = self._by_instance[key] = any(p == path or p.startswith(path + "/") or path.startswith(p + "/")
+                                                 for p in self.instance_rules)
+        return known
+
+    def _no_instance_rule_inside(self, node) -> bool:
+        """Does no rule naming list entries apply to this node or below it? (Those rules never
+        match a schema path, so the schema's decisions then hold for the whole subtree.)"""
+        if not self._by_path(node.schema):
+            return True
+        path = data_path(node)
+        return not any(t == path or t.startswith(path + "/") or path.startswith(t + "/") or path.startswith(t + "[")
+                       for t in self.instance_targets)
+
+    def _all_allowed(self, schema, access: str) -> bool:
+        """May every configuration node of the schema subtree take access?"""
+        key = (int(ffi.cast("uintptr_t", schema)), access)
+        known = self._whole.get(key)
+        if known is None:
+            known = _structure_only(schema) or self._schema_allowed(schema, access)
+            child = lib.lys_getnext(ffi.NULL, schema, ffi.NULL, 0)
+            while known and child != ffi.NULL:
+                known = bool(child.flags & lib.LYS_CONFIG_R) or self._all_allowed(child, access)
+                child = lib.lys_getnext(child, schema, ffi.NULL, 0)
+            self._whole[key] = known
+        return known
+
+    def _schema_allowed(self, schema, access: str) -> bool:
+        key = (int(ffi.cast("uintptr_t", schema)), access)
+        known = self._decided.get(key)
+        if known is None:
+            module = ffi.string(schema.module.name).decode()
+            known = self._decided[key] = self.acm._data_allowed(self.pol, self.rules, module, _schema_path(schema),
+                                                                schema, access)
+        return known
+
+    def error(self, denied, sent: bool) -> RpcError:
+        """access-denied at the refused node, or at its nearest ancestor the user may read
+        or sent: the error must not name data the user cannot see."""
+        node, access = denied
+        below = ""
+        while node != ffi.NULL:
+            path = data_path(node)
+            module = ffi.string(node.schema.module.name).decode()
+            if (sent and access != "delete") or \
+                    self.acm._data_allowed(self.pol, self.rules, module, path, node.schema, "read"):
+                return RpcError("access-denied", f"{access} access to {below}{path} is denied", path=path)
+            below = "data below "
+            node = ffi.cast("struct lyd_node *", node.parent)
+        return RpcError("access-denied", f"{access} access is denied")
+
+
+def _schema_path(schema) -> str:
+    raw = lib.lysc_path(schema, lib.LYSC_PATH_DATA, ffi.NULL, 0)
+    try:
+        return ffi.string(raw).decode()
+    finally:
+        lib.free(raw)
+
+
+def _diff_op(node) -> str | None:
+    """The yang:operation libyang's diff puts on a node, if any."""
+    meta = node.meta
+    while meta != ffi.NULL:
+        if ffi.string(meta.name) == b"operation" and ffi.string(meta.annotation.module.name) == b"yang" \
+                and meta.value.enum_item != ffi.NULL:
+            return ffi.string(meta.value.enum_item.name).decode()
+        meta = meta.next
+    return None
+
+
+def _structure_only(schema) -> bool:
+    """List keys come and go with their entry; a non-presence container holds no data
+    of its own (RFC 7950 §7.5.1): what they hold is checked instead."""
+    return bool(schema.flags & lib.LYS_KEY) or (
+        schema.nodetype == lib.LYS_CONTAINER and not schema.flags & lib.LYS_PRESENCE)
 
 
 def _siblings(node):

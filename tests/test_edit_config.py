@@ -268,3 +268,14 @@ def test_large_edit_is_one_merge(nc):
     tree = running(nc, "/ct:bulk")
     assert len(texts(tree, "//ct:entry")) == 2000
     assert texts(tree, "//ct:entry[ct:name='e1999']/ct:value") == ["1999"]
+
+
+def test_a_list_key_cannot_be_deleted_whether_its_entry_exists_or_not(nc):
+    # decided by the schema: the answer must not tell whether the entry exists
+    nc.edit_config(target="running", config=cfg(servers(server_entry("s1", "10.0.0.1"))))
+    for name in ("s1", "absent"):
+        for op in ("delete", "remove"):
+            err = fails(nc, servers(f'<server><name nc:operation="{op}">{name}</name></server>'), "bad-element",
+                        path=f"/config-test:servers/server[name='{name}']/name",
+                        message="a list key cannot be deleted on its own")
+            assert err.info is not None and "<bad-element>name</bad-element>" in err.info

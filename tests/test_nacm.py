@@ -228,3 +228,254 @@ def test_config_change_edits_of_unreadable_data_are_left_out(policy_server):
         seen = [t for ts in change_targets(auditor) for t in ts]
         assert "/config-test:settings/config-test:name" in seen
         assert not [t for t in seen if "hidden" in t or "authentication" in t]
+
+
+# -- writes: every node a write creates, deletes or changes (RFC 8341 §3.4.5) ----------------------
+# "writer" may change the device and config-test data, but neither read nor write the domain name,
+# not change the address of the server entry "keep" nor any server's port, not delete the TLS settings
+# or the SSH port, and not read the server and rule entries "hidden".
+WRITER_POLICY = f"""
+<nacm xmlns="{ACM}">
+  <groups><group><name>writers</name><user-name>writer</user-name></group></groups>
+  <rule-list>
+    <name>writers</name><group>writers</group>
+    <rule><name>netconf</name><module-name>ietf-netconf</module-name><rpc-name>*</rpc-name>
+      <access-operations>exec</access-operations><action>permit</action></rule>
+    <rule><name>no-domain</name><module-name>trustplane-device</module-name>
+      <path xmlns:d="{DEV}">/d:device/d:system/d:domain-name</path>
+      <access-operations>*</access-operations><action>deny</action></rule>
+    <rule><name>device</name><module-name>trustplane-device</module-name>
+      <access-operations>*</access-operations><action>permit</action></rule>
+    <rule><name>keep</name><module-name>config-test</module-name>
+      <path xmlns:ct="{CT}">/ct:servers/ct:server[ct:name='keep']/ct:address</path>
+      <access-operations>update delete</access-operations><action>deny</action></rule>
+    <rule><name>keep-tls</name><module-name>config-test</module-name>
+      <path xmlns:ct="{CT}">/ct:settings/ct:tls</path>
+      <access-operations>delete</access-operations><action>deny</action></rule>
+    <rule><name>keep-ssh</name><module-name>config-test</module-name>
+      <path xmlns:ct="{CT}">/ct:settings/ct:ssh-port</path>
+      <access-operations>delete</access-operations><action>deny</action></rule>
+    <rule><name>fixed-ports</name><module-name>config-test</module-name>
+      <path xmlns:ct="{CT}">/ct:servers/ct:server/ct:port</path>
+      <access-operations>update</access-operations><action>deny</action></rule>
+    <rule><name>unseen</name><module-name>config-test</module-name>
+      <path xmlns:ct="{CT}">/ct:servers/ct:server[ct:name='hidden']</path>
+      <access-operations>read</access-operations><action>deny</action></rule>
+    <rule><name>unseen-rule</name><module-name>config-test</module-name>
+      <path xmlns:ct="{CT}">/ct:rules/ct:rule[ct:name='hidden']</path>
+      <access-operations>read</access-operations><action>deny</action></rule>
+    <rule><name>config-test</name><module-name>config-test</module-name>
+      <access-operations>*</access-operations><action>permit</action></rule>
+  </rule-list>
+</nacm>"""
+DOMAIN = (f'<device xmlns="{DEV}"><system><hostname>r1</hostname><domain-name>example.com</domain-name>'
+          "</system></device>")
+
+
+@pytest.fixture(scope="module")
+def writer_server(server):
+    with server.connect() as admin:
+        add_users(admin, "writer")
+        admin.edit_config(target="running", config=cfg(WRITER_POLICY))
+    return server
+
+
+@pytest.fixture
+def admin(writer_server):
+    """An admin session; the device name is r1.example.com and "hidden" is the only server."""
+    with writer_server.connect() as m:
+        m.edit_config(target="running", config=cfg(
+            f'<device xmlns="{DEV}" xmlns:nc="{NC}" nc:operation="remove"/>'
+            f'<servers xmlns="{CT}" xmlns:nc="{NC}" nc:operation="remove"/>'
+            f'<rules xmlns="{CT}" xmlns:nc="{NC}" nc:operation="remove"/>'
+            f'<settings xmlns="{CT}" xmlns:nc="{NC}" nc:operation="remove"/>'))
+        m.edit_config(target="running", config=cfg(
+            DOMAIN + f'<servers xmlns="{CT}"><server><name>hidden</name><address>10.0.0.1</address></server>'
+                     "</servers>"))
+        m.discard_changes()
+        yield m
+
+
+def config_of(m) -> bytes:
+    return etree.tostring(etree.fromstring(m.get_config(source="running").data_xml.encode()), method="c14n")
+
+
+def refused(srv, admin, send, tag="access-denied") -> RPCError:
+    """send(writer session) must fail with tag and leave running as it was."""
+    before = config_of(admin)
+    with login(srv, "writer") as w:
+        with pytest.raises(RPCError) as exc:
+            send(w)
+    assert exc.value.tag == tag, exc.value.message
+    assert config_of(admin) == before
+    return exc.value
+
+
+def edit(config: str, **kw):
+    return lambda w: w.edit_config(target="running", config=cfg(config), **kw)
+
+
+def test_deleting_a_subtree_needs_delete_access_to_each_node(writer_server, admin):
+    before = counters(admin)["denied-data-writes"]
+    err = refused(writer_server, admin, edit(f'<device xmlns="{DEV}" xmlns:nc="{NC}" nc:operation="delete"/>'))
+    # the refused leaf is unreadable: the error names its nearest readable ancestor
+    assert err.path.strip() == "/trustplane-device:device/system"
+    assert err.message == "delete access to data below /trustplane-device:device/system is denied"
+    assert counters(admin)["denied-data-writes"] == before + 1
+    refused(writer_server, admin, edit(f'<device xmlns="{DEV}" xmlns:nc="{NC}" nc:operation="remove"/>'))
+    refused(writer_server, admin, edit(f'<device xmlns="{DEV}" xmlns:nc="{NC}" nc:operation="replace"/>'))
+    refused(writer_server, admin, edit(f'<device xmlns="{DEV}"><system><hostname>r2</hostname></system></device>',
+                                       default_operation="replace"))
+
+
+def test_recreating_a_subtree_cannot_set_a_denied_leaf(writer_server, admin):
+    admin.edit_config(target="running", config=cfg(f'<device xmlns="{DEV}" xmlns:nc="{NC}" nc:operation="remove"/>'))
+    new = f'<system><hostname>r1</hostname><domain-name>evil.example</domain-name></system>'
+    for op in ("create", "merge", "replace"):
+        err = refused(writer_server, admin, edit(f'<device xmlns="{DEV}" xmlns:nc="{NC}"><system nc:operation="{op}">'
+                                                 + new[len("<system>"):] + "</device>"))
+        # a node the request itself sent may be named
+        assert err.path.strip() == "/trustplane-device:device/system/domain-name"
+        assert err.message == "create access to /trustplane-device:device/system/domain-name is denied"
+    with login(writer_server, "writer") as w:  # the rest of the subtree is the writer's to create
+        w.edit_config(target="running", config=cfg(f'<device xmlns="{DEV}"><system><hostname>r9</hostname>'
+                                                   "</system></device>"))
+    assert b"r9" in config_of(admin)
+
+
+def test_replacing_a_subtree_cannot_change_a_denied_leaf(writer_server, admin):
+    err = refused(writer_server, admin, edit(
+        f'<device xmlns="{DEV}" xmlns:nc="{NC}" nc:operation="replace"><system><hostname>r1</hostname>'
+        "<domain-name>evil.example</domain-name></system></device>"))
+    assert err.message == "update access to /trustplane-device:device/system/domain-name is denied"
+
+
+def test_copy_config_and_commit_check_every_node(writer_server, admin):
+    # the admin's uncommitted candidate drops the device subtree
+    admin.edit_config(target="candidate", config=cfg(
+        f'<device xmlns="{DEV}" xmlns:nc="{NC}" nc:operation="remove"/>'))
+    admin.copy_config(source="running", target="startup")
+    try:
+        err = refused(writer_server, admin, lambda w: w.copy_config(source="candidate", target="running"))
+        assert err.path.strip() == "/trustplane-device:device/system"
+        refused(writer_server, admin, lambda w: w.commit())
+        before = admin.get_config(source="startup").data_xml
+        refused(writer_server, admin, lambda w: w.copy_config(source="candidate", target="startup"))
+        assert admin.get_config(source="startup").data_xml == before
+        # and back: copying running over that candidate would create the domain name there
+        before = admin.get_config(source="candidate").data_xml
+        err = refused(writer_server, admin, lambda w: w.copy_config(source="running", target="candidate"))
+        assert err.message == "create access to data below /trustplane-device:device/system is denied"
+        assert admin.get_config(source="candidate").data_xml == before
+    finally:
+        admin.discard_changes()
+    with login(writer_server, "writer") as w:  # its own candidate edit, committed: allowed
+        w.edit_config(target="candidate", config=cfg(f'<device xmlns="{DEV}"><system><hostname>r8</hostname>'
+                                                     "</system></device>"))
+        w.commit()
+    assert b"r8" in config_of(admin)
+
+
+def test_existence_of_unreadable_nodes_is_not_revealed(writer_server, admin):
+    hidden = f"<servers xmlns=\"{CT}\" xmlns:nc=\"{NC}\"><server nc:operation=\"{{op}}\"><name>{{name}}</name>" \
+             "<address>10.9.9.9</address></server></servers>"
+    path = "/config-test:servers/server[name='{}']"
+    with login(writer_server, "writer") as w:  # the writer does not see it
+        assert b"hidden" not in etree.tostring(etree.fromstring(w.get_config(source="running").data_xml.encode()))
+    # present and absent answer alike: access-denied, not data-exists / data-missing
+    err = refused(writer_server, admin, edit(hidden.format(op="create", name="hidden")))
+    assert err.path.strip() == path.format("hidden")
+    admin.edit_config(target="running", config=cfg(
+        f'<servers xmlns="{CT}" xmlns:nc="{NC}"><server nc:operation="delete"><name>hidden</name></server></servers>'))
+    err = refused(writer_server, admin, edit(hidden.format(op="delete", name="hidden")))
+    assert err.path.strip() == path.format("hidden")
+    # readable nodes still get the existence errors
+    admin.edit_config(target="running", config=cfg(f'<servers xmlns="{CT}"><server><name>seen</name>'
+                                                   "<address>10.0.0.2</address></server></servers>"))
+    refused(writer_server, admin, edit(hidden.format(op="create", name="seen")), tag="data-exists")
+    refused(writer_server, admin, edit(hidden.format(op="delete", name="gone")), tag="data-missing")
+
+
+def test_validation_errors_do_not_name_unreadable_nodes(writer_server, admin):
+    clash = edit(f'<servers xmlns="{CT}"><server><name>mine</name><address>10.0.0.1</address></server></servers>')
+    err = refused(writer_server, admin, clash, tag="operation-failed")
+    assert err.app_tag == "data-not-unique"
+    assert "hidden" not in err.message and err.path is None
+    assert err.message == "the configuration is not valid where you may not read it"
+    with pytest.raises(RPCError) as exc:  # the admin is told which entries clash
+        clash(admin)
+    assert "hidden" in exc.value.message
+    # the same through the candidate: validate and commit
+    with login(writer_server, "writer") as w:
+        w.edit_config(target="candidate", test_option="set", config=cfg(
+            f'<servers xmlns="{CT}"><server><name>mine</name><address>10.0.0.1</address></server></servers>'))
+        try:
+            for send in (lambda: w.validate(source="candidate"), w.commit):
+                with pytest.raises(RPCError) as exc:
+                    send()
+                assert exc.value.app_tag == "data-not-unique"
+                assert exc.value.message == "the configuration is not valid where you may not read it"
+        finally:
+            w.discard_changes()
+
+
+def test_a_rule_naming_one_entry_holds_inside_a_deleted_subtree(writer_server, admin):
+    admin.edit_config(target="running", config=cfg(f'<servers xmlns="{CT}"><server><name>keep</name>'
+                                                   "<address>10.0.0.3</address></server></servers>"))
+    err = refused(writer_server, admin, edit(f'<servers xmlns="{CT}" xmlns:nc="{NC}" nc:operation="delete"/>'))
+    assert err.message == "delete access to /config-test:servers/server[name='keep']/address is denied"
+
+
+def test_default_deny_write_holds_inside_a_deleted_subtree(writer_server, admin):
+    # with write-default permit, only the users' nacm:default-deny-write stops deleting /system
+    nacm = f'<nacm xmlns="{ACM}"><write-default>{{}}</write-default></nacm>'
+    admin.edit_config(target="running", config=cfg(nacm.format("permit")))
+    try:
+        err = refused(writer_server, admin, edit(f'<system xmlns="{SYS}" xmlns:nc="{NC}" nc:operation="remove"/>'))
+        assert err.message == "delete access is denied"  # the writer may read nothing there
+        assert err.path is None
+    finally:
+        admin.edit_config(target="running", config=cfg(nacm.format("deny")))
+
+
+def test_operation_none_and_insert_anchors_do_not_reveal_unreadable_entries(writer_server, admin):
+    # operation none on a list entry needs it to exist: the writer may not learn whether "hidden" does
+    below_hidden = edit(f'<servers xmlns="{CT}" xmlns:nc="{NC}"><server><name>hidden</name>'
+                        '<port nc:operation="merge">831</port></server></servers>', default_operation="none")
+    err = refused(writer_server, admin, below_hidden)
+    assert err.path.strip() == "/config-test:servers/server[name='hidden']"
+    yang = "urn:ietf:params:xml:ns:yang:1"
+    after_hidden = edit(f'<rules xmlns="{CT}" xmlns:yang="{yang}" xmlns:ct="{CT}"><rule yang:insert="after" '
+                        "yang:key=\"[ct:name='hidden']\"><name>mine</name></rule></rules>")
+    refused(writer_server, admin, after_hidden)  # no hidden rule yet
+    admin.edit_config(target="running", config=cfg(f'<rules xmlns="{CT}"><rule><name>hidden</name></rule></rules>'))
+    err = refused(writer_server, admin, after_hidden)
+    assert err.path.strip() == "/config-test:rules/rule[name='hidden']"
+
+
+def test_a_key_value_holding_a_bracket_does_not_escape_a_rule(writer_server, admin):
+    admin.edit_config(target="running", config=cfg(f'<servers xmlns="{CT}"><server><name>a]b</name>'
+                                                   "<address>10.0.0.5</address><port>830</port></server></servers>"))
+    err = refused(writer_server, admin, edit(f'<servers xmlns="{CT}"><server><name>a]b</name><port>831</port>'
+                                             "</server></servers>"))
+    assert err.message == "update access to /config-test:servers/server[name='a]b']/port is denied"
+
+
+def test_nodes_validation_deletes_are_checked_too(writer_server, admin):
+    admin.edit_config(target="running", config=cfg(f'<settings xmlns="{CT}"><mode>secure</mode><tls><port>1</port>'
+                                                   "</tls><ssh-port>22</ssh-port></settings>"))
+    plain = f'<settings xmlns="{CT}"><mode>plain</mode></settings>'  # tls's when turns false
+    err = refused(writer_server, admin, edit(plain))
+    assert err.message == "delete access to /config-test:settings/tls is denied"
+    err = refused(writer_server, admin, edit(f'<settings xmlns="{CT}"><tcp-port>23</tcp-port></settings>'))
+    assert err.message == "delete access to /config-test:settings/ssh-port is denied"  # the other case
+    refused(writer_server, admin, lambda w: w.edit_config(target="candidate", config=cfg(plain)))
+    with login(writer_server, "writer") as w:  # unvalidated in the candidate; the commit validates
+        w.edit_config(target="candidate", config=cfg(plain), test_option="set")
+        try:
+            with pytest.raises(RPCError) as exc:
+                w.commit()
+            assert exc.value.message == "delete access to /config-test:settings/tls is denied"
+        finally:
+            w.discard_changes()
+    assert b"<mode>secure</mode>" in config_of(admin)
