@@ -23,7 +23,7 @@ import libyang
 from _libyang import ffi
 from lxml import etree
 
-from . import filters
+from . import filters, xmlsafe
 from .datastore import atomic_write
 from .errors import NC_NS, RpcError
 
@@ -287,7 +287,7 @@ class Notifications:
             return
         t = time.time()
         self.log.append(t, body)
-        el = etree.fromstring(body)
+        el = xmlsafe.parse(body.encode())
         for sub in list(self.subscriptions.values()):
             self._offer(sub, t, el, body)
 
@@ -387,7 +387,7 @@ class Notifications:
         Each is filtered here, yielding to the loop in between: a long log costs other
         sessions nothing. Live ones wait in the queue meanwhile."""
         for t, body in sub.replay:
-            body = self._deliverable(sub, etree.fromstring(body), body)
+            body = self._deliverable(sub, xmlsafe.parse(body.encode()), body)
             if body is not None:
                 sub.session.send_notification(t, body)
                 await sub.session.drain()
