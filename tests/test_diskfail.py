@@ -11,13 +11,9 @@ import logging
 import os
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from lxml import etree
 from ncclient.operations.rpc import RPCError
 from ncclient.transport.errors import AuthenticationError
@@ -28,6 +24,7 @@ from nc_server import datastore
 from nc_server.confirmed_commit import ConfirmedCommit
 from nc_server.errors import StorageError
 from nc_server.users import UserDB
+from test_devfs import self_signed_ca_pem
 
 HOWS = ("full", "read-only")
 SYS = "urn:ietf:params:xml:ns:yang:ietf-system"
@@ -228,18 +225,6 @@ def test_key_generation_refused_then_done(disk, m, how):
     assert sorted(os.listdir(keys_dir)) == files  # no part of a key left behind
     act(m, "key-generate-ed25519", f"<key-label>{label}</key-label>")
     assert label in key_labels(m)
-
-
-def self_signed_ca_pem() -> bytes:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Disk Test CA")])
-    now = datetime.now(timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(days=1))
-            .not_valid_after(now + timedelta(days=365))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    return cert.public_bytes(serialization.Encoding.PEM)
 
 
 def downloaded(m) -> str:
@@ -469,7 +454,7 @@ def test_abandoned_enrollment_survives_a_refused_write(pki, caplog):
 def test_type6_master_key_refused_then_made(disk, m):
     """The master key is made when the first secret is configured; a disk that refuses it
     leaves no key, or part of one, behind."""
-    tp = (f'<crypto xmlns="http://cisco.com/ns/yang/Cisco-IOS-XR-um-crypto-cfg"><ca><trustpoint><trustpoints>'
+    tp = ('<crypto xmlns="http://cisco.com/ns/yang/Cisco-IOS-XR-um-crypto-cfg"><ca><trustpoint><trustpoints>'
           "<trustpoint><trustpoint-name>t6</trustpoint-name><challenge-password><password6>pw</password6>"
           "</challenge-password></trustpoint></trustpoints></trustpoint></ca></crypto>")
     for how in HOWS:

@@ -17,7 +17,7 @@ from ncclient.operations import RPCError
 
 from backends.engine import rpm
 from conftest import PASSWORD, ROOT, ServerProcess, rpc
-from diskfull import FILLER, small_tmpfs
+from diskfull import small_tmpfs
 from rpms import build_rpm, export_public, make_gpg_key, shell_fingerprint, zstd_claiming_a_big_window
 
 ACT = "http://cisco.com/ns/yang/Cisco-IOS-XR-spirit-install-act"

@@ -330,7 +330,7 @@ def test_deleting_a_subtree_needs_delete_access_to_each_node(writer_server, admi
 
 def test_recreating_a_subtree_cannot_set_a_denied_leaf(writer_server, admin):
     admin.edit_config(target="running", config=cfg(f'<device xmlns="{DEV}" xmlns:nc="{NC}" nc:operation="remove"/>'))
-    new = f'<system><hostname>r1</hostname><domain-name>evil.example</domain-name></system>'
+    new = '<system><hostname>r1</hostname><domain-name>evil.example</domain-name></system>'
     for op in ("create", "merge", "replace"):
         err = refused(writer_server, admin, edit(f'<device xmlns="{DEV}" xmlns:nc="{NC}"><system nc:operation="{op}">'
                                                  + new[len("<system>"):] + "</device>"))
