@@ -117,7 +117,7 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
     except BaseException:
         _drop(tmp)
         raise
-    _sync_dir(path.parent)
+    sync_dir(path.parent)
 
 
 def _stage(path: Path, data: bytes, mode: int) -> str:
@@ -145,7 +145,7 @@ def _drop(tmp: str) -> None:
         log.warning("cannot remove the temp file %s: %s", tmp, exc.strerror)
 
 
-def _sync_dir(directory: Path) -> None:
+def sync_dir(directory: Path) -> None:
     """After the rename the file holds the new content, which is what memory must match:
     a failed directory sync only risks the rename at a power loss, so it is logged, not raised."""
     try:
@@ -199,7 +199,7 @@ class Writes:
         finally:
             self.discard()
             for d in dirs:
-                _sync_dir(d)
+                sync_dir(d)
 
     def discard(self) -> None:
         for _path, tmp, _what in self._staged:

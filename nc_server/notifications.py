@@ -24,7 +24,7 @@ from _libyang import ffi
 from lxml import etree
 
 from . import filters, xmlsafe
-from .datastore import atomic_write
+from .datastore import atomic_write, sync_dir
 from .errors import NC_NS, RpcError
 
 log = logging.getLogger(__name__)
@@ -180,22 +180,14 @@ class ReplayLog:
             return
         try:
             os.replace(tmp, self.path)
-            _fsync_dir(self.path.parent)
         except OSError as exc:
             self._failed(exc)
             return
+        sync_dir(self.path.parent)
         self.lines = len(entries) + len(late)
 
     def between(self, start: float, stop: float | None) -> list[tuple[float, str]]:
         return [(t, x) for t, x in self.entries if t >= start and (stop is None or t <= stop)]
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 MAX_EVENT_FILTER_ELEMENTS = 100  # in a subscription's subtree filter: it is evaluated for every notification
