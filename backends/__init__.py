@@ -1,5 +1,1 @@
-"""Domain backends. Importing this package registers each of them with nc_server."""
-from .device import backend as _device  # noqa: F401
-from .install import backend as _install  # noqa: F401
-from .ownership import backend as _ownership  # noqa: F401
-from .pki import backend as _pki  # noqa: F401
+"""Domain backends. Importing `backends.builtin` registers each of them with the core."""

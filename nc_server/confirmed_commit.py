@@ -13,7 +13,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .datastore import Writes
+from backends.engine.errors import EngineError
+from yangcore.datastore import Writes
+
 from .errors import RpcError
 
 log = logging.getLogger(__name__)
@@ -32,7 +34,7 @@ class Pending:
 class ConfirmedCommit:
     def __init__(self, state_path: Path | None, rollback):
         """rollback(backup_xml, reason, writes) restores running, committing writes with it;
-        called on timeout, session end or restart. It raises RpcError when refused."""
+        called on timeout, session end or restart. It raises an EngineError when refused."""
         self.path = state_path
         self._rollback = rollback
         self.pending: Pending | None = None
@@ -120,7 +122,7 @@ class ConfirmedCommit:
         self.stage_end(writes)
         try:
             self._rollback(self.pending.backup_xml, reason, writes)
-        except RpcError as exc:
+        except EngineError as exc:
             # still pending, on disk too: a restart rolls back as well
             log.error("confirmed commit: cannot roll back (%s), trying again in %g s: %s", reason, RETRY_DELAY,
                       exc.message)

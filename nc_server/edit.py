@@ -22,10 +22,11 @@ from _libyang import ffi, lib
 
 import libyang
 
-from . import datastore, libyang_abi
-from .datastore import data_path
-from .errors import NC_NS, RpcError, RpcErrors
-from .schema import to_rpc_errors
+from yangcore import datastore
+from yangcore.datastore import data_path
+
+from yangcore import libyang_abi
+from .errors import NC_NS, RpcError, RpcErrors, to_rpc_errors
 
 OP_ATTR = f"{{{NC_NS}}}operation"
 OPERATIONS = ("merge", "replace", "create", "delete", "remove")

@@ -1,9 +1,17 @@
-"""RFC 6241 Appendix A rpc-errors, and their XML form."""
+"""RFC 6241 Appendix A rpc-errors, their XML form, and the one mapping of the core's
+errors (domain errors, libyang's validation errors) to them."""
 from __future__ import annotations
 
 import re
 
+import libyang
+from _libyang import lib
 from lxml import etree
+
+from backends.engine.errors import EngineError
+from yangcore.commit import InvalidConfig
+from yangcore.nacm import OperationDenied
+from yangcore.schema import YangErrorItem
 
 NC_NS = "urn:ietf:params:xml:ns:netconf:base:1.0"
 
@@ -39,7 +47,7 @@ class RpcError(Exception):
         tag: str,
         message: str,
         *,
-        type: str = "application",
+        type: str | None = None,
         app_tag: str | None = None,
         path: str | None = None,
         info: list[tuple[str, str]] | None = None,
@@ -47,8 +55,10 @@ class RpcError(Exception):
     ):
         if tag not in ERROR_TAGS:
             raise ValueError(f"unknown error-tag {tag}")
-        if type not in ERROR_TAGS[tag]:
-            type = sorted(ERROR_TAGS[tag])[0]
+        if type is None:  # application, or the one type a protocol-only tag has
+            type = "application" if "application" in ERROR_TAGS[tag] else min(ERROR_TAGS[tag])
+        elif type not in ERROR_TAGS[tag]:
+            raise ValueError(f"error-type {type} is not allowed with error-tag {tag}")
         super().__init__(message)
         self.tag = tag
         self.type = type
@@ -86,14 +96,6 @@ class RpcError(Exception):
         return f"RpcError({self.tag!r}, {self.message!r}, app_tag={self.app_tag!r}, path={self.path!r})"
 
 
-class StorageError(RpcError):
-    """A state file could not be written (a full or read-only disk): the change was
-    refused and nothing of it is live."""
-
-    def __init__(self, what: str, exc: OSError):
-        super().__init__("operation-failed", f"cannot write {what}: {exc.strerror or exc}", app_tag="storage-failed")
-
-
 # a module-name prefix in a libyang path, outside quoted key values
 _PREFIX = re.compile(r"(?<![\w.'\"-])([A-Za-z_][\w.-]*):(?=[A-Za-z_*])")
 
@@ -104,3 +106,56 @@ class RpcErrors(Exception):
     def __init__(self, errors: list[RpcError]):
         super().__init__("; ".join(e.message for e in errors))
         self.errors = errors
+
+
+def wire_errors(exc: RpcError | RpcErrors | EngineError) -> list[RpcError]:
+    """The rpc-errors of a failure: the one place a domain error becomes an rpc-error.
+    A refused operation is a protocol error (RFC 6241 Appendix A), every other domain
+    error an application error; an invalid configuration maps as libyang reported it."""
+    if isinstance(exc, RpcErrors):
+        return exc.errors
+    if isinstance(exc, RpcError):
+        return [exc]
+    if isinstance(exc, InvalidConfig):
+        mapped = to_rpc_errors(exc.cause, default_tag=exc.tag)
+        return mapped.errors if isinstance(mapped, RpcErrors) else [mapped]
+    return [RpcError(exc.tag, exc.message, type="protocol" if isinstance(exc, OperationDenied) else None,
+                     app_tag=exc.code, path=exc.path)]
+
+
+_NOT_CHILD = re.compile(r'Node "([^"]+)" not found')
+_NO_NS = re.compile(r'No module with namespace "([^"]+)"')
+
+
+def to_rpc_errors(exc: libyang.LibyangError, *, default_tag: str = "invalid-value") -> RpcError | RpcErrors:
+    """Map a libyang failure to RFC 6241 / RFC 7950 §15 rpc-errors."""
+    items = getattr(exc, "items", None) or [YangErrorItem(lib.LYVE_OTHER, str(exc), None, None)]
+    errors = [_one(item, default_tag) for item in items]
+    return errors[0] if len(errors) == 1 else RpcErrors(errors)
+
+
+def _one(item: YangErrorItem, default_tag: str) -> RpcError:
+    msg, app, path = item.message, item.app_tag, item.path
+    if m := _NO_NS.search(msg):
+        return RpcError("unknown-namespace", msg, path=path,
+                        info=[("bad-element", "?"), ("bad-namespace", m.group(1))])
+    if m := _NOT_CHILD.search(msg):
+        return RpcError("unknown-element", msg, path=path, info=[("bad-element", m.group(1))])
+    if app == "instance-required":
+        return RpcError("data-missing", msg, app_tag=app, path=path)
+    if app in ("data-not-unique", "too-many-elements", "too-few-elements"):
+        return RpcError("operation-failed", msg, app_tag=app, path=path)
+    if msg.startswith("Mandatory node") or msg.startswith("Mandatory choice"):
+        return RpcError("data-missing", msg, app_tag="missing-choice" if "choice" in msg else None, path=path)
+    if "missing its key" in msg:
+        return RpcError("missing-element", msg, path=path)
+    if msg.startswith("Duplicate instance") or msg.startswith("Data for both cases"):
+        return RpcError("bad-element", msg, path=path)
+    if msg.startswith("When condition"):
+        return RpcError("unknown-element", msg, path=path)
+    if item.vecode == lib.LYVE_DATA and app:
+        # must / custom error-app-tag from the module
+        return RpcError("operation-failed", msg, app_tag=app, path=path)
+    if msg.startswith("Must condition"):
+        return RpcError("operation-failed", msg, app_tag="must-violation", path=path)
+    return RpcError(default_tag, msg, path=path)

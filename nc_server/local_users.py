@@ -20,7 +20,9 @@ import logging
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 
-from .backend import Backend, BackendError, ConfigDiff, xml_text
+from backends.engine.errors import EngineError
+from yangcore.backend import Backend, ConfigDiff, xml_text
+
 from .errors import NC_NS, RpcError
 from .users import UserDB, check_password_text, sha_crypt
 
@@ -123,25 +125,25 @@ class LocalUsers(Backend):
     def validate(self, diff: ConfigDiff) -> None:
         users = _users(diff.new)
         if not users:
-            raise BackendError("the configuration must keep at least one local user, or nobody could log in",
-                               app_tag="no-local-users", path=USERS)
+            raise EngineError("no-local-users",
+                              "the configuration must keep at least one local user, or nobody could log in",
+                              path=USERS)
         for name, user in users.items():
             password = user["password"]
             if password is not None and not password.startswith(("$5$", "$6$")):
-                raise BackendError(f'user "{name}": only SHA-256-crypt ($5$) and SHA-512-crypt ($6$) '
-                                   "password hashes are accepted", app_tag="weak-password-hash",
-                                   tag="invalid-value", path=f"{USERS}[name='{name}']/password")
+                raise EngineError("weak-password-hash", f'user "{name}": only SHA-256-crypt ($5$) and '
+                                  "SHA-512-crypt ($6$) password hashes are accepted", "invalid-value",
+                                  f"{USERS}[name='{name}']/password")
             for line in user["authorized-keys"]:
                 try:
                     UserDB.checked_key(line)
                 except ValueError as exc:
-                    raise BackendError(f'user "{name}": {exc}', app_tag="bad-authorized-key",
-                                       tag="invalid-value", path=f"{USERS}[name='{name}']") from None
+                    raise EngineError("bad-authorized-key", f'user "{name}": {exc}', "invalid-value",
+                                      f"{USERS}[name='{name}']") from None
             try:
                 UserDB.check_name(name)
             except ValueError as exc:
-                raise BackendError(str(exc), app_tag="bad-user-name", tag="invalid-value",
-                                   path=f"{USERS}[name='{name}']") from None
+                raise EngineError("bad-user-name", str(exc), "invalid-value", f"{USERS}[name='{name}']") from None
 
     def prepare(self, diff: ConfigDiff, writes) -> None:
         self.users.replace_all(_users(diff.new), writes)

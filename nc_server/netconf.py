@@ -14,10 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 import libyang
 from lxml import etree
 
-from . import datastore, filters, notifications
+from backends.engine.errors import EngineError
+from yangcore import datastore
+
+from . import filters, notifications
 from .edit import apply_edit
-from .errors import NC_NS, RpcError, RpcErrors
-from .schema import to_rpc_errors
+from .errors import NC_NS, RpcError, RpcErrors, to_rpc_errors, wire_errors
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +150,7 @@ async def get_config(session, op):
     name = _store_choice(params["source"], ("running", "candidate", "startup"))
     mode = _with_defaults(params)
     xpaths = _filter(session, params)
-    return await _data_reply(session, session.server.datastore(name).tree, xpaths, mode, owned=False)
+    return await _data_reply(session, session.server.config.datastore(name).tree, xpaths, mode, owned=False)
 
 
 _PRED = re.compile(r"\[[^\]]*\]")
@@ -224,10 +226,9 @@ def _redacted(handler):
     def run(session, op):
         try:
             return handler(session, op)
-        except RpcError as exc:
-            raise session.server.acm.redact_errors(session, [exc])[0] from None
-        except RpcErrors as exc:
-            raise RpcErrors(session.server.acm.redact_errors(session, exc.errors)) from None
+        except (RpcError, RpcErrors, EngineError) as exc:
+            errors = session.server.acm.redact_errors(session, wire_errors(exc))
+            raise errors[0] if len(errors) == 1 else RpcErrors(errors) from None
     return run
 
 
@@ -247,15 +248,15 @@ def edit_config(session, op):
                          "stop-on-error")
     server = session.server
     server.check_writable(name, session.id)
-    target = server.datastore(name)
+    target = server.config.datastore(name)
     new, errors = apply_edit(server.ctx, target.copy(), params["config"], default_operation=default_op,
                              error_option=error_option, may_know=server.acm.existence_guard(session))
-    server.protect_secrets(new)
+    server.config.protect_secrets(new)
     _check_writes(session, target.tree, new, sent=True)
     if test_option == "test-only":
         datastore.free(_validated(session, target.tree, new))
     elif name == "running":
-        server.commit_tree(_validated(session, target.tree, new), server.running, session)
+        server.config.commit(_validated(session, target.tree, new), server.running, session)
         if not server.candidate_dirty:
             server.candidate.replace(server.running.copy())
     else:
@@ -284,9 +285,9 @@ def _validated(session, old, new):
     checked too. Frees new when refused."""
     server = session.server
     if server.acm.checked(session) is None:
-        return server.validate_tree(new)
+        return server.config.validate(new)
     try:
-        new = server.validate_tree(new)
+        new = server.config.validate(new)
     except BaseException:
         datastore.free(new)
         raise
@@ -310,13 +311,13 @@ def _source_tree(session, source_el):
     server = session.server
     src = _store_choice(source_el, ("running", "candidate", "startup"), inline=True)
     if isinstance(src, str):
-        return src, server.datastore(src).copy()
+        return src, server.config.datastore(src).copy()
     xml = b"".join(etree.tostring(c) for c in src if isinstance(c.tag, str))
     try:
         tree = datastore.parse_config(server.ctx, xml, validate_now=False)
     except libyang.LibyangError as exc:
         raise to_rpc_errors(exc) from None
-    server.protect_secrets(tree)
+    server.config.protect_secrets(tree)
     return None, tree
 
 
@@ -331,13 +332,13 @@ def copy_config(session, op):
     if src_name == name:
         datastore.free(tree)
         raise RpcError("invalid-value", "source and target are the same datastore", type="protocol")
-    old = server.datastore(name).tree
+    old = server.config.datastore(name).tree
     _check_writes(session, old, tree, sent=src_name is None)
     if name == "candidate":
         server.candidate.replace(_validated(session, old, tree))
         server.candidate_dirty = True
     else:
-        server.commit_tree(_validated(session, old, tree), server.datastore(name), session)
+        server.config.commit(_validated(session, old, tree), server.config.datastore(name), session)
         if name == "running" and not server.candidate_dirty:
             server.candidate.replace(server.running.copy())
     return None
@@ -352,7 +353,7 @@ def delete_config(session, op):
                        info=[("bad-element", name)])
     session.server.check_writable(name, session.id)
     _check_writes(session, session.server.startup.tree, None)
-    session.server.commit_tree(None, session.server.startup, session)
+    session.server.config.commit(None, session.server.startup, session)
     return None
 
 
@@ -392,7 +393,7 @@ def validate(session, op):
     params = _params(op, {"source": True})
     _name, tree = _source_tree(session, params["source"])
     server = session.server
-    tree = server.validate_tree(tree)
+    tree = server.config.validate(tree)
     datastore.free(tree)
     return None
 
@@ -428,7 +429,7 @@ def commit(session, op):
         next_pending = server.confirmed.stage_begin(backup, session.id, timeout, persist, writes)
     elif pending:
         server.confirmed.stage_end(writes)
-    server.commit_tree(new, server.running, session, writes)
+    server.config.commit(new, server.running, session, writes)
     server.candidate_dirty = False
     if confirmed:
         server.confirmed.start(next_pending)
@@ -454,7 +455,7 @@ def cancel_commit(session, op):
     writes = datastore.Writes()
     server.confirmed.stage_end(writes)
     tree = datastore.parse_config(server.ctx, server.confirmed.pending.backup_xml, validate_now=False)
-    server.commit_tree(tree, server.running, session, writes)
+    server.config.commit(tree, server.running, session, writes)
     server.confirmed.end()
     server.notify(notifications.confirmed_commit(session, "cancel", None))
     server.discard_candidate()

@@ -1,4 +1,5 @@
-"""Server-wide state: the schema context, datastores, locks, sessions, backends and commit."""
+"""The NETCONF server's state over the core: capabilities, locks, sessions, the candidate's
+state, confirmed commits and notifications; the core holds the schema, datastores and commit."""
 from __future__ import annotations
 
 import logging
@@ -6,16 +7,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import libyang
 from _libyang import ffi, lib
 
-from . import datastore, netconf_acm, netconf_monitoring, notifications, xmlsafe
-from .backend import Backend, BackendError, Change, ConfigDiff, Services
+from yangcore import datastore
+from yangcore.backend import Backend, Services
+from yangcore.bus import Bus, ConfigChanged, Notification
+from yangcore.commit import Configuration
+from yangcore.nacm import NACM
+from yangcore.schema import build_context
+
+from . import netconf_acm, netconf_monitoring, notifications, xmlsafe
 from .confirmed_commit import ConfirmedCommit
 from .edit import apply_edit
 from .errors import NC_NS, RpcError
 from .framing import DEFAULT_MAX_MESSAGE
-from .schema import build_context, to_rpc_errors
 from .yang_library import MODULES_STATE, YANG_LIBRARY, YangLibrary
 
 log = logging.getLogger(__name__)
@@ -35,6 +40,13 @@ BASE_CAPABILITIES = (
     "urn:ietf:params:netconf:capability:with-defaults:1.0?basic-mode=explicit"
     "&also-supported=report-all,report-all-tagged,trim",
 )
+# Loaded whatever the backends declare: the base protocol needs them.
+BASE_MODULES = ("ietf-netconf", "ietf-netconf-with-defaults", "ietf-netconf-monitoring", "notifications",
+                "nc-notifications", "ietf-netconf-notifications", "ietf-netconf-acm")
+# the features of modules whose features the server does not all implement (no :url)
+FEATURES = {"ietf-netconf": ("writable-running", "candidate", "confirmed-commit", "rollback-on-error",
+                             "validate", "startup", "xpath"),
+            "ietf-system": ("authentication", "local-users")}
 
 
 @dataclass
@@ -60,14 +72,14 @@ class Server:
         # modules found in extra directories are served as plain configuration
         modules += sorted({f.name.split("@")[0].removesuffix(".yang")
                            for d in extra_yang_dirs for f in Path(d).glob("*.yang")})
-        self.ctx = build_context(modules, list(extra_yang_dirs))
+        self.ctx = build_context([*BASE_MODULES, *modules], list(extra_yang_dirs), FEATURES)
         self.rpc_handlers = {path: (b, h) for b in backends for path, h in b.rpcs.items()}
         self.rpc_handlers[netconf_monitoring.GET_SCHEMA] = (
             None, lambda session, params: netconf_monitoring.get_schema(self, params))
         ds_dir = state_dir / "datastore"
-        self.running = datastore.Datastore(self.ctx, "running", ds_dir / "running.xml")
-        self.startup = datastore.Datastore(self.ctx, "startup", ds_dir / "startup.xml")
-        self.candidate = datastore.Datastore(self.ctx, "candidate")
+        self.bus = Bus(self.ctx)
+        self.config = Configuration(self.ctx, backends, ds_dir, self.bus)
+        self.running, self.startup, self.candidate = self.config.running, self.config.startup, self.config.candidate
         self.candidate_dirty = False
         self.locks: dict[str, int] = {}
         self.lock_times: dict[str, float] = {}
@@ -77,7 +89,8 @@ class Server:
         self.notifications = notifications.Notifications(self, state_dir / "notifications", replay_size,
                                                          notification_queue)
         services.notify = self.notify
-        self.acm = netconf_acm.AccessControl(self)
+        self.bus.subscribe(self._on_event)
+        self.acm = netconf_acm.NetconfAccessControl(self.ctx, self.running)
         self.stats = netconf_monitoring.Statistics(time.time())
         self.schemas = netconf_monitoring.Schemas(self.ctx)
         self.yang_library = YangLibrary(self.ctx)
@@ -88,7 +101,7 @@ class Server:
             YANG_LIBRARY: self.yang_library.state,
             MODULES_STATE: self.yang_library.state,
             notifications.STREAMS_PATH: self.notifications.streams_xml,
-            netconf_acm.NACM: self.acm.state_xml,
+            NACM: self.acm.state_xml,
         }
         for b in backends:
             self.state_providers.update(b.state)
@@ -103,11 +116,11 @@ class Server:
             self.running.replace(self.startup.copy(), persist=True)
         self._load_stored_config()
         self._protect_stored_secrets()
-        nacm = self.running.tree.find_path(netconf_acm.NACM) if self.running.tree is not None else None
+        nacm = self.running.tree.find_path(NACM) if self.running.tree is not None else None
         if nacm is None or nacm.cdata.flags & lib.LYD_DEFAULT:  # never configured: a fresh device
             self._merge_into_running(netconf_acm.DEFAULT_POLICY)
         self.candidate.replace(self.running.copy())
-        self._apply_to_backends(ConfigDiff(self._changes(None, self.running.tree), None, self.running.tree))
+        self.config.apply_to_backends()
 
     def _load_stored_config(self) -> None:
         for b in self.backends:
@@ -121,8 +134,8 @@ class Server:
             if store.tree is None:
                 continue
             tree = store.copy()
-            self.protect_secrets(tree)
-            if self._changes(store.tree, tree):
+            self.config.protect_secrets(tree)
+            if self.config.changes(store.tree, tree):
                 log.warning("%s: clear-text secrets replaced by their stored form", store.name)
                 store.replace(tree, persist=True)
             else:
@@ -135,9 +148,9 @@ class Server:
         if errors:
             datastore.free(tree)
             raise errors[0]
-        tree = self.validate_tree(tree)
+        tree = self.config.validate(tree)
         # nothing new, nothing written: a start on a full or read-only disk still serves
-        self.running.replace(tree, persist=bool(self._changes(self.running.tree, tree)))
+        self.running.replace(tree, persist=bool(self.config.changes(self.running.tree, tree)))
 
     def restore_confirmed(self) -> None:
         self.confirmed.restore()
@@ -188,109 +201,30 @@ class Server:
         return caps
 
     # -- datastores ----------------------------------------------------------
-    def datastore(self, name: str) -> datastore.Datastore:
-        return {"running": self.running, "candidate": self.candidate, "startup": self.startup}[name]
-
     def check_writable(self, name: str, sid: int) -> None:
         holder = self.locks.get(name)
         if holder is not None and holder != sid:
             raise RpcError("in-use", f"the {name} datastore is locked by session {holder}",
                            info=[("session-id", str(holder))])
 
-    def validate_tree(self, tree: datastore.Tree) -> datastore.Tree:
-        try:
-            return datastore.validate(self.ctx, tree)
-        except libyang.LibyangError as exc:
-            raise to_rpc_errors(exc, default_tag="operation-failed") from None
-
-    def _changes(self, old: datastore.Tree, new: datastore.Tree) -> list[Change]:
-        out = ffi.new("struct lyd_node **")
-        ret = lib.lyd_diff_siblings(old.cdata if old is not None else ffi.NULL,
-                                    new.cdata if new is not None else ffi.NULL, 0, out)
-        if ret != lib.LY_SUCCESS:
-            raise self.ctx.error("diff failed")
-        changes: list[Change] = []
-        if out[0] == ffi.NULL:
-            return changes
-        diff = libyang.DNode.new(self.ctx, out[0])
-        try:
-            for root in _siblings(diff):
-                _collect(root, "none", changes)
-        finally:
-            datastore.free(diff)
-        return changes
-
-    def commit_tree(self, new: datastore.Tree, target: datastore.Datastore, session=None,
-                    writes: datastore.Writes | None = None) -> None:
-        """The config pipeline: validate, backends validate; then every file the change
-        rewrites (target's, the backends', any the caller staged in `writes`) is written
-        aside and, once all are written, renamed in; only then the change goes live:
-        backends apply, swap, and announce (netconf-config-change, by `session` or else
-        the server).
-
-        `new` is consumed. If anything refuses, nothing changed, on disk or in memory."""
-        writes = writes or datastore.Writes()
-        touched = []
-        try:
-            new = self.validate_tree(new)
-            changes = self._changes(target.tree, new)
-            diff = ConfigDiff(changes, target.tree, new)
-            if target is self.running:
-                touched = [b for b in self.backends if _touches(b, diff)]
-                for b in touched:
-                    b.validate(diff)
-                for b in touched:
-                    b.prepare(diff, writes)
-            target.stage(new, writes)
-            writes.commit()
-        except BackendError as exc:
-            writes.discard()
-            datastore.free(new)
-            raise RpcError(exc.tag, exc.message, app_tag=exc.app_tag, path=exc.path) from None
-        except BaseException:
-            writes.discard()
-            datastore.free(new)
-            raise
-        for b in touched:
-            b.apply(diff)
-        target.replace(new)
-        if changes:
-            edits = []
-            for path, op in notifications.summarize([(c.path, c.op) for c in changes]):
-                text, mods = notifications.xml_instance_id(path)
-                edits.append((text, op, {m: self.ctx.namespace_of(m) for m in mods}))
-            self.notify(notifications.config_change(session, target.name, edits))
-
-    def protect_secrets(self, tree: datastore.Tree) -> None:
-        """Every backend's protect_secrets on an edited tree; frees the tree when one refuses."""
-        try:
-            for b in self.backends:
-                b.protect_secrets(tree)
-        except BaseException:
-            datastore.free(tree)
-            raise
-
     def notify(self, body: str) -> None:
         """Raise a notification (one element, validated against its schema first)."""
-        self.notifications.publish(body)
+        self.bus.notify(body)
 
-    def _apply_to_backends(self, diff: ConfigDiff) -> None:
-        """At start: bring the backends' files and state in line with running."""
-        touched = [b for b in self.backends if _touches(b, diff)]
-        writes = datastore.Writes()
-        try:
-            for b in touched:
-                b.prepare(diff, writes)
-            writes.commit()
-        except BaseException:
-            writes.discard()
-            raise
-        for b in touched:
-            b.apply(diff)
+    def _on_event(self, event) -> None:
+        """The core's events as NETCONF notifications."""
+        if isinstance(event, Notification):
+            self.notifications.publish(event.body)
+        elif isinstance(event, ConfigChanged):
+            edits = []
+            for path, op in notifications.summarize([(c.path, c.op) for c in event.changes]):
+                text, mods = notifications.xml_instance_id(path)
+                edits.append((text, op, {m: self.ctx.namespace_of(m) for m in mods}))
+            self.notify(notifications.config_change(event.origin, event.datastore, edits))
 
     def _confirmed_rollback(self, backup_xml: str, reason: str, writes: datastore.Writes) -> None:
         tree = datastore.parse_config(self.ctx, backup_xml, validate_now=False)
-        self.commit_tree(tree, self.running, writes=writes)
+        self.config.commit(tree, self.running, writes=writes)
         log.warning("confirmed commit rolled back (%s)", reason)
         if reason in ("timeout", "session-end"):
             self.notify(notifications.confirmed_commit(None, "timeout" if reason == "timeout" else "cancel", None))
@@ -312,34 +246,3 @@ class Server:
         self.candidate.replace(self.running.copy())
         self.candidate_dirty = False
 
-
-def _siblings(node):
-    cur = node.cdata
-    while cur != ffi.NULL:
-        yield cur
-        cur = cur.next
-
-
-def _collect(node, inherited: str, out: list[Change]) -> None:
-    op = inherited
-    meta = node.meta
-    while meta != ffi.NULL:
-        if ffi.string(meta.name) == b"operation":
-            op = ffi.string(meta.value.enum_item.name).decode() if meta.value.enum_item else op
-        meta = meta.next
-    if op in ("create", "delete", "replace"):
-        path = datastore.data_path(node)
-        value = None
-        if node.schema.nodetype & (lib.LYS_LEAF | lib.LYS_LEAFLIST):
-            value = ffi.string(lib.lyd_get_value(node)).decode()
-        out.append(Change(op, path, value))
-        if op in ("create", "delete"):
-            return  # the subtree goes with it
-    child = lib.lyd_child(node)
-    while child != ffi.NULL:
-        _collect(child, op if op == "none" else "none", out)
-        child = child.next
-
-
-def _touches(backend: Backend, diff: ConfigDiff) -> bool:
-    return any(diff.under(p) for p in backend.config)

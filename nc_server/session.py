@@ -14,13 +14,14 @@ import libyang
 from _libyang import ffi, lib
 from lxml import etree
 
+from backends.engine.errors import EngineError
+from yangcore.backend import xml_text
+from yangcore.datastore import data_path
+
 from . import local_users, netconf, notifications, xmlsafe
-from .backend import BackendError, xml_text
-from .datastore import data_path
-from .errors import NC_NS, RpcError, RpcErrors
+from .errors import NC_NS, RpcError, RpcErrors, to_rpc_errors, wire_errors
 from .framing import Decoder, FramingError, encode
 from .netconf_monitoring import DROPPED
-from .schema import to_rpc_errors
 
 log = logging.getLogger(__name__)
 
@@ -234,19 +235,14 @@ class Session:
         ops = [c for c in root if isinstance(c.tag, str)]
         try:
             if not ops:
-                raise RpcError("missing-element", "<rpc> holds no operation", type="rpc",
-                               info=[("bad-element", "rpc")])
+                raise RpcError("missing-element", "<rpc> holds no operation", info=[("bad-element", "rpc")])
             if len(ops) > 1:
                 raise RpcError("malformed-message", f"<rpc> must hold exactly one operation, not {len(ops)}",
                                type="rpc")
             body = await self._dispatch(msg, ops[0])
             return self._reply(root, body, [])
-        except RpcError as exc:
-            return self._reply(root, None, [exc])
-        except RpcErrors as exc:
-            return self._reply(root, None, exc.errors)
-        except BackendError as exc:
-            return self._reply(root, None, [RpcError(exc.tag, exc.message, app_tag=exc.app_tag, path=exc.path)])
+        except (RpcError, RpcErrors, EngineError) as exc:
+            return self._reply(root, None, wire_errors(exc))
         except Exception:
             log.exception("session %d: operation failed", self.id)
             return self._reply(root, None, [RpcError("operation-failed", "internal error; see the server log")])

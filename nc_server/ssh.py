@@ -8,7 +8,7 @@ import asyncssh
 from asyncssh.constants import MSG_IGNORE, OPEN_RESOURCE_SHORTAGE
 from asyncssh.packet import String
 
-from .devfs import sftp_factory
+from .sftp import sftp_factory
 from .session import Session
 from .users import LoginBusy, LoginLimiter, UserDB
 

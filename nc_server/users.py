@@ -18,7 +18,7 @@ from pathlib import Path
 
 import asyncssh
 
-from .datastore import atomic_write
+from yangcore.datastore import atomic_write
 
 log = logging.getLogger(__name__)
 

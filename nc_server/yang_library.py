@@ -11,7 +11,7 @@ import hashlib
 import libyang
 from _libyang import ffi, lib
 
-from . import datastore
+from yangcore import datastore
 
 NS = "urn:ietf:params:xml:ns:yang:ietf-yang-library"
 YANG_LIBRARY = "/ietf-yang-library:yang-library"

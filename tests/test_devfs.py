@@ -20,7 +20,7 @@ from lxml import etree
 from ncclient.operations.rpc import RPCError
 
 from conftest import NC, PASSWORD, ROOT, ServerProcess, rpc
-from nc_server.devfs import DeviceFS, DevFSError
+from yangcore.devfs import DeviceFS, DevFSError
 
 
 @pytest.fixture

@@ -20,10 +20,10 @@ from ncclient.transport.errors import AuthenticationError
 
 from conftest import CT, NC, ROOT, ServerProcess, rpc
 from diskfull import Disk, need_root
-from nc_server import datastore
 from nc_server.confirmed_commit import ConfirmedCommit
-from nc_server.errors import StorageError
 from nc_server.users import UserDB
+from yangcore import datastore
+from yangcore.datastore import StorageError
 from test_devfs import self_signed_ca_pem
 
 HOWS = ("full", "read-only")
@@ -323,7 +323,7 @@ def test_a_failed_directory_sync_after_the_rename_is_logged_not_raised(tmp_path,
             raise OSError(errno.EIO, os.strerror(errno.EIO))
         real_fsync(fd)
     monkeypatch.setattr(os, "fsync", fsync)
-    with caplog.at_level(logging.WARNING, logger="nc_server.datastore"):
+    with caplog.at_level(logging.WARNING, logger="yangcore.datastore"):
         datastore.atomic_write(path, b"new")
     assert path.read_bytes() == b"new"
     assert f"cannot sync the directory {tmp_path}: {os.strerror(errno.EIO)}" in caplog.text
@@ -412,10 +412,11 @@ def test_a_start_that_cannot_record_says_so_in_one_line(disk):
 def pki(tmp_path, monkeypatch):
     """A PKI backend whose state file refuses every write."""
     from backends.pki.backend import PkiBackend
-    from nc_server.backend import BackendError, Services
+    from backends.engine.errors import EngineError
+    from yangcore.backend import Services
 
     def refuse(state):
-        raise BackendError(f"cannot write the PKI state: {os.strerror(errno.ENOSPC)}", app_tag="storage-failed")
+        raise EngineError("storage-failed", f"cannot write the PKI state: {os.strerror(errno.ENOSPC)}")
 
     async def make():
         backend = PkiBackend(Services(state_dir=tmp_path, devfs=None, clock=lambda: datetime.now(timezone.utc)))

@@ -19,8 +19,8 @@ from backends.engine import fingerprint, openpgp, rootfs, rpm
 from backends.install import kgv, packages
 from backends.install.backend import InstallBackend
 from backends.install.packages import InstallError, PackageStore, _install_fingerprint
-from nc_server.backend import Services
-from nc_server.devfs import DeviceFS
+from yangcore.backend import Services
+from yangcore.devfs import DeviceFS
 from rpms import (build_rpm, export_public, make_gpg_key, xz_claiming_a_big_dictionary,
                   zstd_claiming_a_big_window)
 

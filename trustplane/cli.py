@@ -14,16 +14,16 @@ from pathlib import Path
 
 import asyncssh
 
-import backends  # noqa: F401  (registers the backends)
+import backends.builtin  # noqa: F401  (registers the backends)
 from backends.device.profile import ProfileError, init_state_dir
 from backends.engine.voucher import VoucherError, parse_datetime
-from nc_server.backend import Services, registered
-from nc_server.devfs import DEFAULT_MAX_FILES, DEFAULT_QUOTA_BYTES, DeviceFS
-from nc_server.errors import StorageError
 from nc_server.local_users import LocalUsers
 from nc_server.server import Limits, Server
 from nc_server.ssh import listen
 from nc_server.users import UserDB
+from yangcore.backend import Services, registered
+from yangcore.datastore import StorageError
+from yangcore.devfs import DEFAULT_MAX_FILES, DEFAULT_QUOTA_BYTES, DeviceFS
 
 from . import lab, logs
 

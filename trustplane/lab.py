@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from backends.engine import cms, consent, keypackage, lab, voucher
 from backends.engine.identity import IdentityError, cert_pem, key_pem, load_cert_pem, load_key_pem
-from nc_server.datastore import atomic_write
+from yangcore.datastore import atomic_write
 
 
 def add_parser(sub) -> None:

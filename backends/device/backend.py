@@ -8,8 +8,8 @@ import logging
 
 from cryptography.hazmat.primitives import serialization
 
-from nc_server.backend import Backend, ConfigDiff, Services, read_device_file, register, xml_text
-from nc_server.devfs import DEVICES
+from yangcore.backend import Backend, ConfigDiff, Services, read_device_file, register, xml_text
+from yangcore.devfs import DEVICES
 
 from .profile import Profile, load_profile, profile_bytes
 

@@ -35,7 +35,7 @@ from backends.engine.identity import (IdentityError, cert_pem, issue_idevid, key
                                       load_certs_pem, load_key_pem, make_manufacturer_ca)
 from backends.engine.openpgp import OpenPGPError, PublicKey, load_keys
 from backends.engine.serials import is_valid_serial, make_serial
-from nc_server.datastore import atomic_write
+from yangcore.datastore import atomic_write
 
 PROFILE = "device.json"
 PRODUCT_ID = "8201-32FH"

@@ -13,11 +13,11 @@ import json
 import logging
 from datetime import datetime
 
-from nc_server.backend import Backend, BackendError, ConfigDiff, Services, read_device_file, register, xml_leaf, xml_text
-from nc_server.datastore import atomic_write
-from nc_server.devfs import DevFSError
+from yangcore.backend import Backend, ConfigDiff, Services, read_device_file, register, xml_leaf, xml_text
+from yangcore.datastore import atomic_write
 
 from backends.device.profile import load_profile
+from backends.engine.errors import EngineError
 from backends.ownership import policy
 from . import kgv
 from .packages import InstallError, PackageStore
@@ -120,10 +120,7 @@ class InstallBackend(Backend):
 
     async def _run(self, fn, *args):
         async with self.lock:
-            try:
-                return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
-            except InstallError as exc:
-                raise BackendError(exc.message, app_tag=exc.code, tag=exc.tag) from None
+            return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
     @staticmethod
     def _op(op: int) -> str:
@@ -135,12 +132,9 @@ class InstallBackend(Backend):
         devpaths = [base.rstrip("/") + "/" + n for n in names] if names else [base]
         paths = []
         for p in devpaths:
-            try:
-                real = self.services.devfs.resolve(p, must_exist=True, user=session.username)
-            except DevFSError as exc:
-                raise BackendError(exc.message, app_tag=exc.code, tag=exc.tag) from None
+            real = self.services.devfs.resolve(p, must_exist=True, user=session.username)
             if not real.is_file():
-                raise BackendError(f"{p!r} is not a file", app_tag="not-a-file", tag="invalid-value")
+                raise EngineError("not-a-file", f"{p!r} is not a file", "invalid-value")
             paths.append(real)
         op, _nvras = await self._run(self.store.add, paths)
         return self._op(op)
@@ -148,15 +142,12 @@ class InstallBackend(Backend):
     def _selected(self, params: dict, default: list[str] | None = None) -> list[str]:
         names = (params.get("packages") or {}).get("packagename") or []
         ids = (params.get("ids") or {}).get("id-no") or []
-        try:
-            chosen = [self.store.lookup(n) for n in names]
-            for i in ids:
-                chosen += self.store.operation(i)
-        except InstallError as exc:
-            raise BackendError(exc.message, app_tag=exc.code, tag=exc.tag) from None
+        chosen = [self.store.lookup(n) for n in names]
+        for i in ids:
+            chosen += self.store.operation(i)
         if not chosen and default is None:
-            raise BackendError("name packages (packages/packagename) or install IDs (ids/id-no)",
-                               app_tag="no-packages", tag="missing-element")
+            raise EngineError("no-packages", "name packages (packages/packagename) or install IDs (ids/id-no)",
+                              "missing-element")
         return list(dict.fromkeys(chosen)) or default
 
     async def install_activate(self, session, params: dict) -> str:
@@ -175,7 +166,7 @@ class InstallBackend(Backend):
         if "inactive" in params:
             chosen = self._selected(params, default=self.store.inactive())
             if not chosen:
-                raise BackendError("no inactive packages to remove", app_tag="no-packages", tag="data-missing")
+                raise EngineError("no-packages", "no inactive packages to remove", "data-missing")
         else:
             chosen = self._selected(params)
         return self._op(await self._run(self.store.remove, chosen))
@@ -183,7 +174,7 @@ class InstallBackend(Backend):
     async def install_verify(self, session, params: dict) -> str:
         unknown = [loc for loc in params.get("location") or [] if loc not in self.nodes]
         if unknown:
-            raise BackendError(f"no node {unknown[0]!r}", app_tag="unknown-node", tag="invalid-value")
+            raise EngineError("unknown-node", f"no node {unknown[0]!r}", "invalid-value")
         await self.collect(for_rpc=True)
         return None
 
@@ -193,7 +184,7 @@ class InstallBackend(Backend):
                       for_rpc: bool = False) -> dict[str, str]:
         """Recompute run-time fingerprints and record them; a new drift raises a
         notification unless the caller reports it itself (announce=False). A failure is
-        logged, and raised as a BackendError when an RPC asked for the collection."""
+        logged, and raised as an EngineError when an RPC asked for the collection."""
         async with self.lock:
             chosen = list(self.store.state["active"]) if nvras is None else nvras
             self.collecting = True
@@ -206,9 +197,9 @@ class InstallBackend(Backend):
                 if not for_rpc:
                     return {}
                 if isinstance(exc, InstallError):
-                    raise BackendError(exc.message, app_tag=exc.code, tag=exc.tag) from None
-                raise BackendError(f"the run-time fingerprints could not be computed: {exc}",
-                                   app_tag="fingerprint-failed") from None
+                    raise
+                raise EngineError("fingerprint-failed",
+                                  f"the run-time fingerprints could not be computed: {exc}") from None
             finally:
                 self.collecting = False
         for n, fp in fps.items():
@@ -263,7 +254,7 @@ class InstallBackend(Backend):
         try:
             entries = kgv.parse(data)
         except kgv.KgvError as exc:
-            raise BackendError(f"{path}: {exc}", app_tag="kgv-malformed", tag="invalid-value") from None
+            raise EngineError("kgv-malformed", f"{path}: {exc}", "invalid-value") from None
         info = {"source": source, "loaded-at": self.services.clock().isoformat()}
         doc = {"info": info, "packages": [
             {"name": k[0], "version": k[1], "release": k[2], "fingerprint": fp, **({"architecture": k[3]} if k[3] else {})}
@@ -271,8 +262,7 @@ class InstallBackend(Backend):
         try:
             atomic_write(self.kgv_path, json.dumps(doc).encode(), mode=0o600)
         except OSError as exc:
-            raise BackendError(f"cannot write the known-good values: {exc.strerror}",
-                               app_tag="storage-failed") from None
+            raise EngineError("storage-failed", f"cannot write the known-good values: {exc.strerror}") from None
         self.kgv_info, self.kgv = info, entries
         log.info("known-good values loaded from %s: %d package(s)", source, len(entries))
         return f'<entries xmlns="{NS}">{len(entries)}</entries>'
@@ -281,13 +271,10 @@ class InstallBackend(Backend):
         active = self.store.state["active"]
         chosen = list(active)
         if params.get("package"):
-            try:
-                chosen = list(dict.fromkeys(self.store.lookup(n) for n in params["package"]))
-            except InstallError as exc:
-                raise BackendError(exc.message, app_tag=exc.code, tag=exc.tag) from None
+            chosen = list(dict.fromkeys(self.store.lookup(n) for n in params["package"]))
             idle = [n for n in chosen if n not in active]
             if idle:
-                raise BackendError(f"{idle[0]} is not active", app_tag="package-not-active", tag="data-missing")
+                raise EngineError("package-not-active", f"{idle[0]} is not active", "data-missing")
         fps = await self.collect(chosen, announce=False, for_rpc=True)
         out = []
         for n in chosen:

@@ -25,7 +25,7 @@ from typing import Callable
 from backends.engine import fingerprint, openpgp, rootfs, rpm
 from backends.engine.errors import EngineError
 from backends.ownership.policy import Policy
-from nc_server.datastore import atomic_write
+from yangcore.datastore import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,11 @@ from datetime import datetime
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from nc_server.backend import Backend, BackendError, Services, read_device_file, register, xml_leaf
-from nc_server.datastore import atomic_write
+from yangcore.backend import Backend, Services, read_device_file, register, xml_leaf
+from yangcore.datastore import atomic_write
 
 from backends.device.profile import load_profile
+from backends.engine.errors import EngineError
 from backends.engine import consent, keypackage, ownership, voucher
 from . import policy
 
@@ -49,10 +50,6 @@ def _summary(cert: x509.Certificate) -> str:
             + xml_leaf("sha256-fingerprint", hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest())
             + xml_leaf("not-before", cert.not_valid_before_utc.isoformat())
             + xml_leaf("not-after", cert.not_valid_after_utc.isoformat()))
-
-
-def _error(exc) -> BackendError:
-    return BackendError(exc.message, app_tag=exc.code, tag=exc.tag)
 
 
 class OwnershipBackend(Backend):
@@ -143,8 +140,7 @@ class OwnershipBackend(Backend):
         try:
             atomic_write(self.path, json.dumps(state, indent=1).encode(), mode=0o600)
         except OSError as exc:
-            raise BackendError(f"cannot write the ownership state: {exc.strerror}",
-                               app_tag="storage-failed") from None
+            raise EngineError("storage-failed", f"cannot write the ownership state: {exc.strerror}") from None
         self.data = state
 
     def _commit_redeemed(self, state: dict, tokens_before: tuple) -> None:
@@ -152,7 +148,7 @@ class OwnershipBackend(Backend):
         is pending again, so the same response works once the state can be written."""
         try:
             self._commit(state)
-        except BackendError:
+        except EngineError:
             self.tokens.pending, self.tokens.spent = tokens_before
             raise
 
@@ -171,11 +167,8 @@ class OwnershipBackend(Backend):
         oc_data, _ = read_device_file(self.services.devfs, params["oc-path"], MAX_OC, session=session)
         async with self.lock:
             loop = asyncio.get_running_loop()
-            try:
-                state, rows, established = await loop.run_in_executor(
-                    None, self._check_apply, ov_data, ov_source, oc_data, params, session)
-            except (ownership.OwnershipError, voucher.VoucherError) as exc:
-                raise _error(exc) from None
+            state, rows, established = await loop.run_in_executor(
+                None, self._check_apply, ov_data, ov_source, oc_data, params, session)
             self._commit(state)
         log.info("%s (%s)", ESTABLISHED, ", ".join(established))
         oc_subject = _load(state["nodes"][established[0]]["oc-chain"][0]).subject.rfc4514_string()
@@ -263,20 +256,18 @@ class OwnershipBackend(Backend):
     def _kpkg_apply(self, data: bytes, source: str) -> None:
         rec = next((r for r in self.data["nodes"].values()), None)
         if rec is None:
-            raise BackendError("no device ownership: establish it before applying a customer key package",
-                               app_tag="kpkg-no-ownership", tag="operation-failed")
+            raise EngineError("kpkg-no-ownership",
+                              "no device ownership: establish it before applying a customer key package",
+                              "operation-failed")
         now = self.services.clock()
-        try:
-            pkg = keypackage.verify(data, _load(rec["oc-chain"][0]), now)
-            current = self.data["key-packages"]
-            if current and datetime.fromisoformat(current["timestamp"]) >= pkg.timestamp:
-                raise keypackage.KeyPackageError("kpkg-stale", f"the key package timestamp {pkg.timestamp_text} is not "
-                                                 f"newer than the applied one ({current['timestamp-text']})")
-            old = {n: keypackage.Key(n, k["key_type"], k["metadata"], k["value"])
-                   for n, k in (current or {}).get("keys", {}).items()}
-            keys = keypackage.apply(old, pkg)
-        except keypackage.KeyPackageError as exc:
-            raise _error(exc) from None
+        pkg = keypackage.verify(data, _load(rec["oc-chain"][0]), now)
+        current = self.data["key-packages"]
+        if current and datetime.fromisoformat(current["timestamp"]) >= pkg.timestamp:
+            raise keypackage.KeyPackageError("kpkg-stale", f"the key package timestamp {pkg.timestamp_text} is not "
+                                             f"newer than the applied one ({current['timestamp-text']})")
+        old = {n: keypackage.Key(n, k["key_type"], k["metadata"], k["value"])
+               for n, k in (current or {}).get("keys", {}).items()}
+        keys = keypackage.apply(old, pkg)
         state = copy.deepcopy(self.data)
         state["key-packages"] = {"timestamp": pkg.timestamp.isoformat(), "timestamp-text": pkg.timestamp_text,
                                  "source": source, "keys": {n: {"key_type": k.key_type, "metadata": k.metadata,
@@ -288,15 +279,14 @@ class OwnershipBackend(Backend):
         kp = self.data["key-packages"] or {}
         k = kp.get("keys", {}).get(keypackage.CONSENT_TOKEN_KEY)
         if k is None:
-            raise BackendError("no customer consent-token key: apply a key package with the "
-                               f"{keypackage.CONSENT_TOKEN_KEY} key first", app_tag="ct-key-missing",
-                               tag="operation-failed")
+            raise EngineError("ct-key-missing", "no customer consent-token key: apply a key package with the "
+                              f"{keypackage.CONSENT_TOKEN_KEY} key first", "operation-failed")
         return keypackage.Key(keypackage.CONSENT_TOKEN_KEY, k["key_type"], k["metadata"], k["value"]).public_key()
 
     def _node_serial(self, location: str) -> str:
         node = self.profile.node(location)
         if node is None:
-            raise BackendError(f"no node {location!r}", app_tag="unknown-node", tag="invalid-value")
+            raise EngineError("unknown-node", f"no node {location!r}", "invalid-value")
         return node.serial_number
 
     # -- clear device ownership
@@ -305,8 +295,7 @@ class OwnershipBackend(Backend):
         location = params["location"]
         serial = self._node_serial(location)
         if location not in self.data["nodes"]:
-            raise BackendError(f"{location}: no platform ownership information found", app_tag="no-ownership",
-                               tag="data-missing")
+            raise EngineError("no-ownership", f"{location}: no platform ownership information found", "data-missing")
         self._consent_key()
         c = self.tokens.issue(serial, location, "clear-device-ownership", self.services.clock())
         return (f'<challenge-string xmlns="{NS}">{c.text()}</challenge-string>'
@@ -321,11 +310,8 @@ class OwnershipBackend(Backend):
         self._node_serial(location)
         key = self._consent_key()
         before = self._tokens()
-        try:
-            self.tokens.redeem(location, "clear-device-ownership", params["challenge-response"], key,
-                               self.services.clock())
-        except consent.ConsentError as exc:
-            raise _error(exc) from None
+        self.tokens.redeem(location, "clear-device-ownership", params["challenge-response"], key,
+                           self.services.clock())
         state = copy.deepcopy(self.data)
         state["nodes"].pop(location, None)
         if not any(loc in state["nodes"] for loc in self.serials.values() if loc != CHASSIS):
@@ -343,8 +329,9 @@ class OwnershipBackend(Backend):
 
     async def reimage_challenge(self, session, params: dict) -> str:
         if params["signer"] != "customer":
-            raise BackendError("this device has no vendor consent-token service; use signer customer",
-                               app_tag="ct-signer-unavailable", tag="operation-not-supported")
+            raise EngineError("ct-signer-unavailable",
+                              "this device has no vendor consent-token service; use signer customer",
+                              "operation-not-supported")
         self._consent_key()
         location = self._active_location()
         c = self.tokens.issue(self._node_serial(location), location,
@@ -359,11 +346,8 @@ class OwnershipBackend(Backend):
         action = params["reimage-protection"]
         key = self._consent_key()
         before = self._tokens()
-        try:
-            self.tokens.redeem(self._active_location(), f"reimage-protection-{action}",
-                               params["challenge-response"], key, self.services.clock())
-        except consent.ConsentError as exc:
-            raise _error(exc) from None
+        self.tokens.redeem(self._active_location(), f"reimage-protection-{action}",
+                           params["challenge-response"], key, self.services.clock())
         state = copy.deepcopy(self.data)
         state["reimage-protection"] = "enabled" if action == "enable" else "disabled"
         self._commit_redeemed(state, before)

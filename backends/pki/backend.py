@@ -17,10 +17,9 @@ from _libyang import lib
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from nc_server.backend import Backend, BackendError, ConfigDiff, Services, read_device_file, register, xml_leaf
-from nc_server.datastore import atomic_write
-from nc_server.devfs import DevFSError
-from nc_server.libyang_abi import change_term
+from yangcore.backend import Backend, ConfigDiff, Services, read_device_file, register, xml_leaf
+from yangcore.datastore import atomic_write
+from yangcore.libyang_abi import change_term
 
 from backends.device.profile import load_profile
 from backends.engine import certissue, crl, download, expiry, keystore, pkipath, scep, trustpool, type6, x509path
@@ -39,18 +38,13 @@ ECDSA_CURVES = ("nistp256", "nistp384", "nistp521")
 HOUR = 3600.0
 
 
-def _error(exc: EngineError) -> BackendError:
-    return BackendError(exc.message, app_tag=exc.code, tag=exc.tag)
-
-
 def _load_certificate(data: bytes, what: str) -> x509.Certificate:
     try:
         cert = x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
     except ValueError:
         cert = None
     if cert is None or not x509path.readable(cert):
-        raise BackendError(f"{what} is not an X.509 certificate (PEM or DER)", app_tag="certificate-invalid",
-                           tag="invalid-value")
+        raise EngineError("certificate-invalid", f"{what} is not an X.509 certificate (PEM or DER)", "invalid-value")
     return cert
 
 
@@ -154,10 +148,9 @@ class PkiBackend(Backend):
                     continue
                 stored = self.type6.encrypt(value)
             except type6.Type6Error as exc:
-                raise BackendError(exc.message, app_tag=exc.code, tag=exc.tag, path=node.path()) from None
+                raise EngineError(exc.code, exc.message, exc.tag, node.path()) from None
             if change_term(node.cdata, stored) not in (lib.LY_SUCCESS, lib.LY_EEXIST):
-                raise BackendError("cannot store the type 6 password", app_tag="type6-invalid",
-                                   tag="operation-failed", path=node.path())
+                raise EngineError("type6-invalid", "cannot store the type 6 password", "operation-failed", node.path())
 
     def _challenge_password(self, tp: config.Trustpoint, params: dict) -> str | None:
         """The RPC's password, else the configured one in clear."""
@@ -166,8 +159,8 @@ class PkiBackend(Backend):
         try:
             return self.type6.decrypt(tp.challenge_password)
         except type6.Type6Error as exc:
-            raise BackendError(f"trustpoint {tp.name}: {exc.message}", app_tag=exc.code, tag="operation-failed",
-                               path=tp.path + "/challenge-password/password6") from None
+            raise EngineError(exc.code, f"trustpoint {tp.name}: {exc.message}", "operation-failed",
+                              tp.path + "/challenge-password/password6") from None
 
     def validate(self, diff: ConfigDiff) -> None:
         config.check(config.parse(diff.new), self._key_exists)
@@ -180,8 +173,7 @@ class PkiBackend(Backend):
     def _tp(self, name: str) -> config.Trustpoint:
         tp = self.cfg.trustpoints.get(name)
         if tp is None:
-            raise BackendError(f"trustpoint {name!r} is not configured", app_tag="unknown-trustpoint",
-                               tag="invalid-value")
+            raise EngineError("unknown-trustpoint", f"trustpoint {name!r} is not configured", "invalid-value")
         return tp
 
     # -- state
@@ -253,11 +245,8 @@ class PkiBackend(Backend):
     # -- helpers
 
     async def _run(self, fn, *args):
-        """Engine work off the event loop; engine errors become rpc-errors."""
-        try:
-            return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
-        except EngineError as exc:
-            raise _error(exc) from None
+        """Engine work off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro)
@@ -278,11 +267,8 @@ class PkiBackend(Backend):
     # -- keys
 
     async def _generate(self, fn, *args):
-        try:
-            infos = await asyncio.get_running_loop().run_in_executor(self._keygen,
-                                                                     lambda: fn(*args, now=self.services.clock()))
-        except EngineError as exc:
-            raise _error(exc) from None
+        infos = await asyncio.get_running_loop().run_in_executor(self._keygen,
+                                                                 lambda: fn(*args, now=self.services.clock()))
         infos = infos if isinstance(infos, list) else [infos]
         log.info("Generating %s keys ... Done w/ crypto generate keypair [OK] (%s)", infos[0].type_text(),
                  infos[0].label)
@@ -312,13 +298,10 @@ class PkiBackend(Backend):
     def zeroize(self, family: str):
         def handler(session, params: dict) -> None:
             if family == "dsa":
-                raise BackendError("there are no DSA keys: this device never generates them", app_tag="key-not-found",
-                                   tag="data-missing")
+                raise EngineError("key-not-found", "there are no DSA keys: this device never generates them",
+                                  "data-missing")
             label = (params.get("key-num") or "first") if family == "rsa-authentication" else params.get("key-label")
-            try:
-                gone = self.keys.zeroize(family, label, curve=params.get("key-modulus"))
-            except EngineError as exc:
-                raise _error(exc) from None
+            gone = self.keys.zeroize(family, label, curve=params.get("key-modulus"))
             for k in gone:
                 log.warning("crypto key zeroize: %s key %r erased", k.type_text(), k.label)
             return None
@@ -326,11 +309,8 @@ class PkiBackend(Backend):
 
     async def key_import(self, session, params: dict) -> None:
         data, source = read_device_file(self.services.devfs, params["path"], MAX_CERT_FILE, session=session)
-        try:
-            info = self.keys.import_authentication_rsa(data, params.get("key-num") or "first",
-                                                       now=self.services.clock())
-        except EngineError as exc:
-            raise _error(exc) from None
+        info = self.keys.import_authentication_rsa(data, params.get("key-num") or "first",
+                                                   now=self.services.clock())
         log.info("authentication key %s imported from %s (%d bits)", info.label, source, info.size)
         return None
 
@@ -340,8 +320,9 @@ class PkiBackend(Backend):
         tp = self._tp(params["server-name"])
         async with self.lock:
             if self.store.trustpoint(tp.name).get("ca"):
-                raise BackendError(f"trustpoint {tp.name} already has a CA certificate; clear it first "
-                                   "(ca-clear-certificates)", app_tag="ca-already-authenticated", tag="data-exists")
+                raise EngineError("ca-already-authenticated",
+                                  f"trustpoint {tp.name} already has a CA certificate; clear it first "
+                                  "(ca-clear-certificates)", "data-exists")
             caps: list[str] = []
             ra: list[x509.Certificate] = []
             if params.get("file-path"):
@@ -355,11 +336,12 @@ class PkiBackend(Backend):
             elif tp.enrollment == "self":
                 ca, how = await self._run(self._self_root, tp), "self"
             elif tp.enrollment == "terminal":
-                raise BackendError(f"trustpoint {tp.name} enrolls by terminal: give file-path, the CA certificate "
-                                   "file on the device", app_tag="file-path-required", tag="missing-element")
+                raise EngineError("file-path-required",
+                                  f"trustpoint {tp.name} enrolls by terminal: give file-path, the CA certificate "
+                                  "file on the device", "missing-element")
             else:
-                raise BackendError(f"trustpoint {tp.name} has no enrollment method configured", app_tag="no-enrollment",
-                                   tag="operation-failed")
+                raise EngineError("no-enrollment", f"trustpoint {tp.name} has no enrollment method configured",
+                                  "operation-failed")
             self._check_ca(tp, ca, params.get("expected-fingerprint"))
             state = self.store.copy()
             state["trustpoints"][tp.name] = {"ca": [render.pem(ca)], "ra": [render.pem(c) for c in ra],
@@ -379,27 +361,28 @@ class PkiBackend(Backend):
             want = _normal_fingerprint(expected)
             have = render.sha1(ca) if len(want) == 40 else render.sha256(ca)
             if want != have:
-                raise BackendError(f"trustpoint {tp.name}: the CA certificate's fingerprint is {have}, not the "
-                                   f"expected {want}; nothing was installed", app_tag="fingerprint-mismatch",
-                                   tag="operation-failed")
+                raise EngineError("fingerprint-mismatch",
+                                  f"trustpoint {tp.name}: the CA certificate's fingerprint is {have}, not the "
+                                  f"expected {want}; nothing was installed", "operation-failed")
         try:
             bc = ca.extensions.get_extension_for_class(x509.BasicConstraints).value
             is_ca = bc.ca
         except x509.ExtensionNotFound:
             is_ca = False
         if not is_ca:
-            raise BackendError(f"{ca.subject.rfc4514_string()} is not a CA certificate (no basicConstraints CA)",
-                               app_tag="not-a-ca", tag="invalid-value")
+            raise EngineError("not-a-ca",
+                              f"{ca.subject.rfc4514_string()} is not a CA certificate (no basicConstraints CA)",
+                              "invalid-value")
         now = self.services.clock()
         if not ca.not_valid_before_utc <= now <= ca.not_valid_after_utc:
-            raise BackendError(f"the CA certificate {ca.subject.rfc4514_string()} is valid from "
-                               f"{ca.not_valid_before_utc.isoformat()} to {ca.not_valid_after_utc.isoformat()}, "
-                               f"not now ({now.isoformat()})", app_tag="ca-expired", tag="operation-failed")
+            raise EngineError("ca-expired", f"the CA certificate {ca.subject.rfc4514_string()} is valid from "
+                              f"{ca.not_valid_before_utc.isoformat()} to {ca.not_valid_after_utc.isoformat()}, "
+                              f"not now ({now.isoformat()})", "operation-failed")
 
     def _self_root(self, tp: config.Trustpoint) -> x509.Certificate:
         if tp.ca_key is None:
-            raise BackendError(f"trustpoint {tp.name}: enrollment url self needs a ca-keypair", app_tag="no-ca-keypair",
-                               tag="operation-failed", path=tp.path + "/ca-keypair")
+            raise EngineError("no-ca-keypair", f"trustpoint {tp.name}: enrollment url self needs a ca-keypair",
+                              "operation-failed", tp.path + "/ca-keypair")
         key = self.keys.private_key(tp.ca_key.family, tp.ca_key.label, curve=tp.ca_key.curve)
         fqdn, serial = self._device_names()
         base = certissue.parse_subject(tp.ca_subject_name) if tp.ca_subject_name else None
@@ -420,8 +403,9 @@ class PkiBackend(Backend):
     def _enroll_keys(self, tp: config.Trustpoint) -> list[keystore.KeyInfo]:
         keys = self._router_keys(tp)
         if not keys:
-            raise BackendError(f"trustpoint {tp.name} uses {tp.key.text()}, which does not exist; generate it first",
-                               app_tag="key-not-found", tag="operation-failed", path=f"{tp.path}/{tp.key_leaf}")
+            raise EngineError("key-not-found",
+                              f"trustpoint {tp.name} uses {tp.key.text()}, which does not exist; generate it first",
+                              "operation-failed", f"{tp.path}/{tp.key_leaf}")
         return keys
 
     async def ca_enroll(self, session, params: dict) -> str:
@@ -429,40 +413,40 @@ class PkiBackend(Backend):
         async with self.lock:
             rec = self.store.trustpoint(tp.name)
             if not rec.get("ca"):
-                raise BackendError(f"trustpoint {tp.name} has no CA certificate: authenticate the CA first "
-                                   "(ca-authenticate)", app_tag="ca-not-authenticated", tag="operation-failed")
+                raise EngineError("ca-not-authenticated",
+                                  f"trustpoint {tp.name} has no CA certificate: authenticate the CA first "
+                                  "(ca-authenticate)", "operation-failed")
             if rec.get("router"):
-                raise BackendError(f"trustpoint {tp.name} already has a router certificate; clear it first "
-                                   "(ca-clear-certificates)", app_tag="already-enrolled", tag="data-exists")
+                raise EngineError("already-enrolled",
+                                  f"trustpoint {tp.name} already has a router certificate; clear it first "
+                                  "(ca-clear-certificates)", "data-exists")
             if rec.get("pending"):
-                raise BackendError(f"trustpoint {tp.name} has an enrollment pending at the CA; cancel it first "
-                                   "(ca-cancel-enroll)", app_tag="enrollment-pending", tag="operation-failed")
+                raise EngineError("enrollment-pending",
+                                  f"trustpoint {tp.name} has an enrollment pending at the CA; cancel it first "
+                                  "(ca-cancel-enroll)", "operation-failed")
             keys = self._enroll_keys(tp)
-            try:
-                subject = self._subject(tp, params)
-            except EngineError as exc:
-                raise _error(exc) from None
+            subject = self._subject(tp, params)
             if rec.get("ca-source") == "self" or tp.enrollment == "self":
                 return await self._enroll_self(tp, rec, keys, subject)
             if params.get("file-path") or tp.enrollment == "terminal":
                 return await self._enroll_terminal(tp, keys, subject, params, session)
             if tp.enrollment == "url":
                 return await self._enroll_scep(tp, rec, keys, subject, params)
-            raise BackendError(f"trustpoint {tp.name} has no enrollment method configured", app_tag="no-enrollment",
-                               tag="operation-failed")
+            raise EngineError("no-enrollment", f"trustpoint {tp.name} has no enrollment method configured",
+                              "operation-failed")
 
     async def _enroll_self(self, tp, rec, keys, subject) -> str:
         if tp.ca_key is None:
-            raise BackendError(f"trustpoint {tp.name}: enrollment url self needs a ca-keypair", app_tag="no-ca-keypair",
-                               tag="operation-failed", path=tp.path + "/ca-keypair")
+            raise EngineError("no-ca-keypair", f"trustpoint {tp.name}: enrollment url self needs a ca-keypair",
+                              "operation-failed", tp.path + "/ca-keypair")
         ca = render.load(rec["ca"][0])
 
         def issue():
             ca_key = self.keys.private_key(tp.ca_key.family, tp.ca_key.label, curve=tp.ca_key.curve)
             if not certissue.matches_key(ca, ca_key.public_key()):
-                raise BackendError(f"trustpoint {tp.name}: the ca-keypair no longer matches the CA certificate; "
-                                   "clear the certificates and authenticate again", app_tag="cert-key-mismatch",
-                                   tag="operation-failed")
+                raise EngineError("cert-key-mismatch",
+                                  f"trustpoint {tp.name}: the ca-keypair no longer matches the CA certificate; "
+                                  "clear the certificates and authenticate again", "operation-failed")
             return {k.usage: certissue.issue(ca_key, ca, k.public_key(), subject, lifetime_days=tp.lifetime_cert,
                                              key_usage=tp.key_usage_cert or None, digest_name=tp.digest,
                                              serial=certissue.new_serial(), now=self.services.clock())
@@ -487,11 +471,8 @@ class PkiBackend(Backend):
             path = params["file-path"]
             for usage, pem in csrs.items():
                 target = path if usage == "general" else f"{path}.{usage}"
-                try:
-                    self.services.devfs.write_bytes(target, pem.encode(), user=session.username)
-                    files[usage] = self.services.devfs.device_path(self.services.devfs.resolve(target))
-                except DevFSError as exc:
-                    raise BackendError(exc.message, app_tag=exc.code, tag=exc.tag) from None
+                self.services.devfs.write_bytes(target, pem.encode(), user=session.username)
+                files[usage] = self.services.devfs.device_path(self.services.devfs.resolve(target))
         state = self.store.copy()
         # what is outstanding, not the requests: they carry the challenge password
         state["trustpoints"][tp.name]["requests"] = {u: {"file": files.get(u)} for u in csrs}
@@ -509,8 +490,9 @@ class PkiBackend(Backend):
 
     async def _enroll_scep(self, tp, rec, keys, subject, params) -> str:
         if tp.key.family != "rsa":
-            raise BackendError(f"trustpoint {tp.name}: SCEP needs an RSA key to decrypt the CA's reply, and "
-                               f"{tp.key.text()} is not one", app_tag="scep-key-unsupported", tag="invalid-value")
+            raise EngineError("scep-key-unsupported",
+                              f"trustpoint {tp.name}: SCEP needs an RSA key to decrypt the CA's reply, and "
+                              f"{tp.key.text()} is not one", "invalid-value")
         password = self._challenge_password(tp, params)
         cacerts = self._cacerts(rec)
         caps = set(rec.get("caps") or [])
@@ -523,8 +505,9 @@ class PkiBackend(Backend):
         for k in keys:
             result, tx = await self._run(request, k)
             if result.status == "FAILURE":
-                raise BackendError(f"trustpoint {tp.name}: the CA refused the request ({result.fail_info})",
-                                   app_tag="scep-failed", tag="operation-failed")
+                raise EngineError("scep-failed",
+                                  f"trustpoint {tp.name}: the CA refused the request ({result.fail_info})",
+                                  "operation-failed")
             if result.status == "PENDING":
                 # the signer certificate carries the request's subject; the request itself (with the
                 # challenge password) is not kept
@@ -552,8 +535,9 @@ class PkiBackend(Backend):
         wanted = {k.usage: k for k in keys}
         for usage, cert in certs.items():
             if usage not in wanted or not certissue.matches_key(cert, wanted[usage].public_key()):
-                raise BackendError(f"trustpoint {tp.name}: the issued certificate {cert.subject.rfc4514_string()} is "
-                                   "not for this router's key", app_tag="cert-key-mismatch", tag="operation-failed")
+                raise EngineError("cert-key-mismatch",
+                                  f"trustpoint {tp.name}: the issued certificate {cert.subject.rfc4514_string()} is "
+                                  "not for this router's key", "operation-failed")
             pkipath.verify(cert, intermediates=[], trustpoint_cas=[ca], trustpool=[], at=self.services.clock(),
                            trustpoint_crl_optional=tp.crl_optional, trustpool_crl_optional=True, crls=self.crls)
 
@@ -596,7 +580,7 @@ class PkiBackend(Backend):
                 return
             try:
                 done = await self._poll_once(tp, rec, pending)
-            except BackendError as exc:
+            except EngineError as exc:
                 log.error("trustpoint %s: enrollment failed: %s", name, exc.message)
                 await self._abandon(name)
                 return
@@ -611,7 +595,7 @@ class PkiBackend(Backend):
         """Drop a pending enrollment from the background, where a failure can only be logged."""
         try:
             await self._drop_pending(name)
-        except BackendError as exc:
+        except EngineError as exc:
             log.error("trustpoint %s: %s; the pending enrollment stays recorded", name, exc.message)
 
     async def _poll_once(self, tp, rec, pending: dict) -> bool:
@@ -629,7 +613,7 @@ class PkiBackend(Backend):
                 return scep.cert_poll(tp.url, cacerts, key, tx, caps=caps, now=self.services.clock())
             result = await self._run(poll)
             if result.status == "FAILURE":
-                raise BackendError(f"the CA refused the request ({result.fail_info})", app_tag="scep-failed")
+                raise EngineError("scep-failed", f"the CA refused the request ({result.fail_info})")
             if result.status == "SUCCESS":
                 issued[usage] = result.certificate
                 del pending[usage]
@@ -655,8 +639,8 @@ class PkiBackend(Backend):
     async def ca_cancel_enroll(self, session, params: dict) -> None:
         tp = self._tp(params["server-name"])
         if not self.store.trustpoint(tp.name).get("pending"):
-            raise BackendError(f"trustpoint {tp.name} has no pending enrollment", app_tag="no-pending-enrollment",
-                               tag="data-missing")
+            raise EngineError("no-pending-enrollment", f"trustpoint {tp.name} has no pending enrollment",
+                              "data-missing")
         task = self._pollers.pop(tp.name, None)
         if task:
             task.cancel()
@@ -674,18 +658,20 @@ class PkiBackend(Backend):
             data, source = read_device_file(self.services.devfs, params["file-path"], MAX_CERT_FILE, session=session)
             cert = _load_certificate(data, source)
         else:
-            raise BackendError("give the certificate: file-path or certificate", app_tag="certificate-missing",
-                               tag="missing-element")
+            raise EngineError("certificate-missing", "give the certificate: file-path or certificate",
+                              "missing-element")
         async with self.lock:
             rec = self.store.trustpoint(tp.name)
             if not rec.get("ca"):
-                raise BackendError(f"trustpoint {tp.name} has no CA certificate: authenticate the CA first",
-                                   app_tag="ca-not-authenticated", tag="operation-failed")
+                raise EngineError("ca-not-authenticated",
+                                  f"trustpoint {tp.name} has no CA certificate: authenticate the CA first",
+                                  "operation-failed")
             keys = self._enroll_keys(tp)
             key = next((k for k in keys if certissue.matches_key(cert, k.public_key())), None)
             if key is None:
-                raise BackendError(f"trustpoint {tp.name}: the certificate {cert.subject.rfc4514_string()} does not "
-                                   f"match {tp.key.text()}", app_tag="cert-key-mismatch", tag="invalid-value")
+                raise EngineError("cert-key-mismatch",
+                                  f"trustpoint {tp.name}: the certificate {cert.subject.rfc4514_string()} does not "
+                                  f"match {tp.key.text()}", "invalid-value")
             await self._run(self._check_issued, tp, render.load(rec["ca"][0]), {key.usage: cert}, keys)
             state = self.store.copy()
             rec = state["trustpoints"][tp.name]
@@ -728,8 +714,9 @@ class PkiBackend(Backend):
             found = crl.parse_crl(crl.http_get(uri, self.crls.timeout, self.crls.max_size), uri)
             issuer = next((c for c in self._known_cas() if c.subject == found.issuer), None)
             if issuer is None:
-                raise BackendError(f"the CRL's issuer {found.issuer.rfc4514_string()} is not a CA of any trustpoint "
-                                   "or of the trust pool", app_tag="crl-issuer-unknown", tag="operation-failed")
+                raise EngineError("crl-issuer-unknown",
+                                  f"the CRL's issuer {found.issuer.rfc4514_string()} is not a CA of any trustpoint "
+                                  "or of the trust pool", "operation-failed")
             crl.check_crl(found, issuer, uri)
             return found
         found = await self._run(fetch)
@@ -776,7 +763,7 @@ class PkiBackend(Backend):
 
     async def trustpool_import(self, session, params: dict) -> str:
         if not params.get("url"):
-            raise BackendError("give the url of the CA bundle", app_tag="url-missing", tag="missing-element")
+            raise EngineError("url-missing", "give the url of the CA bundle", "missing-element")
         async with self.lock:
             await self._import_pool(params["url"], session)
         return self._pool_counts(NS)
@@ -800,10 +787,7 @@ class PkiBackend(Backend):
             source = url
         else:
             data, source = read_device_file(self.services.devfs, url, trustpool.MAX_BUNDLE_BYTES, session=session)
-        try:
-            certs = trustpool.parse_bundle(data)
-        except EngineError as exc:
-            raise _error(exc) from None
+        certs = trustpool.parse_bundle(data)
         now = self.services.clock()
         state = self.store.copy()
         # the automatic-update timer restarts from now on the new pool's earliest expiry
@@ -853,7 +837,7 @@ class PkiBackend(Backend):
                     await self._import_pool(url, None)  # as the server: the configured url
                 log.info("trustpool: automatic update from %s done", url)
                 return
-            except BackendError as exc:
+            except EngineError as exc:
                 error = exc.message
                 log.warning("trustpool: automatic update from %s failed: %s", url, error)
         async with self.lock:
@@ -862,7 +846,7 @@ class PkiBackend(Backend):
             try:
                 self.store.commit(state)
                 return
-            except BackendError as exc:
+            except EngineError as exc:
                 log.error("trustpool: %s", exc.message)
         # the attempt is not recorded, and the loop would try again at once
         await self._sleep("trustpool", HOUR)
@@ -935,7 +919,7 @@ class PkiBackend(Backend):
             now = self.services.clock()
             try:
                 nxt = self._check_expiry(now)
-            except BackendError as exc:
+            except EngineError as exc:
                 log.error("expiry check: %s", exc.message)
                 nxt = None
             await self._sleep("expiry", HOUR if nxt is None else min(HOUR, (nxt - now).total_seconds()))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nc_server.backend import BackendError
+from backends.engine.errors import EngineError
 
 CRYPTO = "/Cisco-IOS-XR-um-crypto-cfg:crypto"
 SYSTEM_TRUSTPOINT = "system-trustpoint"
@@ -143,28 +143,30 @@ def check(cfg: PkiConfig, key_exists) -> None:
     """Refuse what no enrollment could use. key_exists(KeyRef) says whether the key store has it."""
     for tp in cfg.trustpoints.values():
         if tp.enrollment == "self" and tp.name != SYSTEM_TRUSTPOINT:
-            raise BackendError(f"trustpoint {tp.name}: enrollment url self needs a ca-keypair, which only the "
-                               "system-trustpoint has", app_tag="self-enrollment-unsupported", tag="invalid-value",
-                               path=tp.path + "/enrollment/url")
+            raise EngineError("self-enrollment-unsupported",
+                              f"trustpoint {tp.name}: enrollment url self needs a ca-keypair, which only the "
+                              "system-trustpoint has", "invalid-value", tp.path + "/enrollment/url")
         if tp.enrollment == "url" and not tp.url.lower().startswith("http://"):
-            raise BackendError(f"trustpoint {tp.name}: enrollment url {tp.url!r} is not an http:// SCEP URL",
-                               app_tag="enrollment-url-invalid", tag="invalid-value", path=tp.path + "/enrollment/url")
+            raise EngineError("enrollment-url-invalid",
+                              f"trustpoint {tp.name}: enrollment url {tp.url!r} is not an http:// SCEP URL",
+                              "invalid-value", tp.path + "/enrollment/url")
         if tp.digest in WEAK_DIGESTS:
-            raise BackendError(f"trustpoint {tp.name}: message-digest {tp.digest} is refused for new certificates; "
-                               "use sha256, sha384 or sha512", app_tag="weak-digest", tag="invalid-value",
-                               path=tp.path + "/message-digest")
+            raise EngineError("weak-digest",
+                              f"trustpoint {tp.name}: message-digest {tp.digest} is refused for new certificates; "
+                              "use sha256, sha384 or sha512", "invalid-value", tp.path + "/message-digest")
         if tp.key_usage_ca is not None and "keycertsign" not in tp.key_usage_ca:
-            raise BackendError(f"trustpoint {tp.name}: key-usage ca-certificate must include keycertsign",
-                               app_tag="key-usage-invalid", tag="invalid-value",
-                               path=tp.path + "/key-usage/ca-certificate/keycertsign")
+            raise EngineError("key-usage-invalid",
+                              f"trustpoint {tp.name}: key-usage ca-certificate must include keycertsign",
+                              "invalid-value", tp.path + "/key-usage/ca-certificate/keycertsign")
         for ref, leaf in ((tp.key, tp.key_leaf), (tp.ca_key, tp.ca_key_leaf)):
             if ref is None or (ref.label == DEFAULT_LABEL and leaf == "rsakeypair"):
                 continue  # the default key is looked for at enrollment, as IOS XR does
             if not key_exists(ref):
-                raise BackendError(f"trustpoint {tp.name}: no {ref.text()}; generate it first",
-                                   app_tag="key-not-found", tag="invalid-value", path=f"{tp.path}/{leaf}")
+                raise EngineError("key-not-found", f"trustpoint {tp.name}: no {ref.text()}; generate it first",
+                                  "invalid-value", f"{tp.path}/{leaf}")
     if cfg.trustpool and cfg.trustpool.cabundle_url:
         url = cfg.trustpool.cabundle_url
         if not url.lower().startswith(("http://", "https://", "disk0:", "harddisk:", "/")):
-            raise BackendError(f"trustpool cabundle url {url!r} is not http://, https:// or a device file",
-                               app_tag="trustpool-url-invalid", tag="invalid-value", path=POLICY_PATH + "/cabundle/url")
+            raise EngineError("trustpool-url-invalid",
+                              f"trustpool cabundle url {url!r} is not http://, https:// or a device file",
+                              "invalid-value", POLICY_PATH + "/cabundle/url")

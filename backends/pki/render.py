@@ -7,7 +7,7 @@ import hashlib
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from nc_server.backend import xml_leaf, xml_text
+from yangcore.backend import xml_leaf, xml_text
 
 from backends.engine import expiry
 

@@ -7,8 +7,8 @@ import copy
 import json
 from pathlib import Path
 
-from nc_server.backend import BackendError
-from nc_server.datastore import atomic_write
+from backends.engine.errors import EngineError
+from yangcore.datastore import atomic_write
 
 
 def _empty() -> dict:
@@ -32,5 +32,5 @@ class PkiStore:
         try:
             atomic_write(self.path, json.dumps(data, indent=1).encode(), mode=0o600)
         except OSError as exc:
-            raise BackendError(f"cannot write the PKI state: {exc.strerror}", app_tag="storage-failed") from None
+            raise EngineError("storage-failed", f"cannot write the PKI state: {exc.strerror}") from None
         self.data = data

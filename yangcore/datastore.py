@@ -14,11 +14,19 @@ from pathlib import Path
 import libyang
 from _libyang import ffi, lib
 
-from .errors import StorageError
+from backends.engine.errors import EngineError
 
 log = logging.getLogger(__name__)
 
 Tree = libyang.DNode | None
+
+
+class StorageError(EngineError):
+    """A state file could not be written (a full or read-only disk): the change was
+    refused and nothing of it is live."""
+
+    def __init__(self, what: str, exc: OSError):
+        super().__init__("storage-failed", f"cannot write {what}: {exc.strerror or exc}")
 
 
 def _wrap(ctx, cdata) -> Tree:

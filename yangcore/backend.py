@@ -1,8 +1,9 @@
-"""The seam between the protocol side and the domain backends.
+"""The seam between the transports and the domain backends.
 
 A backend declares its YANG modules, RPC/action handlers keyed by schema path,
 state providers keyed by subtree, and config hooks for the subtrees it owns.
-Backends register themselves here; nc_server never imports them by name.
+Backends register themselves here; no transport imports them by name. A backend
+refuses with an engine error (backends.engine.errors.EngineError).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from .devfs import DEFAULT_MAX_READ, DevFSError
+from .devfs import DEFAULT_MAX_READ
 
 log = logging.getLogger(__name__)
 
@@ -28,24 +29,10 @@ def xml_leaf(tag: str, value) -> str:
 
 def read_device_file(devfs, path: str, max_size: int | None = None, *, session) -> tuple[bytes, str]:
     """A file of the device filesystem, read as the session's user (session None: as the
-    server itself), and its canonical name; a bad path or a refusal is a BackendError."""
+    server itself), and its canonical name; a bad path or a refusal is a DevFSError."""
     user = None if session is None else session.username
-    try:
-        data = devfs.read_bytes(path, max_size=max_size or DEFAULT_MAX_READ, user=user)
-        return data, devfs.device_path(devfs.resolve(path))
-    except DevFSError as exc:
-        raise BackendError(exc.message, app_tag=exc.code, tag=exc.tag) from None
-
-
-class BackendError(Exception):
-    """A domain failure. The server turns it into an rpc-error (error-type application)."""
-
-    def __init__(self, message: str, *, app_tag: str, tag: str = "operation-failed", path: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.app_tag = app_tag
-        self.tag = tag
-        self.path = path
+    data = devfs.read_bytes(path, max_size=max_size or DEFAULT_MAX_READ, user=user)
+    return data, devfs.device_path(devfs.resolve(path))
 
 
 @dataclass
@@ -95,12 +82,12 @@ class Backend:
     config: tuple[str, ...] = ()
 
     def validate(self, diff: ConfigDiff) -> None:
-        """Raise BackendError to refuse a change. Must not change anything."""
+        """Raise an EngineError to refuse a change. Must not change anything."""
 
     def prepare(self, diff: ConfigDiff, writes) -> None:
-        """Stage the files the change rewrites in writes (a datastore.Writes); the server
+        """Stage the files the change rewrites in writes (a datastore.Writes); the core
         renames them in with the datastore's own file once every write is ready.
-        Raise BackendError to refuse. Must change nothing else."""
+        Raise an EngineError to refuse. Must change nothing else."""
 
     def apply(self, diff: ConfigDiff) -> None:
         """Make the change live, once its files are in place. Must not fail: whatever
@@ -109,7 +96,7 @@ class Backend:
     def protect_secrets(self, tree) -> None:
         """Replace, in place, the clear-text secrets an edit brought into tree (any
         datastore) by their stored form, so that clear text is never stored or returned.
-        Raise BackendError for a secret that cannot be stored."""
+        Raise an EngineError for a secret that cannot be stored."""
 
     def stored_config(self) -> str | None:
         """Configuration the backend keeps in a store of its own (XML, a <config>'s

@@ -15,21 +15,12 @@ from pathlib import Path
 import libyang
 from _libyang import ffi, lib
 
-from .errors import RpcError, RpcErrors
-
 log = logging.getLogger(__name__)
 
 YANG_DIR = Path(__file__).resolve().parent.parent / "yang"
 IETF_DIR = Path(sys.prefix) / "share" / "yang" / "modules" / "ietf"
 IANA_DIR = IETF_DIR.parent / "iana"
 
-# Loaded whatever the backends declare: the base protocol needs them.
-BASE_MODULES = ("ietf-netconf", "ietf-netconf-with-defaults", "ietf-netconf-monitoring", "notifications",
-                "nc-notifications", "ietf-netconf-notifications", "ietf-netconf-acm")
-# the features of modules whose features the server does not all implement (no :url)
-FEATURES = {"ietf-netconf": ("writable-running", "candidate", "confirmed-commit", "rollback-on-error",
-                             "validate", "startup", "xpath"),
-            "ietf-system": ("authentication", "local-users")}
 
 
 @dataclass
@@ -121,7 +112,11 @@ class YangContext(libyang.Context):
         return YangError(text, items)
 
 
-def build_context(modules: list[str], extra_dirs: list[Path] = ()) -> YangContext:
+def build_context(modules: list[str], extra_dirs: list[Path] = (),
+                  features: dict[str, tuple[str, ...]] | None = None) -> YangContext:
+    """A context with modules implemented, each with all its features but those
+    `features` names: they get only the features listed there."""
+    features = features or {}
     search = [str(YANG_DIR), *map(str, extra_dirs), str(IETF_DIR), str(IANA_DIR)]
     # the binding would also search $YANGPATH: the server decides where modules come from
     saved = {k: os.environ.pop(k) for k in ("YANGPATH", "YANG_MODPATH") if k in os.environ}
@@ -129,50 +124,13 @@ def build_context(modules: list[str], extra_dirs: list[Path] = ()) -> YangContex
         ctx = YangContext(":".join(search), disable_searchdir_cwd=True)
     finally:
         os.environ.update(saved)
-    for name in (*BASE_MODULES, *modules):
+    for name in modules:
         mod = ctx.load_module(name)
-        if name not in FEATURES:
+        if name not in features:
             mod.feature_enable_all()
             continue
-        names = [ffi.new("char[]", f.encode()) for f in FEATURES[name]]
+        names = [ffi.new("char[]", f.encode()) for f in features[name]]
         if lib.lys_set_implemented(mod.cdata, ffi.new("char *[]", [*names, ffi.NULL])) != lib.LY_SUCCESS:
             raise ctx.error(f"cannot enable the features of {name}")
     return ctx
 
-
-_NOT_CHILD = re.compile(r'Node "([^"]+)" not found')
-_NO_NS = re.compile(r'No module with namespace "([^"]+)"')
-
-
-def to_rpc_errors(exc: libyang.LibyangError, *, default_tag: str = "invalid-value") -> RpcError | RpcErrors:
-    """Map a libyang failure to RFC 6241 / RFC 7950 §15 rpc-errors."""
-    items = getattr(exc, "items", None) or [YangErrorItem(lib.LYVE_OTHER, str(exc), None, None)]
-    errors = [_one(item, default_tag) for item in items]
-    return errors[0] if len(errors) == 1 else RpcErrors(errors)
-
-
-def _one(item: YangErrorItem, default_tag: str) -> RpcError:
-    msg, app, path = item.message, item.app_tag, item.path
-    if m := _NO_NS.search(msg):
-        return RpcError("unknown-namespace", msg, path=path,
-                        info=[("bad-element", "?"), ("bad-namespace", m.group(1))])
-    if m := _NOT_CHILD.search(msg):
-        return RpcError("unknown-element", msg, path=path, info=[("bad-element", m.group(1))])
-    if app == "instance-required":
-        return RpcError("data-missing", msg, app_tag=app, path=path)
-    if app in ("data-not-unique", "too-many-elements", "too-few-elements"):
-        return RpcError("operation-failed", msg, app_tag=app, path=path)
-    if msg.startswith("Mandatory node") or msg.startswith("Mandatory choice"):
-        return RpcError("data-missing", msg, app_tag="missing-choice" if "choice" in msg else None, path=path)
-    if "missing its key" in msg:
-        return RpcError("missing-element", msg, path=path)
-    if msg.startswith("Duplicate instance") or msg.startswith("Data for both cases"):
-        return RpcError("bad-element", msg, path=path)
-    if msg.startswith("When condition"):
-        return RpcError("unknown-element", msg, path=path)
-    if item.vecode == lib.LYVE_DATA and app:
-        # must / custom error-app-tag from the module
-        return RpcError("operation-failed", msg, app_tag=app, path=path)
-    if msg.startswith("Must condition"):
-        return RpcError("operation-failed", msg, app_tag="must-violation", path=path)
-    return RpcError(default_tag, msg, path=path)
