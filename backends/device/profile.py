@@ -33,6 +33,7 @@ from cryptography import x509
 
 from backends.engine.identity import (IdentityError, cert_pem, issue_idevid, key_pem, load_cert_pem,
                                       load_certs_pem, load_key_pem, make_manufacturer_ca)
+from backends.engine.errors import EngineError
 from backends.engine.openpgp import OpenPGPError, PublicKey, load_keys
 from backends.engine.serials import is_valid_serial, make_serial
 from yangcore.datastore import atomic_write
@@ -46,8 +47,9 @@ PACKAGE_ORIGINS = ("xr", "partner")
 _LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 
 
-class ProfileError(Exception):
-    pass
+class ProfileError(EngineError):
+    def __init__(self, message: str):
+        super().__init__("profile-invalid", message, "invalid-value")
 
 
 @dataclass

@@ -12,6 +12,8 @@ from typing import BinaryIO
 
 import zstandard
 
+from .errors import EngineError
+
 XZ_MEMLIMIT = 128 * 1024 * 1024  # xz -9 needs 65 MiB to decompress
 ZSTD_MAX_WINDOW = 128 * 1024 * 1024  # zstd's own default; --long=31 frames need 2 GiB
 _CHUNK = 1 << 16
@@ -20,8 +22,11 @@ _CHUNK = 1 << 16
 ERRORS = (OSError, EOFError, lzma.LZMAError, zstandard.ZstdError)
 
 
-class TooLarge(Exception):
+class TooLarge(EngineError):
     """More output than the limit, or a decoder that needs more memory than allowed."""
+
+    def __init__(self, message: str):
+        super().__init__("too-large", message, "too-big")
 
 
 class _Xz(io.RawIOBase):

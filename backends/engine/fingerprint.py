@@ -19,14 +19,16 @@ from pathlib import Path
 from typing import Iterable
 
 from . import rootfs
+from .errors import EngineError
 
 EMPTY = hashlib.sha256(b"").hexdigest()
 MAX_WALK = 200_000  # entries visited under a package's directories
 _BUF = 1 << 20
 
 
-class FingerprintError(Exception):
-    pass
+class FingerprintError(EngineError):
+    def __init__(self, message: str):
+        super().__init__("fingerprint-failed", message)
 
 
 def line(path: str, mode: int, digest: str) -> bytes:

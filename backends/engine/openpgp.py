@@ -13,6 +13,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, utils
 
+from .errors import EngineError
+
 HASHES = {2: ("sha1", hashes.SHA1), 8: ("sha256", hashes.SHA256), 9: ("sha384", hashes.SHA384),
           10: ("sha512", hashes.SHA512), 11: ("sha224", hashes.SHA224)}
 WEAK_HASHES = {2}  # SHA-1 signatures are refused
@@ -23,8 +25,9 @@ ED25519_OID = bytes.fromhex("2b06010401da470f01")
 MIN_RSA_BITS = 2048
 
 
-class OpenPGPError(Exception):
-    pass
+class OpenPGPError(EngineError):
+    def __init__(self, message: str):
+        super().__init__("openpgp-invalid", message, "invalid-value")
 
 
 @dataclass(frozen=True)

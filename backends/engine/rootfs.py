@@ -12,14 +12,16 @@ import os
 import stat
 from typing import Iterator
 
+from .errors import EngineError
+
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-class PathBlocked(Exception):
+class PathBlocked(EngineError):
     """A component of a path is a symbolic link (kind "link") or not a directory."""
 
     def __init__(self, path: str, kind: str):
-        super().__init__(f"{path} is {'a symbolic link' if kind == 'link' else 'not a directory'}")
+        super().__init__("path-blocked", f"{path} is {'a symbolic link' if kind == 'link' else 'not a directory'}")
         self.path, self.kind = path, kind
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
 
 from . import decompress, openpgp
+from .errors import EngineError
 
 LEAD_MAGIC = b"\xed\xab\xee\xdb"
 HEADER_MAGIC = b"\x8e\xad\xe8\x01"
@@ -39,13 +40,8 @@ DIGEST_ALGOS = {1: "md5", 2: "sha1", 8: "sha256", 9: "sha384", 10: "sha512", 11:
 DECOMPRESSORS = decompress.OPENERS
 
 
-class RpmError(Exception):
+class RpmError(EngineError):
     """code: not-an-rpm, rpm-corrupt, rpm-unsupported or rpm-too-large."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)

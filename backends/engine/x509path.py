@@ -23,6 +23,8 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
 
+from .errors import EngineError
+
 MAX_DEPTH = 8           # certificates in a path, leaf and anchor included
 MAX_CANDIDATES = 64     # anchors + intermediates considered
 MAX_STEPS = 2048        # issuer links evaluated in one search: bounds backtracking
@@ -42,11 +44,9 @@ CRL_MISSING = "path-crl-missing"
 _PRIORITY = (SIGNATURE_INVALID, REVOKED, NOT_CA, WEAK_ALGORITHM, EXPIRED, CRL_MISSING)
 
 
-class PathError(Exception):
-    def __init__(self, code: str, message: str):
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
+class PathError(EngineError):
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
 
 
 def subject_text(cert: x509.Certificate) -> str:

@@ -13,13 +13,16 @@ from __future__ import annotations
 import json
 import re
 
+from backends.engine.errors import EngineError
+
 MAX_ENTRIES = 100_000
 _FP = re.compile(r"^[0-9a-f]{64}$")
 FIELDS = ("name", "version", "release", "fingerprint")
 
 
-class KgvError(Exception):
-    pass
+class KgvError(EngineError):
+    def __init__(self, message: str):
+        super().__init__("kgv-malformed", message, "invalid-value")
 
 
 def parse(data: bytes) -> dict[tuple[str, str, str, str], str]:
