@@ -121,12 +121,11 @@ class Connection:
             return
         if self._eof:
             raise ConnectionStateError("data after the end of input")
+        if not data:
+            self._eof = True  # checked for a truncated message once the whole messages are out
+            return
         try:
-            if data:
-                self._decoder.feed(data)
-            else:
-                self._eof = True
-                self._decoder.eof()
+            self._decoder.feed(data)
         except FramingError as exc:
             self.close(EndReason.OTHER, f"framing error: {exc}")
 
@@ -144,6 +143,7 @@ class Connection:
         if msg is None:
             if not self._eof:
                 return NEED_DATA
+            self._decoder.eof()
             if self.state is State.AWAIT_HELLO:
                 self.close(EndReason.CLOSED, "closed before hello")
             else:  # close-session ends the connection when its reply is sent, so this is a drop
