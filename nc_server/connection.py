@@ -170,7 +170,11 @@ class Connection:
         self.client_capabilities = caps
         self._set_state(State.ESTABLISHED)
         if BASE_11 in common:
-            self._decoder.switch_to_chunked()
+            try:
+                self._decoder.switch_to_chunked()
+            except FramingError as exc:
+                # the hello stands whatever came after it in the same read: the next event is Closed
+                self.close(EndReason.OTHER, f"framing error: {exc}")
         return Hello(caps, self.chunked)
 
     def _bad_hello(self, detail: str) -> Closed:

@@ -489,3 +489,54 @@ def test_channels_per_connection_are_bounded(server):
             assert (exc.value.code, exc.value.reason) == (asyncssh.OPEN_RESOURCE_SHORTAGE,
                                                           "at most 8 channels per connection")
     run(go())
+
+
+def test_termination_reasons_and_counters_of_ended_sessions(tmp_path):
+    """netconf-session-end carries an RFC 6470 reason: broken framing is "other", a lost
+    transport "dropped"; both count as dropped sessions, a bad hello only as a bad hello."""
+    ncn = "urn:ietf:params:xml:ns:yang:ietf-netconf-notifications"
+    ncm = "urn:ietf:params:xml:ns:yang:ietf-netconf-monitoring"
+
+    def sid(s: Raw) -> str:
+        return parse(s.server_hello).findtext(f"{{{NC}}}session-id")
+
+    async def go(srv):
+        async with Raw(srv) as watcher:
+            watcher.writer.write(hello(BASE11))
+            watcher.writer.write(chunk(f'<rpc message-id="1" xmlns="{NC}"><create-subscription '
+                                       'xmlns="urn:ietf:params:xml:ns:netconf:notification:1.0"/></rpc>'))
+            assert parse(await watcher.read_chunked()).find(f"{{{NC}}}ok") is not None
+            expected = {}
+            async with Raw(srv) as broken:
+                broken.writer.write(hello(BASE11) + b"\n#0\n")
+                assert await broken.closed()
+                expected[sid(broken)] = "other"
+            async with Raw(srv) as dropper:
+                dropper.writer.write(hello(BASE10))
+                expected[sid(dropper)] = "dropped"
+            async with Raw(srv) as closer:
+                closer.writer.write(hello(BASE10))
+                closer.writer.write(f'<rpc message-id="2" xmlns="{NC}"><close-session/></rpc>]]>]]>'.encode())
+                assert parse(await closer.read_until(b"]]>]]>")).find(f"{{{NC}}}ok") is not None
+                assert await closer.closed()
+                expected[sid(closer)] = "closed"
+            async with Raw(srv) as bad:
+                bad.writer.write(hello("urn:example:base:9"))
+                assert await bad.closed()
+            ended = {}
+            while len(ended) < len(expected):
+                end = parse(await watcher.read_chunked()).find(f"{{{ncn}}}netconf-session-end")
+                if end is not None:
+                    ended[end.findtext(f"{{{ncn}}}session-id")] = end.findtext(f"{{{ncn}}}termination-reason")
+            assert ended == expected
+            watcher.writer.write(chunk(f'<rpc message-id="3" xmlns="{NC}"><get><filter type="subtree">'
+                                       f'<netconf-state xmlns="{ncm}"><statistics/></netconf-state>'
+                                       "</filter></get></rpc>"))
+            reply = parse(await watcher.read_chunked())
+            stats = reply.find(f".//{{{ncm}}}statistics")
+            assert stats.findtext(f"{{{ncm}}}dropped-sessions") == "2"
+            assert stats.findtext(f"{{{ncm}}}in-bad-hellos") == "1"
+            assert stats.findtext(f"{{{ncm}}}in-sessions") == "5"
+    log = run_on_own_server(tmp_path, [], go)
+    assert "ended (other): framing error: bad chunk header" in log
+    assert "ended (bad-hello): no common base capability" in log
