@@ -576,3 +576,25 @@ def test_termination_reasons_and_counters_of_ended_sessions(tmp_path):
     log = run_on_own_server(tmp_path, [], go)
     assert "ended (other): framing error: bad chunk header" in log
     assert "ended (bad-hello): no common base capability" in log
+
+
+def test_close_session_and_kill_session_end_the_channel(target):
+    def sid(s: Raw) -> str:
+        return parse(s.server_hello).findtext(f"{{{NC}}}session-id")
+
+    async def go():
+        async with raw(target) as killer, raw(target) as victim:
+            killer.writer.write(hello(BASE10))
+            victim.writer.write(hello(BASE10))
+            killer.writer.write(f'<rpc message-id="1" xmlns="{NC}"><kill-session><session-id>{sid(victim)}'
+                                "</session-id></kill-session></rpc>]]>]]>".encode())
+            assert parse(await killer.read_until(b"]]>]]>")).find(f"{{{NC}}}ok") is not None
+            assert await victim.closed()
+            # the reply to close-session is the last message: what follows it is not read
+            killer.writer.write(f'<rpc message-id="2" xmlns="{NC}"><close-session/></rpc>]]>]]>'
+                                f'<rpc message-id="3" xmlns="{NC}"><get-config><source><running/></source>'
+                                "</get-config></rpc>]]>]]>".encode())
+            reply = parse(await killer.read_until(b"]]>]]>"))
+            assert reply.get("message-id") == "2" and reply.find(f"{{{NC}}}ok") is not None
+            assert await killer.closed() and killer.buf == b""
+    run(go())
