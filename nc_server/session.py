@@ -1,4 +1,6 @@
-"""One NETCONF session: hello exchange, framing, message-id handling and dispatch.
+"""One NETCONF session: a Connection (hello, framing, the <rpc> envelope, the end
+reason) fed from a transport under the hello and idle timeouts, and the dispatch of
+its rpcs to the operations.
 
 Transport-agnostic: it is given an async `read()` returning bytes (b"" at EOF), a
 `write(bytes)` with an async `drain()`, and a `close()`.
