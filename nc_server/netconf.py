@@ -471,7 +471,7 @@ def discard_changes(session, op):
 
 def close_session(session, op):
     _params(op, {})
-    session.closing = True
+    session.connection.close_after_reply()
     return None
 
 

@@ -11,19 +11,30 @@ from .errors import RpcError
 NS = "urn:ietf:params:xml:ns:yang:ietf-netconf-monitoring"
 STATE = "/ietf-netconf-monitoring:netconf-state"
 GET_SCHEMA = "/ietf-netconf-monitoring:get-schema"
-# sessions that ended like this count as dropped (RFC 6022: abnormally terminated)
-DROPPED = ("dropped", "timeout", "bad-message", "other")
 
 
 def timestamp(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class Statistics:
+class Counters:
+    """The message counters of one session; each count also goes to the server's totals."""
+
+    def __init__(self, totals: Counters | None = None):
+        self.totals = totals
+        self.in_rpcs = self.in_bad_rpcs = self.out_rpc_errors = self.out_notifications = 0
+
+    def count(self, name: str) -> None:
+        setattr(self, name, getattr(self, name) + 1)
+        if self.totals is not None:
+            self.totals.count(name)
+
+
+class Statistics(Counters):
     def __init__(self, start: float):
+        super().__init__()
         self.start = start
         self.in_bad_hellos = self.in_sessions = self.dropped_sessions = 0
-        self.in_rpcs = self.in_bad_rpcs = self.out_rpc_errors = self.out_notifications = 0
 
 
 class Schemas:
@@ -80,6 +91,15 @@ class Schemas:
             for (name, rev), (ns, _path) in sorted(self.rows.items()))
 
 
+def _session(s) -> str:
+    c = s.connection.counters
+    return (f"<session><session-id>{s.id}</session-id><transport>ncm:netconf-ssh</transport>"
+            f"<username>{escape(s.username)}</username><source-host>{escape(s.source)}</source-host>"
+            f"<login-time>{timestamp(s.login_time)}</login-time><in-rpcs>{c.in_rpcs}</in-rpcs>"
+            f"<in-bad-rpcs>{c.in_bad_rpcs}</in-bad-rpcs><out-rpc-errors>{c.out_rpc_errors}</out-rpc-errors>"
+            f"<out-notifications>{c.out_notifications}</out-notifications></session>")
+
+
 def state(server) -> str:
     caps = "".join(f"<capability>{escape(c)}</capability>" for c in server.capabilities)
     stores = []
@@ -89,13 +109,7 @@ def state(server) -> str:
             lock = (f"<locks><global-lock><locked-by-session>{server.locks[name]}</locked-by-session>"
                     f"<locked-time>{timestamp(server.lock_times[name])}</locked-time></global-lock></locks>")
         stores.append(f"<datastore><name>{name}</name>{lock}</datastore>")
-    sessions = "".join(
-        f"<session><session-id>{s.id}</session-id><transport>ncm:netconf-ssh</transport>"
-        f"<username>{escape(s.username)}</username><source-host>{escape(s.source)}</source-host>"
-        f"<login-time>{timestamp(s.login_time)}</login-time><in-rpcs>{s.in_rpcs}</in-rpcs>"
-        f"<in-bad-rpcs>{s.in_bad_rpcs}</in-bad-rpcs><out-rpc-errors>{s.out_rpc_errors}</out-rpc-errors>"
-        f"<out-notifications>{s.out_notifications}</out-notifications></session>"
-        for s in server.sessions.values())
+    sessions = "".join(_session(s) for s in server.sessions.values())
     st = server.stats
     stats = (f"<statistics><netconf-start-time>{timestamp(st.start)}</netconf-start-time>"
              f"<in-bad-hellos>{st.in_bad_hellos}</in-bad-hellos><in-sessions>{st.in_sessions}</in-sessions>"

@@ -1,4 +1,6 @@
-"""One NETCONF session: hello exchange, framing, message-id handling and dispatch.
+"""One NETCONF session: a Connection (hello, framing, the <rpc> envelope, the end
+reason) fed from a transport under the hello and idle timeouts, and the dispatch of
+its rpcs to the operations.
 
 Transport-agnostic: it is given an async `read()` returning bytes (b"" at EOF), a
 `write(bytes)` with an async `drain()`, and a `close()`.
@@ -15,24 +17,14 @@ from _libyang import ffi, lib
 from lxml import etree
 
 from backends.engine.errors import EngineError
-from yangcore.backend import xml_text
 from yangcore.datastore import data_path
 
-from . import local_users, netconf, notifications, xmlsafe
+from . import local_users, netconf, notifications
+from .connection import NEED_DATA, BadRpc, Closed, Connection, EndReason, Hello, State
 from .errors import NC_NS, RpcError, RpcErrors, to_rpc_errors, wire_errors
-from .framing import Decoder, FramingError, encode
-from .netconf_monitoring import DROPPED
+from .netconf_monitoring import Counters
 
 log = logging.getLogger(__name__)
-
-BASE_10 = "urn:ietf:params:netconf:base:1.0"
-BASE_11 = "urn:ietf:params:netconf:base:1.1"
-# termination-reason values of netconf-session-end (RFC 6470)
-END_REASONS = ("closed", "killed", "dropped", "timeout", "bad-hello", "other")
-
-
-class SessionEnd(Exception):
-    pass
 
 
 class _Deadline:
@@ -75,6 +67,9 @@ class _Deadline:
 
 
 class Session:
+    """Drives a Connection with a transport and dispatches its rpcs; the session's
+    protocol state lives in the Connection."""
+
     def __init__(self, server, username: str, source: str, transport: str, read, write, drain, close):
         self.server = server
         self.id = server.new_session_id()
@@ -83,155 +78,88 @@ class Session:
         self.transport = transport
         self.login_time = time.time()
         self._read, self._write, self._drain, self._close = read, write, drain, close
-        self.decoder = Decoder(server.limits.max_message)
-        self.chunked = False
-        self.closing = False
-        self.client_capabilities: list[str] = []
-        self.in_rpcs = self.in_bad_rpcs = self.out_rpc_errors = self.out_notifications = 0
-        self.end_reason = "closed"
-        self.killed_by: int | None = None
-        self.started = False  # hello done
+        self.connection = Connection(self.id, server.capabilities, server.limits.max_message,
+                                     Counters(server.stats))
 
     # -- lifecycle ----------------------------------------------------------
     async def run(self) -> None:
-        server = self.server
+        server, conn = self.server, self.connection
         server.sessions[self.id] = self
         server.stats.in_sessions += 1
         log.info("session %d started: user %s from %s", self.id, self.username, self.source)
         self._deadline = _Deadline()
+        started = False
         try:
-            self._send(self._hello_bytes())
-            await self._hello()
-            self.started = True
-            server.notify(notifications.session_start(self))
-            while not self.closing:
-                msg = await self._message(self.server.limits.idle_timeout, "idle")
-                if msg is None:
-                    if not self.closing:  # the peer went away without close-session
-                        self.end_reason = "dropped"
+            self._write(conn.send_hello())
+            event = await self._next_event(server.limits.hello_timeout, "hello")
+            if isinstance(event, Hello):
+                started = True
+                server.notify(notifications.session_start(self))
+            while conn.state is not State.CLOSED:
+                event = await self._next_event(server.limits.idle_timeout, "idle")
+                if isinstance(event, Closed):
                     break
-                reply = await self.handle(msg)
-                if reply is not None:
-                    self._send(reply)
+                reply, error = await self.handle(event)
+                if conn.state is not State.CLOSED:
+                    self._write(conn.send_reply(reply, error))
                     await self._drain()
-        except FramingError as exc:
-            self.end_reason = "bad-message"
-            log.warning("session %d: framing error, closing: %s", self.id, exc)
-        except SessionEnd as exc:
-            if self.end_reason == "bad-hello":
-                self.server.stats.in_bad_hellos += 1
-            log.warning("session %d: %s", self.id, exc)
         except (ConnectionError, asyncio.IncompleteReadError, BrokenPipeError):
-            self.end_reason = "dropped"
+            conn.close(EndReason.DROPPED, "connection lost")
         except Exception:
-            self.end_reason = "other"
+            conn.close(EndReason.OTHER, "internal error")
             log.exception("session %d: internal error, closing", self.id)
         finally:
             self._deadline.close()
-            if self.end_reason in DROPPED:
-                self.server.stats.dropped_sessions += 1
-            self.server.end_session(self.id)
-            if self.started:
-                reason = self.end_reason if self.end_reason in END_REASONS else "other"
-                self.server.notify(notifications.session_end(self, reason, self.killed_by))
+            end = conn.closed
+            if end.reason is EndReason.BAD_HELLO:
+                server.stats.in_bad_hellos += 1
+            if end.reason.abnormal:
+                server.stats.dropped_sessions += 1
+            server.end_session(self.id)
+            if started:
+                server.notify(notifications.session_end(self, end.reason.value, end.killed_by))
             self._close()
-            log.info("session %d ended (%s)", self.id, self.end_reason)
-
-    def _count(self, counter: str) -> None:
-        """Per-session and server-wide counters (RFC 6022)."""
-        setattr(self, counter, getattr(self, counter) + 1)
-        stats = self.server.stats
-        setattr(stats, counter, getattr(stats, counter) + 1)
+            level = logging.WARNING if end.reason.abnormal or end.reason is EndReason.BAD_HELLO else logging.INFO
+            log.log(level, "session %d ended (%s): %s", self.id, end.reason.value, end.detail)
 
     def send_notification(self, t: float, body: str) -> None:
-        self._send(notifications.envelope(t, body))
-        self._count("out_notifications")
+        if self.connection.state is not State.CLOSED:
+            self._write(self.connection.send_notification(notifications.envelope(t, body)))
 
     async def drain(self) -> None:
         await self._drain()
 
     def kill(self, why: str, killed_by: int | None = None) -> None:
-        log.warning("session %d: %s", self.id, why)
-        self.killed_by = killed_by
-        self.end_reason = "killed" if killed_by is not None else "other"
-        self.closing = True
+        self.connection.close(EndReason.KILLED if killed_by is not None else EndReason.OTHER, why, killed_by)
         self.server.end_session(self.id)
         self._close()
 
-    # -- framing ------------------------------------------------------------
-    def _send(self, data: bytes) -> None:
-        self._write(encode(data, self.chunked))
-
-    async def _message(self, timeout: float, what: str) -> bytes | None:
-        """The next message, which must be complete within timeout: bytes trickled
-        in do not move the deadline."""
+    async def _next_event(self, timeout: float, what: str):
+        """The next event, whose message must be complete within timeout: bytes
+        trickled in do not move the deadline."""
+        conn = self.connection
         self._deadline.start(timeout)
         try:
-            while True:
-                msg = self.decoder.next_message()
-                if msg is not None:
-                    return msg
+            while (event := conn.next_event()) is NEED_DATA:
                 try:
                     data = await self._read()
                 except asyncio.CancelledError:
                     if not self._deadline.expired:
                         raise
                     self._deadline.task.uncancel()
-                    self.end_reason = "timeout"
-                    raise SessionEnd(f"{what} timeout after {timeout:g}s") from None
-                if not data:
-                    self.decoder.eof()
-                    return None
-                self.decoder.feed(data)
+                    conn.close(EndReason.TIMEOUT, f"{what} timeout after {timeout:g}s")
+                    continue
+                conn.receive_data(data)
+            return event
         finally:
             self._deadline.stop()
 
-    # -- hello --------------------------------------------------------------
-    def _hello_bytes(self) -> bytes:
-        caps = "".join(f"<capability>{xml_text(c)}</capability>" for c in self.server.capabilities)
-        return (f'<?xml version="1.0" encoding="UTF-8"?><hello xmlns="{NC_NS}"><capabilities>{caps}'
-                f"</capabilities><session-id>{self.id}</session-id></hello>").encode()
-
-    async def _hello(self) -> None:
-        msg = await self._message(self.server.limits.hello_timeout, "hello")
-        if msg is None:
-            raise SessionEnd("closed before hello")
-        try:
-            root = xmlsafe.parse(msg)
-        except RpcError as exc:
-            self.end_reason = "bad-hello"
-            raise SessionEnd(f"unparsable hello: {exc.message}") from None
-        if root.tag != f"{{{NC_NS}}}hello":
-            self.end_reason = "bad-hello"
-            raise SessionEnd(f"expected <hello>, got <{etree.QName(root).localname}>")
-        if root.find(f"{{{NC_NS}}}session-id") is not None:
-            self.end_reason = "bad-hello"
-            raise SessionEnd("client hello carries a session-id")
-        self.client_capabilities = [(c.text or "").strip() for c in root.iter(f"{{{NC_NS}}}capability")]
-        if BASE_11 in self.client_capabilities:
-            self.chunked = True
-            self.decoder.switch_to_chunked()
-        elif BASE_10 not in self.client_capabilities:
-            self.end_reason = "bad-hello"
-            raise SessionEnd("no common base capability")
-
     # -- rpc ----------------------------------------------------------------
-    async def handle(self, msg: bytes) -> bytes | None:
-        self._count("in_rpcs")
-        try:
-            root = xmlsafe.parse(msg)
-        except RpcError as exc:
-            self._count("in_bad_rpcs")
-            return self._reply(None, None, [exc])
-        if root.tag != f"{{{NC_NS}}}rpc":
-            self._count("in_bad_rpcs")
-            return self._reply(None, None, [RpcError(
-                "malformed-message", f"expected <rpc>, got <{etree.QName(root).localname}>", type="rpc")])
-        if root.get("message-id") is None:
-            self._count("in_bad_rpcs")
-            return self._reply(root, None, [RpcError(
-                "missing-attribute", "<rpc> has no message-id attribute", type="rpc",
-                info=[("bad-attribute", "message-id"), ("bad-element", "rpc")])])
+    async def handle(self, event) -> tuple[bytes, bool]:
+        """The reply to an Rpc or BadRpc event, and whether it carries rpc-errors."""
+        if isinstance(event, BadRpc):
+            return self._reply(event.root, None, [event.error]), True
+        root = event.root
         ops = [c for c in root if isinstance(c.tag, str)]
         try:
             if not ops:
@@ -239,13 +167,14 @@ class Session:
             if len(ops) > 1:
                 raise RpcError("malformed-message", f"<rpc> must hold exactly one operation, not {len(ops)}",
                                type="rpc")
-            body = await self._dispatch(msg, ops[0])
-            return self._reply(root, body, [])
+            body = await self._dispatch(event.message, ops[0])
+            return self._reply(root, body, []), False
         except (RpcError, RpcErrors, EngineError) as exc:
-            return self._reply(root, None, wire_errors(exc))
+            errors = wire_errors(exc)
         except Exception:
             log.exception("session %d: operation failed", self.id)
-            return self._reply(root, None, [RpcError("operation-failed", "internal error; see the server log")])
+            errors = [RpcError("operation-failed", "internal error; see the server log")]
+        return self._reply(root, None, errors), True
 
     async def _dispatch(self, msg: bytes, op: etree._Element):
         q = etree.QName(op)
@@ -347,7 +276,6 @@ class Session:
             for k, v in rpc.attrib.items():
                 reply.set(k, v)
         if errors:
-            self._count("out_rpc_errors")
             for e in errors:
                 reply.append(e.to_xml(self.server.ctx.namespace_of))
         elif body is None:

@@ -10,6 +10,7 @@ import pytest
 from lxml import etree
 
 from conftest import NC, PASSWORD, ServerProcess
+from memory_server import MemoryServer
 
 BASE10 = "urn:ietf:params:netconf:base:1.0"
 BASE11 = "urn:ietf:params:netconf:base:1.1"
@@ -32,14 +33,21 @@ class Raw:
         self.srv = srv
 
     async def __aenter__(self):
-        self.conn = await asyncssh.connect(self.srv.host, self.srv.port, username="admin", password=PASSWORD,
-                                           known_hosts=None, client_keys=None)
-        self.writer, self.reader, _ = await self.conn.open_session(subsystem="netconf", encoding=None)
+        self.writer, self.reader = await self.open()
         self.buf = b""
         self.server_hello = await self.read_until(b"]]>]]>")
         return self
 
     async def __aexit__(self, *exc):
+        await self.close()
+
+    async def open(self):
+        self.conn = await asyncssh.connect(self.srv.host, self.srv.port, username="admin", password=PASSWORD,
+                                           known_hosts=None, client_keys=None)
+        writer, reader, _ = await self.conn.open_session(subsystem="netconf", encoding=None)
+        return writer, reader
+
+    async def close(self):
         self.conn.close()
         await self.conn.wait_closed()
 
@@ -79,6 +87,34 @@ class Raw:
                 self.buf += data
         except asyncio.TimeoutError:
             return False
+
+
+class MemoryRaw(Raw):
+    """The same byte-level client on a session of the in-process server."""
+
+    async def open(self):
+        self.channel = self.srv.channel()
+        return await self.channel.open()
+
+    async def close(self):
+        await self.channel.close()
+
+
+def raw(srv) -> Raw:
+    return MemoryRaw(srv) if isinstance(srv, MemoryServer) else Raw(srv)
+
+
+@pytest.fixture(scope="module")
+def memory_server(tmp_path_factory):
+    srv = MemoryServer(tmp_path_factory.mktemp("mem") / "state")
+    yield srv
+    srv.close()
+
+
+@pytest.fixture(params=["ssh", "memory"])
+def target(request):
+    """The shared server over SSH, or the same session and dispatch code in this process."""
+    return request.getfixturevalue("server" if request.param == "ssh" else "memory_server")
 
 
 def run(coro):
@@ -124,9 +160,9 @@ def test_server_hello(server):
     run(go())
 
 
-def test_base10_end_of_message_framing(server):
+def test_base10_end_of_message_framing(target):
     async def go():
-        async with Raw(server) as s:
+        async with raw(target) as s:
             s.writer.write(hello(BASE10))
             s.writer.write(f'<rpc message-id="7" xmlns="{NC}"><get-config><source><running/></source>'
                            "</get-config></rpc>]]>]]>".encode())
@@ -136,9 +172,9 @@ def test_base10_end_of_message_framing(server):
     run(go())
 
 
-def test_chunked_framing_and_attribute_echo(server):
+def test_chunked_framing_and_attribute_echo(target):
     async def go():
-        async with Raw(server) as s:
+        async with raw(target) as s:
             s.writer.write(hello(BASE10, BASE11))
             rpc = (f'<rpc message-id="m-1" xmlns="{NC}" xmlns:ex="urn:example" ex:user-attr="x" other="y">'
                    "<get-config><source><running/></source></get-config></rpc>")
@@ -162,9 +198,9 @@ def test_chunked_framing_and_attribute_echo(server):
     ("<notxml", "malformed-message"),
     (f'<rpc message-id="1" xmlns="{NC}"/>', "missing-element"),
 ])
-def test_bad_rpcs_get_errors_and_the_session_goes_on(server, body, tag):
+def test_bad_rpcs_get_errors_and_the_session_goes_on(target, body, tag):
     async def go():
-        async with Raw(server) as s:
+        async with raw(target) as s:
             s.writer.write(hello(BASE11))
             s.writer.write(chunk(body))
             reply = parse(await s.read_chunked())
@@ -194,9 +230,9 @@ EXTERNAL_ENTITY = """<?xml version="1.0"?>
 
 
 @pytest.mark.parametrize("doc", [BILLION_LAUGHS, EXTERNAL_ENTITY])
-def test_hostile_xml_is_malformed_message(server, doc):
+def test_hostile_xml_is_malformed_message(target, doc):
     async def go():
-        async with Raw(server) as s:
+        async with raw(target) as s:
             s.writer.write(hello(BASE11))
             s.writer.write(chunk(doc))
             reply = await s.read_chunked()
@@ -205,9 +241,9 @@ def test_hostile_xml_is_malformed_message(server, doc):
     run(go())
 
 
-def test_bad_chunk_header_closes_only_that_session(server):
+def test_bad_chunk_header_closes_only_that_session(target):
     async def go():
-        async with Raw(server) as good, Raw(server) as bad:
+        async with raw(target) as good, raw(target) as bad:
             good.writer.write(hello(BASE11))
             bad.writer.write(hello(BASE11))
             bad.writer.write(b"\n#0\n")
@@ -216,7 +252,7 @@ def test_bad_chunk_header_closes_only_that_session(server):
                                     "</source></get-config></rpc>"))
             assert parse(await good.read_chunked()).get("message-id") == "1"
     run(go())
-    assert "framing error" in server.log()
+    assert "framing error" in target.log()
 
 
 def test_oversized_message_closes_the_session(tmp_path):
@@ -257,9 +293,9 @@ def test_idle_timeout_counts_from_the_last_message(tmp_path):
     hello("urn:example:base:9"),
     b"<rpc/>]]>]]>",
 ])
-def test_bad_client_hello_closes(server, client_hello):
+def test_bad_client_hello_closes(target, client_hello):
     async def go():
-        async with Raw(server) as s:
+        async with raw(target) as s:
             s.writer.write(client_hello)
             assert await s.closed()
     run(go())
@@ -317,11 +353,11 @@ def test_session_limit(tmp_path):
     assert "refusing a session for admin from 127.0.0.1: 1 sessions open, the most the server allows" in log
 
 
-def test_error_path_prefixes_are_bound(server):
+def test_error_path_prefixes_are_bound(target):
     ct = "urn:trustplane:test:config-test"
 
     async def go():
-        async with Raw(server) as s:
+        async with raw(target) as s:
             s.writer.write(hello(BASE11))
             s.writer.write(chunk(f'<rpc message-id="1" xmlns="{NC}"><edit-config><target><running/></target>'
                                  f'<config><settings xmlns="{ct}"><mtu>1</mtu></settings></config>'
@@ -488,4 +524,77 @@ def test_channels_per_connection_are_bounded(server):
                 await conn.open_session(subsystem="netconf", encoding=None)
             assert (exc.value.code, exc.value.reason) == (asyncssh.OPEN_RESOURCE_SHORTAGE,
                                                           "at most 8 channels per connection")
+    run(go())
+
+
+def test_termination_reasons_and_counters_of_ended_sessions(tmp_path):
+    """netconf-session-end carries an RFC 6470 reason: broken framing is "other", a lost
+    transport "dropped"; both count as dropped sessions, a bad hello only as a bad hello."""
+    ncn = "urn:ietf:params:xml:ns:yang:ietf-netconf-notifications"
+    ncm = "urn:ietf:params:xml:ns:yang:ietf-netconf-monitoring"
+
+    def sid(s: Raw) -> str:
+        return parse(s.server_hello).findtext(f"{{{NC}}}session-id")
+
+    async def go(srv):
+        async with Raw(srv) as watcher:
+            watcher.writer.write(hello(BASE11))
+            watcher.writer.write(chunk(f'<rpc message-id="1" xmlns="{NC}"><create-subscription '
+                                       'xmlns="urn:ietf:params:xml:ns:netconf:notification:1.0"/></rpc>'))
+            assert parse(await watcher.read_chunked()).find(f"{{{NC}}}ok") is not None
+            expected = {}
+            async with Raw(srv) as broken:
+                broken.writer.write(hello(BASE11) + b"\n#0\n")
+                assert await broken.closed()
+                expected[sid(broken)] = "other"
+            async with Raw(srv) as dropper:
+                dropper.writer.write(hello(BASE10))
+                expected[sid(dropper)] = "dropped"
+            async with Raw(srv) as closer:
+                closer.writer.write(hello(BASE10))
+                closer.writer.write(f'<rpc message-id="2" xmlns="{NC}"><close-session/></rpc>]]>]]>'.encode())
+                assert parse(await closer.read_until(b"]]>]]>")).find(f"{{{NC}}}ok") is not None
+                assert await closer.closed()
+                expected[sid(closer)] = "closed"
+            async with Raw(srv) as bad:
+                bad.writer.write(hello("urn:example:base:9"))
+                assert await bad.closed()
+            ended = {}
+            while len(ended) < len(expected):
+                end = parse(await watcher.read_chunked()).find(f"{{{ncn}}}netconf-session-end")
+                if end is not None:
+                    ended[end.findtext(f"{{{ncn}}}session-id")] = end.findtext(f"{{{ncn}}}termination-reason")
+            assert ended == expected
+            watcher.writer.write(chunk(f'<rpc message-id="3" xmlns="{NC}"><get><filter type="subtree">'
+                                       f'<netconf-state xmlns="{ncm}"><statistics/></netconf-state>'
+                                       "</filter></get></rpc>"))
+            reply = parse(await watcher.read_chunked())
+            stats = reply.find(f".//{{{ncm}}}statistics")
+            assert stats.findtext(f"{{{ncm}}}dropped-sessions") == "2"
+            assert stats.findtext(f"{{{ncm}}}in-bad-hellos") == "1"
+            assert stats.findtext(f"{{{ncm}}}in-sessions") == "5"
+    log = run_on_own_server(tmp_path, [], go)
+    assert "ended (other): framing error: bad chunk header" in log
+    assert "ended (bad-hello): no common base capability" in log
+
+
+def test_close_session_and_kill_session_end_the_channel(target):
+    def sid(s: Raw) -> str:
+        return parse(s.server_hello).findtext(f"{{{NC}}}session-id")
+
+    async def go():
+        async with raw(target) as killer, raw(target) as victim:
+            killer.writer.write(hello(BASE10))
+            victim.writer.write(hello(BASE10))
+            killer.writer.write(f'<rpc message-id="1" xmlns="{NC}"><kill-session><session-id>{sid(victim)}'
+                                "</session-id></kill-session></rpc>]]>]]>".encode())
+            assert parse(await killer.read_until(b"]]>]]>")).find(f"{{{NC}}}ok") is not None
+            assert await victim.closed()
+            # the reply to close-session is the last message: what follows it is not read
+            killer.writer.write(f'<rpc message-id="2" xmlns="{NC}"><close-session/></rpc>]]>]]>'
+                                f'<rpc message-id="3" xmlns="{NC}"><get-config><source><running/></source>'
+                                "</get-config></rpc>]]>]]>".encode())
+            reply = parse(await killer.read_until(b"]]>]]>"))
+            assert reply.get("message-id") == "2" and reply.find(f"{{{NC}}}ok") is not None
+            assert await killer.closed() and killer.buf == b""
     run(go())
