@@ -9,7 +9,7 @@ from pathlib import Path
 import libyang
 from _libyang import ffi, lib
 
-from . import datastore, netconf_acm, netconf_monitoring, notifications, xmlsafe
+from . import datastore, datatree, netconf_acm, netconf_monitoring, notifications, xmlsafe
 from .backend import Backend, BackendError, Change, ConfigDiff, Services
 from .confirmed_commit import ConfirmedCommit
 from .edit import apply_edit
@@ -76,7 +76,7 @@ class Server:
         self.confirmed = ConfirmedCommit(ds_dir / "confirmed-commit.json", self._confirmed_rollback)
         self.notifications = notifications.Notifications(self, state_dir / "notifications", replay_size,
                                                          notification_queue)
-        services.notify = self.notify
+        services.notify = self.notify_data
         self.acm = netconf_acm.AccessControl(self)
         self.stats = netconf_monitoring.Statistics(time.time())
         self.schemas = netconf_monitoring.Schemas(self.ctx)
@@ -273,6 +273,15 @@ class Server:
     def notify(self, body: str) -> None:
         """Raise a notification (one element, validated against its schema first)."""
         self.notifications.publish(body)
+
+    def notify_data(self, path: str, data: dict) -> None:
+        """Raise a backend's notification, given as its path and its content's data."""
+        try:
+            body = datatree.notification(self.ctx, path, data)
+        except datatree.DataError as exc:
+            log.error("notification %s dropped, it does not match its schema: %s", path, exc)
+            return
+        self.notify(body)
 
     def _apply_to_backends(self, diff: ConfigDiff) -> None:
         """At start: bring the backends' files and state in line with running."""
