@@ -34,14 +34,6 @@ class DataError(Exception):
     """Backend data that does not match its schema."""
 
 
-def _text(value) -> str:
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    return xml_text(str(value))
-
-
 def _encode(ctx, data: dict, ns: str | None, out: list[str]) -> None:
     for key, value in data.items():
         if value is None:
@@ -55,13 +47,18 @@ def _encode(ctx, data: dict, ns: str | None, out: list[str]) -> None:
         elif ns is None:
             raise DataError(f'"{key}": a top-level node needs its module name')
         head = f'<{name} xmlns="{child_ns}">' if child_ns != ns else f"<{name}>"
-        for item in value if isinstance(value, list) else (value,):
-            if isinstance(item, dict):
+        tail = f"</{name}>"
+        for item in value if type(value) is list else (value,):
+            if type(item) is dict:
                 out.append(head)
                 _encode(ctx, item, child_ns, out)
+                out.append(tail)
+            elif type(item) is str:
+                out.append(head + xml_text(item) + tail)
+            elif type(item) is bool:
+                out.append(head + ("true" if item else "false") + tail)
             else:
-                out.append(head + _text(item))
-            out.append(f"</{name}>")
+                out.append(head + xml_text(str(item)) + tail)
 
 
 def encode(ctx, data: dict) -> str:
@@ -72,19 +69,16 @@ def encode(ctx, data: dict) -> str:
 
 
 def state(ctx, data: dict | None) -> datastore.Tree:
-    """A state provider's data as a validated tree (its modules' state carries no
-    reference to configuration, so it is validated alone)."""
+    """A state provider's data as a tree: each value checked against its type, each node
+    against the schema. (Whole-module rules, such as mandatory nodes, are not checked on
+    every read: that costs more than building the tree.)"""
     if not data:
         return None
     try:
         tree = ctx.parse_data_mem(encode(ctx, data), "xml", strict=True, parse_only=True)
     except libyang.LibyangError as exc:
         raise DataError(str(exc)) from None
-    try:
-        return datastore.validate(ctx, tree, no_state=False)
-    except libyang.LibyangError as exc:
-        datastore.free(tree)
-        raise DataError(str(exc)) from None
+    return tree
 
 
 def notification(ctx, path: str, data: dict) -> str:

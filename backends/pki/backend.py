@@ -231,7 +231,7 @@ class PkiBackend(Backend):
                 fp = render.sha1(c)
                 if fp not in certs:
                     certs[fp] = {"sha1-fingerprint": fp, "origin": origin, "active": fp not in inactive,
-                                 **render.certificate_info(c)}
+                                 **render.certificate_info(c, fp)}
         return {"trustplane-pki:pki": {"trustpool": {
             "last-update": pool["last-update"], "source": pool["source"],
             "next-update-attempt": self._next_pool_update_text(), "last-update-error": pool["last-error"],

@@ -35,11 +35,11 @@ def sha256(cert: x509.Certificate) -> str:
     return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest().upper()
 
 
-def certificate_info(cert: x509.Certificate) -> dict:
-    """trustplane-pki's certificate-info grouping."""
+def certificate_info(cert: x509.Certificate, sha1_text: str | None = None) -> dict:
+    """trustplane-pki's certificate-info grouping (sha1_text: the SHA-1 fingerprint, when known)."""
     return {"subject": cert.subject.rfc4514_string(), "issuer": cert.issuer.rfc4514_string(),
             "serial-number": expiry.serial_text(cert.serial_number),
-            "sha1-fingerprint": sha1(cert), "sha256-fingerprint": sha256(cert),
+            "sha1-fingerprint": sha1_text or sha1(cert), "sha256-fingerprint": sha256(cert),
             "not-before": utc(cert.not_valid_before_utc), "not-after": utc(cert.not_valid_after_utc)}
 
 
