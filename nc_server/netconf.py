@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +14,7 @@ import libyang
 from lxml import etree
 
 from backends.engine.errors import EngineError
-from yangcore import datastore
+from yangcore import datastore, datatree
 
 from . import filters, notifications
 from .edit import apply_edit
@@ -25,8 +24,6 @@ log = logging.getLogger(__name__)
 
 WD_NS = "urn:ietf:params:xml:ns:yang:ietf-netconf-with-defaults"
 WD_MODES = ("report-all", "report-all-tagged", "trim", "explicit")
-# The test suite sets this so every <get> reply is validated against the schema.
-VALIDATE_REPLIES = os.environ.get("TRUSTPLANE_VALIDATE_REPLIES") == "1"
 
 
 def _q(name: str) -> str:
@@ -183,39 +180,40 @@ def _with_state(server, xpaths) -> datastore.Tree:
         for path, provider in server.state_providers.items():
             if _wanted(path, xpaths) and provider not in called:
                 called.add(provider)
-                xml = provider()
-                if xml:
-                    state = server.ctx.parse_data_mem(xml, "xml", strict=True, parse_only=True)
-                    try:
-                        tree = datastore.merge(server.ctx, tree, state)
-                    finally:
-                        datastore.free(state)
-    except libyang.LibyangError as exc:
+                state = _state_tree(server.ctx, provider())
+                try:
+                    tree = datastore.merge(server.ctx, tree, state)
+                finally:
+                    datastore.free(state)
+    except (datatree.DataError, libyang.LibyangError) as exc:
         datastore.free(tree)
         log.error("state data does not match its schema: %s", exc)
         raise RpcError("operation-failed", "internal error: state data does not match its schema") from None
     return tree
 
 
-def _validate_all_state(server) -> None:
-    """Test mode: every provider's state, with running, must satisfy the schema
-    (a filtered reply cannot be checked alone: filters leave out mandatory nodes)."""
-    tree = _with_state(server, None)
+def _state_tree(ctx, state) -> datastore.Tree:
+    """A provider's state: Python data (see datatree), or XML text from the protocol
+    side's own modules."""
+    if isinstance(state, str):
+        return ctx.parse_data_mem(state, "xml", strict=True, parse_only=True) if state else None
+    return datatree.state(ctx, state)
+
+
+def rpc_output(server, op, spath: str, data: dict) -> str:
+    """The reply body of a YANG RPC or action whose handler returned data. op: the
+    `struct lyd_node *` of the operation as parsed."""
     try:
-        tree = datastore.validate(server.ctx, tree, no_state=False)
-    except libyang.LibyangError as exc:
-        log.error("state data failed schema validation: %s", exc)
-        raise RpcError("operation-failed", "internal error: state data does not match its schema") from None
-    finally:
-        datastore.free(tree)
+        return datatree.output(server.ctx, op, data, server.running.tree)
+    except datatree.DataError as exc:
+        log.error("%s output does not match its schema: %s", spath, exc)
+        raise RpcError("operation-failed", "internal error: the reply does not match its schema") from None
 
 
 async def get(session, op):
     params = _params(op, {"filter": False, "with-defaults": False})
     mode = _with_defaults(params)
     xpaths = _filter(session, params)
-    if VALIDATE_REPLIES:
-        _validate_all_state(session.server)
     return await _data_reply(session, _with_state(session.server, xpaths), xpaths, mode, owned=True)
 
 

@@ -121,10 +121,10 @@ def state(server) -> str:
             f"<sessions>{sessions}</sessions>{stats}</netconf-state>")
 
 
-def get_schema(server, params: dict) -> str:
+def get_schema(server, params: dict) -> dict:
     fmt = params.get("format", "yang")
     if fmt.split(":")[-1] != "yang":
         raise RpcError("invalid-value", f'schema format "{fmt}" is not available; only yang',
                        path=f"{GET_SCHEMA}/format")
     text = server.schemas.text(params["identifier"], params.get("version") or None)
-    return f'<data xmlns="{NS}">{escape(text)}</data>'
+    return {"data": text}

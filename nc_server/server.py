@@ -88,7 +88,7 @@ class Server:
         self.confirmed = ConfirmedCommit(ds_dir / "confirmed-commit.json", self._confirmed_rollback)
         self.notifications = notifications.Notifications(self, state_dir / "notifications", replay_size,
                                                          notification_queue)
-        services.notify = self.notify
+        services.notify = self.bus.notify_data
         self.bus.subscribe(self._on_event)
         self.acm = netconf_acm.NetconfAccessControl(self.ctx, self.running)
         self.stats = netconf_monitoring.Statistics(time.time())

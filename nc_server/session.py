@@ -229,43 +229,9 @@ class Session:
             result = handler(self, next(iter(params.values()), None) or {})
             if inspect.isawaitable(result):
                 result = await result
-            if result is not None:
-                self._check_output(node, spath, result)
-            return result
+            return None if result is None else netconf.rpc_output(server, node.cdata, spath, result)
         finally:
             lib.lyd_free_all(root)
-
-    def _check_output(self, op_node, spath: str, output: str) -> None:
-        """A backend's RPC output must match the schema before it goes on the wire."""
-        ctx = self.server.ctx
-        dup = ffi.new("struct lyd_node **")
-        if lib.lyd_dup_single(op_node.cdata, ffi.NULL, lib.LYD_DUP_WITH_PARENTS, dup) != lib.LY_SUCCESS:
-            raise ctx.error("cannot copy the operation")
-        top = dup[0]
-        while top.parent != ffi.NULL:
-            top = ffi.cast("struct lyd_node *", top.parent)
-        try:
-            reply = f'<rpc-reply xmlns="{NC_NS}">{output}</rpc-reply>'.encode()
-            in_ = ffi.new("struct ly_in **")
-            lib.ly_in_new_memory(reply, in_)
-            tree = ffi.new("struct lyd_node **")
-            try:
-                rc = lib.lyd_parse_op(ctx.cdata, dup[0], in_[0], lib.LYD_XML, lib.LYD_TYPE_REPLY_NETCONF,
-                                      tree, ffi.NULL)
-            finally:
-                lib.ly_in_free(in_[0], 0)
-            if tree[0] != ffi.NULL:
-                lib.lyd_free_all(tree[0])
-            if rc == lib.LY_SUCCESS:
-                running = self.server.running.tree
-                rc = lib.lyd_validate_op(dup[0], running.cdata if running is not None else ffi.NULL,
-                                         lib.LYD_TYPE_REPLY_YANG, ffi.NULL)
-            if rc != lib.LY_SUCCESS:
-                err = ctx.error("invalid output")
-                log.error("session %d: %s output does not match its schema: %s", self.id, spath, err)
-                raise RpcError("operation-failed", "internal error: the reply does not match its schema")
-        finally:
-            lib.lyd_free_all(top)
 
     def _reply(self, rpc: etree._Element | None, body: str | None, errors: list[RpcError]) -> bytes:
         nsmap = {None: NC_NS}

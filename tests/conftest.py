@@ -51,7 +51,7 @@ class ServerProcess:
         self.log_path = state_dir.parent / f"{state_dir.name}.log"
 
     def start(self) -> "ServerProcess":
-        env = dict(os.environ, TRUSTPLANE_ADMIN_PASSWORD=PASSWORD, TRUSTPLANE_VALIDATE_REPLIES="1")
+        env = dict(os.environ, TRUSTPLANE_ADMIN_PASSWORD=PASSWORD)
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "trustplane.cli", "serve", "--state-dir", str(self.state_dir),

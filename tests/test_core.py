@@ -15,7 +15,7 @@ from conftest import ROOT
 from nc_server.errors import RpcError, wire_errors
 from yangcore import datastore
 from yangcore.backend import Backend
-from yangcore.bus import Bus, ConfigChanged, Notification
+from yangcore.bus import Bus, Notification
 from yangcore.commit import Configuration
 from yangcore.nacm import AccessDenied, OperationDenied, Rule, first_match
 from yangcore.schema import build_context

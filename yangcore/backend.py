@@ -22,11 +22,6 @@ def xml_text(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def xml_leaf(tag: str, value) -> str:
-    """<tag>value</tag>, or nothing when value is None: the shape of an optional leaf."""
-    return "" if value is None else f"<{tag}>{xml_text(str(value))}</{tag}>"
-
-
 def read_device_file(devfs, path: str, max_size: int | None = None, *, session) -> tuple[bytes, str]:
     """A file of the device filesystem, read as the session's user (session None: as the
     server itself), and its canonical name; a bad path or a refusal is a DevFSError."""
@@ -64,8 +59,9 @@ class Services:
     state_dir: Path
     devfs: Any
     clock: Callable[[], Any]
-    # raise a notification: one XML element of a notification the backend's modules define
-    notify: Callable[[str], None] | None = None
+    # raise a notification the backend's modules define: notify("/module:name", content),
+    # the content as Python data in the shape yangcore.datatree describes
+    notify: Callable[[str, dict], None] | None = None
 
 
 Handler = Callable[..., Any | Awaitable[Any]]
@@ -75,9 +71,13 @@ Handler = Callable[..., Any | Awaitable[Any]]
 class Backend:
     name: str
     modules: tuple[str, ...] = ()
+    # schema path -> handler(session, input as a dict) returning the output as Python
+    # data (the output's children, named as in yangcore.datatree), or None for <ok/>
     rpcs: dict[str, Handler] = field(default_factory=dict)
-    # subtree path -> callable() returning XML text (no namespace-less elements)
-    state: dict[str, Callable[[], str]] = field(default_factory=dict)
+    # subtree path -> callable() returning the state under it as Python data in the shape
+    # yangcore.datatree describes, top-level names module-qualified
+    # ({"trustplane-device:device": {"filesystem": {"used-files": 3, ...}}}), or None
+    state: dict[str, Callable[[], dict | None]] = field(default_factory=dict)
     # config subtrees this backend validates/applies
     config: tuple[str, ...] = ()
 

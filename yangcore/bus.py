@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import libyang
 
+from . import datatree
 from .backend import Change
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,16 @@ class Bus:
             self.ctx.parse_op_mem("xml", body, libyang.DataType.NOTIF_YANG).free()
         except libyang.LibyangError as exc:
             log.error("notification dropped, it does not match its schema: %s", exc)
+            return
+        self.publish(Notification(body))
+
+    def notify_data(self, path: str, data: dict) -> None:
+        """Raise a notification given as its path and its content's data (the shape
+        yangcore.datatree describes); one that does not match its schema is logged and dropped."""
+        try:
+            body = datatree.notification(self.ctx, path, data)
+        except datatree.DataError as exc:
+            log.error("notification %s dropped, it does not match its schema: %s", path, exc)
             return
         self.publish(Notification(body))
 

@@ -8,14 +8,13 @@ import logging
 
 from cryptography.hazmat.primitives import serialization
 
-from yangcore.backend import Backend, ConfigDiff, Services, read_device_file, register, xml_text
+from yangcore.backend import Backend, ConfigDiff, Services, read_device_file, register
 from yangcore.devfs import DEVICES
 
 from .profile import Profile, load_profile, profile_bytes
 
 log = logging.getLogger(__name__)
 
-NS = "urn:trustplane:yang:trustplane-device"
 SYSTEM = "/trustplane-device:device/system"
 DEFAULT_HOSTNAME = "trustplane"
 
@@ -32,49 +31,39 @@ class DeviceBackend(Backend):
         )
         self.devfs = services.devfs
         self.profile: Profile = load_profile(services.state_dir)
-        self._inventory_xml: str | None = None
+        self._inventory: dict | None = None
 
-    def inventory(self) -> str:
-        if self._inventory_xml is None:  # the profile does not change while serving
-            self._inventory_xml = self._render_inventory()
-        return self._inventory_xml
+    def inventory(self) -> dict:
+        if self._inventory is None:  # the profile does not change while serving
+            self._inventory = self._render_inventory()
+        return self._inventory
 
-    def filesystem(self) -> str:
+    def filesystem(self) -> dict:
         fs = self.devfs
-        roots = "".join(f"<root><name>{xml_text(d)}</name></root>" for d in DEVICES)
-        return (f'<device xmlns="{NS}"><filesystem><quota-bytes>{fs.max_bytes}</quota-bytes>'
-                f"<used-bytes>{fs.used_bytes}</used-bytes><max-files>{fs.max_files}</max-files>"
-                f"<used-files>{fs.used_files}</used-files>{roots}</filesystem></device>")
+        return {"trustplane-device:device": {"filesystem": {
+            "quota-bytes": fs.max_bytes, "used-bytes": fs.used_bytes, "max-files": fs.max_files,
+            "used-files": fs.used_files, "root": [{"name": d} for d in DEVICES]}}}
 
-    def _render_inventory(self) -> str:
-        p = self.profile
-        chassis = p.chassis
-        parts = [f'<device xmlns="{NS}"><inventory><chassis>',
-                 f"<product-id>{xml_text(chassis['product-id'])}</product-id>",
-                 f"<serial-number>{xml_text(chassis['serial-number'])}</serial-number>"]
-        if chassis.get("description"):
-            parts.append(f"<description>{xml_text(chassis['description'])}</description>")
-        parts.append("</chassis>")
-        for node in p.nodes:
+    def _render_inventory(self) -> dict:
+        chassis = self.profile.chassis
+        nodes = []
+        for node in self.profile.nodes:
             cert = node.idevid_cert()
-            pem = cert.public_bytes(serialization.Encoding.PEM).decode()
-            parts.append(
-                f"<node><location>{xml_text(node.location)}</location>"
-                f"<serial-number>{xml_text(node.serial_number)}</serial-number>"
-                f"<product-id>{xml_text(node.product_id)}</product-id><role>{node.role}</role>"
-                f"<idevid><subject>{xml_text(cert.subject.rfc4514_string())}</subject>"
-                f"<issuer>{xml_text(cert.issuer.rfc4514_string())}</issuer>"
-                f"<serial>{cert.serial_number:x}</serial>"
-                f"<not-after>{cert.not_valid_after_utc.isoformat()}</not-after>"
-                f"<certificate>{xml_text(pem)}</certificate></idevid></node>")
-        parts.append("</inventory></device>")
-        return "".join(parts)
+            nodes.append({
+                "location": node.location, "serial-number": node.serial_number, "product-id": node.product_id,
+                "role": node.role,
+                "idevid": {"subject": cert.subject.rfc4514_string(), "issuer": cert.issuer.rfc4514_string(),
+                           "serial": f"{cert.serial_number:x}", "not-after": cert.not_valid_after_utc.isoformat(),
+                           "certificate": cert.public_bytes(serialization.Encoding.PEM).decode()}})
+        return {"trustplane-device:device": {"inventory": {
+            "chassis": {"product-id": chassis["product-id"], "serial-number": chassis["serial-number"],
+                        "description": chassis.get("description") or None},
+            "node": nodes}}}
 
-    def file_checksum(self, session, params: dict) -> str:
+    def file_checksum(self, session, params: dict) -> dict:
         data, canonical = read_device_file(self.devfs, params["path"], session=session)
         digest = hashlib.new(params.get("algorithm", "sha256"), data).hexdigest()
-        return (f'<path xmlns="{NS}">{xml_text(canonical)}</path><size xmlns="{NS}">{len(data)}</size>'
-                f'<checksum xmlns="{NS}">{digest}</checksum>')
+        return {"path": canonical, "size": len(data), "checksum": digest}
 
     def prepare(self, diff: ConfigDiff, writes) -> None:
         names = _names(diff.new)

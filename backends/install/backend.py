@@ -13,7 +13,7 @@ import json
 import logging
 from datetime import datetime
 
-from yangcore.backend import Backend, ConfigDiff, Services, read_device_file, register, xml_leaf, xml_text
+from yangcore.backend import Backend, ConfigDiff, Services, read_device_file, register
 from yangcore.datastore import atomic_write
 
 from backends.device.profile import load_profile
@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 
 OPER_MODULES = ("Cisco-IOS-XR-spirit-install-instmgr-oper", "Cisco-IOS-XR-install-oper")
 ACT = "/Cisco-IOS-XR-spirit-install-act:"
-NS = "urn:trustplane:yang:trustplane-install"
 FINGERPRINTS = "/Cisco-IOS-XR-install-cfg:install/fingerprints"
 MAX_KGV_FILE = 16 * 1024 * 1024
 LABEL = "trustplane-1.0"
@@ -40,8 +39,8 @@ class InstallBackend(Backend):
             name="install",
             modules=(*OPER_MODULES, "Cisco-IOS-XR-spirit-install-act", "Cisco-IOS-XR-install-cfg",
                      "trustplane-install"),
-            state={**{f"/{m}:install": (lambda m=m: self.packages_xml(m)) for m in OPER_MODULES},
-                   "/trustplane-install:install-integrity": self.integrity_xml},
+            state={**{f"/{m}:install": (lambda m=m: self.packages(m)) for m in OPER_MODULES},
+                   "/trustplane-install:install-integrity": self.integrity},
             config=(FINGERPRINTS,),
             rpcs={ACT + "install-add": self.install_add,
                   ACT + "install-activate": self.install_activate,
@@ -71,34 +70,28 @@ class InstallBackend(Backend):
 
     # -- state
 
-    def packages_xml(self, module: str) -> str:
-        st = self.store.state
-        sets = []
+    def packages(self, module: str) -> dict:
+        sets = {}
         for which in ("active", "committed"):
-            body = self._set_xml(st[which])
-            nodes = "".join(f"<node><node>{xml_text(n)}</node>{body}</node>" for n in self.nodes)
-            sets.append(f"<{which}><nodes>{nodes}</nodes><summary>{body}</summary></{which}>")
-        return (f'<install xmlns="http://cisco.com/ns/yang/{module}"><packages>'
-                f'{"".join(sets)}</packages></install>')
+            body = self._set(self.store.state[which])
+            sets[which] = {"nodes": {"node": [{"node": n, **body} for n in self.nodes]}, "summary": body}
+        return {f"{module}:install": {"packages": sets}}
 
-    def _set_xml(self, nvras: list[str]) -> str:
+    def _set(self, nvras: list[str]) -> dict:
         st = self.store.state
         at = st["run-time-at"]
-        stamp = datetime.fromisoformat(at).strftime("%a %b %d %H:%M:%S %Y") if at else None
-        status = "generation-in-progress" if self.collecting else "generation-up-to-date"
-        parts = [xml_leaf("rpm-fingerprint-status", status), xml_leaf("rpm-fingerprint-timestamp", stamp),
-                 xml_leaf("label", LABEL), xml_leaf("xr-packages-hash", self._set_hash(nvras, "xr")),
-                 xml_leaf("full-packages-hash", self._set_hash(nvras, None))]
+        packages = []
         for n in nvras:
             p = st["packages"][n]
-            parts.append(
-                "<package><rpm-fingerprint>"
-                f"{xml_leaf('rpm-fingerprint-install-time', p['install-time'])}"
-                f"{xml_leaf('rpm-fingerprint-run-time', st['run-time'].get(n, '0'))}</rpm-fingerprint>"
-                f"{xml_leaf('name', p['name'])}{xml_leaf('architecture', p['arch'])}{xml_leaf('version', p['version'])}"
-                f"{xml_leaf('release', p['release'])}{xml_leaf('epoch', p['epoch'])}{xml_leaf('origin', p['origin'])}"
-                f"{xml_leaf('gpg-key-id', p['gpg-key-id'])}</package>")
-        return "".join(parts)
+            packages.append({
+                "rpm-fingerprint": {"rpm-fingerprint-install-time": p["install-time"],
+                                    "rpm-fingerprint-run-time": st["run-time"].get(n, "0")},
+                "name": p["name"], "architecture": p["arch"], "version": p["version"], "release": p["release"],
+                "epoch": p["epoch"], "origin": p["origin"], "gpg-key-id": p["gpg-key-id"]})
+        return {"rpm-fingerprint-status": "generation-in-progress" if self.collecting else "generation-up-to-date",
+                "rpm-fingerprint-timestamp": datetime.fromisoformat(at).strftime("%a %b %d %H:%M:%S %Y") if at else None,
+                "label": LABEL, "xr-packages-hash": self._set_hash(nvras, "xr"),
+                "full-packages-hash": self._set_hash(nvras, None), "package": packages}
 
     def _set_hash(self, nvras: list[str], origin: str | None) -> str:
         """SHA-256 over `<nvra> <install-time fingerprint>\\n` lines of the set, sorted by nvra."""
@@ -109,12 +102,10 @@ class InstallBackend(Backend):
                 h.update(f"{n} {p['install-time']}\n".encode())
         return h.hexdigest()
 
-    def integrity_xml(self) -> str:
+    def integrity(self) -> dict:
         info = self.kgv_info
-        inner = "" if info is None else (
-            f"<known-good-values>{xml_leaf('source', info['source'])}{xml_leaf('loaded-at', info['loaded-at'])}"
-            f"{xml_leaf('entries', len(self.kgv))}</known-good-values>")
-        return f'<install-integrity xmlns="{NS}">{inner}</install-integrity>'
+        return {"trustplane-install:install-integrity": {"known-good-values": None if info is None else {
+            "source": info["source"], "loaded-at": info["loaded-at"], "entries": len(self.kgv)}}}
 
     # -- install actions
 
@@ -123,10 +114,10 @@ class InstallBackend(Backend):
             return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
     @staticmethod
-    def _op(op: int) -> str:
-        return f'<op-id xmlns="http://cisco.com/ns/yang/Cisco-IOS-XR-spirit-install-act">{op}</op-id>'
+    def _op(op: int) -> dict:
+        return {"op-id": op}
 
-    async def install_add(self, session, params: dict) -> str:
+    async def install_add(self, session, params: dict) -> dict:
         base = params["packagepath"]
         names = params.get("packagename") or []
         devpaths = [base.rstrip("/") + "/" + n for n in names] if names else [base]
@@ -150,19 +141,19 @@ class InstallBackend(Backend):
                               "missing-element")
         return list(dict.fromkeys(chosen)) or default
 
-    async def install_activate(self, session, params: dict) -> str:
+    async def install_activate(self, session, params: dict) -> dict:
         op = await self._run(self.store.activate, self._selected(params))
         self._spawn(self.collect())
         return self._op(op)
 
-    async def install_deactivate(self, session, params: dict) -> str:
+    async def install_deactivate(self, session, params: dict) -> dict:
         op = await self._run(self.store.deactivate, self._selected(params))
         return self._op(op)
 
-    async def install_commit(self, session, params: dict) -> str:
+    async def install_commit(self, session, params: dict) -> dict:
         return self._op(await self._run(self.store.commit))
 
-    async def install_remove(self, session, params: dict) -> str:
+    async def install_remove(self, session, params: dict) -> dict:
         if "inactive" in params:
             chosen = self._selected(params, default=self.store.inactive())
             if not chosen:
@@ -171,7 +162,7 @@ class InstallBackend(Backend):
             chosen = self._selected(params)
         return self._op(await self._run(self.store.remove, chosen))
 
-    async def install_verify(self, session, params: dict) -> str:
+    async def install_verify(self, session, params: dict) -> None:
         unknown = [loc for loc in params.get("location") or [] if loc not in self.nodes]
         if unknown:
             raise EngineError("unknown-node", f"no node {unknown[0]!r}", "invalid-value")
@@ -248,7 +239,7 @@ class InstallBackend(Backend):
         doc = json.loads(self.kgv_path.read_text())
         return doc["info"], kgv.parse(json.dumps({"packages": doc["packages"]}).encode())
 
-    async def load_kgv(self, session, params: dict) -> str:
+    async def load_kgv(self, session, params: dict) -> dict:
         path = params["path"]
         data, source = read_device_file(self.services.devfs, path, MAX_KGV_FILE, session=session)
         try:
@@ -265,9 +256,9 @@ class InstallBackend(Backend):
             raise EngineError("storage-failed", f"cannot write the known-good values: {exc.strerror}") from None
         self.kgv_info, self.kgv = info, entries
         log.info("known-good values loaded from %s: %d package(s)", source, len(entries))
-        return f'<entries xmlns="{NS}">{len(entries)}</entries>'
+        return {"entries": len(entries)}
 
-    async def verify_packages(self, session, params: dict) -> str:
+    async def verify_packages(self, session, params: dict) -> dict:
         active = self.store.state["active"]
         chosen = list(active)
         if params.get("package"):
@@ -284,20 +275,19 @@ class InstallBackend(Backend):
             if result in ("install-time-mismatch", "run-time-drift"):
                 log.warning("%s: verification failed: %s", n, result)
                 self._notify(n, result, fps[n], "verify", known)
-            out.append(f'<package xmlns="{NS}">{self._verdict_xml(n, result, fps[n], known)}</package>')
-        return "".join(out)
+            out.append(self._verdict(n, result, fps[n], known))
+        return {"package": out}
 
-    def _verdict_xml(self, nvra: str, result: str, run_time: str, known: str | None) -> str:
+    def _verdict(self, nvra: str, result: str, run_time: str, known: str | None) -> dict:
         p = self.store.state["packages"][nvra]
-        return (f"{xml_leaf('name', p['name'])}{xml_leaf('version', p['version'])}{xml_leaf('release', p['release'])}"
-                f"{xml_leaf('architecture', p['arch'])}{xml_leaf('result', result)}{xml_leaf('known-good-value', known)}"
-                f"{xml_leaf('install-time', p['install-time'])}{xml_leaf('run-time', run_time)}")
+        return {"name": p["name"], "version": p["version"], "release": p["release"], "architecture": p["arch"],
+                "result": result, "known-good-value": known, "install-time": p["install-time"],
+                "run-time": run_time}
 
     def _notify(self, nvra: str, result: str, run_time: str, by: str, known: str | None = None) -> None:
         if self.services.notify is not None:
-            self.services.notify(f'<package-fingerprint-mismatch xmlns="{NS}">'
-                                 f'{self._verdict_xml(nvra, result, run_time, known)}'
-                                 f'<detected-by>{by}</detected-by></package-fingerprint-mismatch>')
+            self.services.notify("/trustplane-install:package-fingerprint-mismatch",
+                                 {**self._verdict(nvra, result, run_time, known), "detected-by": by})
 
     # -- lifecycle
 

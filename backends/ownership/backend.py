@@ -16,7 +16,7 @@ from datetime import datetime
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from yangcore.backend import Backend, Services, read_device_file, register, xml_leaf
+from yangcore.backend import Backend, Services, read_device_file, register
 from yangcore.datastore import atomic_write
 
 from backends.device.profile import load_profile
@@ -26,8 +26,6 @@ from . import policy
 
 log = logging.getLogger(__name__)
 
-NS = "urn:trustplane:yang:trustplane-ownership"
-OPER_NS = "http://cisco.com/ns/yang/Cisco-IOS-XR-ownership-oper"
 ACT = "/Cisco-IOS-XR-ownership-act:"
 CHASSIS = "chassis"
 PROFILE_SETTINGS = {"strict": "enable", "default": "default", "relaxed": "disable"}
@@ -44,12 +42,11 @@ def _load(pem: str) -> x509.Certificate:
     return x509.load_pem_x509_certificate(pem.encode())
 
 
-def _summary(cert: x509.Certificate) -> str:
-    return (xml_leaf("subject", cert.subject.rfc4514_string()) + xml_leaf("issuer", cert.issuer.rfc4514_string())
-            + xml_leaf("serial", f"{cert.serial_number:x}")
-            + xml_leaf("sha256-fingerprint", hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest())
-            + xml_leaf("not-before", cert.not_valid_before_utc.isoformat())
-            + xml_leaf("not-after", cert.not_valid_after_utc.isoformat()))
+def _summary(cert: x509.Certificate) -> dict:
+    return {"subject": cert.subject.rfc4514_string(), "issuer": cert.issuer.rfc4514_string(),
+            "serial": f"{cert.serial_number:x}",
+            "sha256-fingerprint": hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest(),
+            "not-before": cert.not_valid_before_utc.isoformat(), "not-after": cert.not_valid_after_utc.isoformat()}
 
 
 class OwnershipBackend(Backend):
@@ -58,8 +55,8 @@ class OwnershipBackend(Backend):
             name="ownership",
             modules=("Cisco-IOS-XR-ownership-act", "Cisco-IOS-XR-ownership-oper", "Cisco-IOS-XR-key-package-act",
                      "trustplane-ownership"),
-            state={"/Cisco-IOS-XR-ownership-oper:ownership": self.oper_xml,
-                   "/trustplane-ownership:ownership": self.detail_xml},
+            state={"/Cisco-IOS-XR-ownership-oper:ownership": self.oper,
+                   "/trustplane-ownership:ownership": self.detail},
             rpcs={ACT + "oshp-ovoc-apply": self.ovoc_apply,
                   ACT + "oshp-ct-session-terminate": self.session_terminate,
                   ACT + "oshp-reimage-protection-challenge": self.reimage_challenge,
@@ -81,58 +78,53 @@ class OwnershipBackend(Backend):
 
     # -- state
 
-    def oper_xml(self) -> str:
+    def oper(self) -> dict:
         prof = policy.security_profile(self.data)
         setting = PROFILE_SETTINGS.get(prof or "default")
-        parts = [f'<ownership xmlns="{OPER_NS}"><security-profile>',
-                 xml_leaf("signed-rpm", setting), xml_leaf("signed-rpm-current", setting),
-                 xml_leaf("secure-ztp", setting), xml_leaf("secure-ztp-current", setting), "</security-profile>",
-                 f"<anti-theft>{xml_leaf('reimage-status', self.data['reimage-protection'])}</anti-theft>"]
+        oper = {"security-profile": {"signed-rpm": setting, "signed-rpm-current": setting, "secure-ztp": setting,
+                                     "secure-ztp-current": setting},
+                "anti-theft": {"reimage-status": self.data["reimage-protection"]}}
         rec = self._device_record()
         if rec is not None:
             oc = _load(rec["oc-chain"][0])
             serial = rec["voucher"]["serial-number"]
-            parts.append("<device-ownership><ov-summary>"
-                         + (xml_leaf("serial-no", serial) if serial.isdigit() and int(serial) < 2 ** 31 else "")
-                         + xml_leaf("pdc", rec["pdc"]) + "</ov-summary>"
-                         + xml_leaf("oc-info", f"subject {oc.subject.rfc4514_string()}; issuer {oc.issuer.rfc4514_string()}; "
-                                          f"serial {oc.serial_number:x}; valid {oc.not_valid_before_utc.isoformat()} "
-                                          f"to {oc.not_valid_after_utc.isoformat()}")
-                         + "</device-ownership>")
-        parts.append("</ownership>")
-        return "".join(parts)
+            oper["device-ownership"] = {
+                "ov-summary": {"serial-no": serial if serial.isdigit() and int(serial) < 2 ** 31 else None,
+                               "pdc": rec["pdc"]},
+                "oc-info": f"subject {oc.subject.rfc4514_string()}; issuer {oc.issuer.rfc4514_string()}; "
+                           f"serial {oc.serial_number:x}; valid {oc.not_valid_before_utc.isoformat()} "
+                           f"to {oc.not_valid_after_utc.isoformat()}"}
+        return {"Cisco-IOS-XR-ownership-oper:ownership": oper}
 
     def _device_record(self) -> dict | None:
         """The ownership of the first node that has it: the device-wide view IOS XR models."""
         return next((self.data["nodes"][n.location] for n in self.profile.nodes
                      if n.location in self.data["nodes"]), None)
 
-    def detail_xml(self) -> str:
-        parts = [f'<ownership xmlns="{NS}">']
+    def detail(self) -> dict:
+        nodes = []
         for serial, location in self.serials.items():
             rec = self.data["nodes"].get(location)
-            parts.append(f"<node>{xml_leaf('location', location)}{xml_leaf('serial-number', serial)}"
-                         f"{xml_leaf('state', 'established' if rec else 'none')}")
+            node = {"location": location, "serial-number": serial, "state": "established" if rec else "none"}
             if rec:
                 v = rec["voucher"]
-                parts.append("<voucher>" + "".join(xml_leaf(k, v.get(k)) for k in (
-                    "serial-number", "created-on", "expires-on", "assertion", "issuer", "content-type",
-                    "security-profile", "source")) + "</voucher>")
-                parts.append(f"<pinned-domain-cert>{_summary(_load(rec['pdc']))}</pinned-domain-cert>")
-                for i, pem in enumerate(rec["oc-chain"]):
-                    parts.append(f"<owner-certificate-chain><position>{i}</position>{_summary(_load(pem))}"
-                                 "</owner-certificate-chain>")
-                parts.append(xml_leaf("installed-at", rec["installed-at"]) + xml_leaf("installed-by", rec["installed-by"]))
-            parts.append("</node>")
+                node.update({
+                    "voucher": {k: v.get(k) for k in ("serial-number", "created-on", "expires-on", "assertion", "issuer",
+                                                      "content-type", "security-profile", "source")},
+                    "pinned-domain-cert": _summary(_load(rec["pdc"])),
+                    "owner-certificate-chain": [{"position": i, **_summary(_load(pem))}
+                                                for i, pem in enumerate(rec["oc-chain"])],
+                    "installed-at": rec["installed-at"], "installed-by": rec["installed-by"]})
+            nodes.append(node)
         kp = self.data["key-packages"]
+        packages = []
         for name, k in sorted((kp or {}).get("keys", {}).items()):
             key = keypackage.Key(name, k["key_type"], k["metadata"], k["value"])
-            parts.append(f"<key-package>{xml_leaf('name', name)}"
-                         f"{xml_leaf('usage', 'consent-token' if name == keypackage.CONSENT_TOKEN_KEY else k['metadata'])}"
-                         f"{xml_leaf('key-type', k['key_type'])}{xml_leaf('timestamp', kp['timestamp-text'])}"
-                         f"{xml_leaf('sha256-fingerprint', key.fingerprint())}</key-package>")
-        parts.append("</ownership>")
-        return "".join(parts)
+            packages.append({"name": name,
+                             "usage": "consent-token" if name == keypackage.CONSENT_TOKEN_KEY else k["metadata"],
+                             "key-type": k["key_type"], "timestamp": kp["timestamp-text"],
+                             "sha256-fingerprint": key.fingerprint()})
+        return {"trustplane-ownership:ownership": {"node": nodes, "key-package": packages}}
 
     # -- helpers
 
@@ -155,13 +147,13 @@ class OwnershipBackend(Backend):
     def _tokens(self) -> tuple:
         return dict(self.tokens.pending), list(self.tokens.spent)
 
-    def _notify(self, body: str) -> None:
+    def _notify(self, path: str, content: dict) -> None:
         if self.services.notify is not None:
-            self.services.notify(body)
+            self.services.notify(path, content)
 
     # -- oshp-ovoc-apply
 
-    async def ovoc_apply(self, session, params: dict) -> str:
+    async def ovoc_apply(self, session, params: dict) -> dict:
         ov_data, ov_source = read_device_file(self.services.devfs, params["ov-path"], ownership.MAX_BUNDLE,
                                               session=session)
         oc_data, _ = read_device_file(self.services.devfs, params["oc-path"], MAX_OC, session=session)
@@ -172,10 +164,9 @@ class OwnershipBackend(Backend):
             self._commit(state)
         log.info("%s (%s)", ESTABLISHED, ", ".join(established))
         oc_subject = _load(state["nodes"][established[0]]["oc-chain"][0]).subject.rfc4514_string()
-        self._notify(f'<ownership-established xmlns="{NS}">'
-                     + "".join(xml_leaf("location", loc) for loc in established)
-                     + f"{xml_leaf('owner-certificate', oc_subject)}</ownership-established>")
-        return "".join(f'<voucher xmlns="{NS}">{row}</voucher>' for row in rows)
+        self._notify("/trustplane-ownership:ownership-established",
+                     {"location": established, "owner-certificate": oc_subject})
+        return {"trustplane-ownership:voucher": rows}
 
     def _check_apply(self, ov_data: bytes, ov_source: str, oc_data: bytes, params: dict, session):
         now = self.services.clock()
@@ -232,18 +223,18 @@ class OwnershipBackend(Backend):
                 "pdc": _pem(v.pinned_domain_cert), "oc-chain": [_pem(c) for c in oc.chain],
                 "installed-at": now.isoformat(), "installed-by": user}
         applied = {name: loc for loc, (name, _v) in chosen.items()}
-        rows: dict[str, str] = {}  # member -> row; a name repeated in the tar is reported once
+        rows: dict[str, dict] = {}  # member -> row; a name repeated in the tar is reported once
         for name, _data in members:
             if name in applied:
-                rows.setdefault(name, f"{xml_leaf('result', 'applied')}{xml_leaf('location', applied[name])}")
+                rows.setdefault(name, {"result": "applied", "location": applied[name]})
             elif name in sel.foreign:
-                rows.setdefault(name, xml_leaf("result", "other-device"))
+                rows.setdefault(name, {"result": "other-device"})
                 log.info("device ownership: %s is for another device; ignored", name)
         for name, serial, code, message in sel.rejected:
-            rows.setdefault(name, f"{xml_leaf('serial-number', serial or None)}{xml_leaf('result', 'rejected')}"
-                                  f"{xml_leaf('reason', f'{code}: {message}')}")
+            rows.setdefault(name, {"serial-number": serial or None, "result": "rejected",
+                                   "reason": f"{code}: {message}"})
             log.warning("device ownership: %s rejected: %s: %s", name, code, message)
-        rows = [f"{xml_leaf('member', name)}{row}" for name, row in rows.items()]
+        rows = [{"member": name, **row} for name, row in rows.items()]
         return state, rows, sorted(chosen)
 
     # -- key packages
@@ -291,15 +282,14 @@ class OwnershipBackend(Backend):
 
     # -- clear device ownership
 
-    async def clear_challenge(self, session, params: dict) -> str:
+    async def clear_challenge(self, session, params: dict) -> dict:
         location = params["location"]
         serial = self._node_serial(location)
         if location not in self.data["nodes"]:
             raise EngineError("no-ownership", f"{location}: no platform ownership information found", "data-missing")
         self._consent_key()
         c = self.tokens.issue(serial, location, "clear-device-ownership", self.services.clock())
-        return (f'<challenge-string xmlns="{NS}">{c.text()}</challenge-string>'
-                f'<expires-at xmlns="{NS}">{c.expires_at.isoformat()}</expires-at>')
+        return {"challenge-string": c.text(), "expires-at": c.expires_at.isoformat()}
 
     async def clear_response(self, session, params: dict) -> None:
         async with self.lock:
@@ -319,7 +309,7 @@ class OwnershipBackend(Backend):
             state["key-packages"] = None
         self._commit_redeemed(state, before)
         log.warning("device ownership cleared on %s by %s", location, getattr(session, "username", "unknown"))
-        self._notify(f'<ownership-cleared xmlns="{NS}">{xml_leaf("location", location)}</ownership-cleared>')
+        self._notify("/trustplane-ownership:ownership-cleared", {"location": location})
 
     # -- reimage protection
 
@@ -327,7 +317,7 @@ class OwnershipBackend(Backend):
         node = next((n for n in self.profile.nodes if n.role == "active"), self.profile.nodes[0])
         return node.location
 
-    async def reimage_challenge(self, session, params: dict) -> str:
+    async def reimage_challenge(self, session, params: dict) -> dict:
         if params["signer"] != "customer":
             raise EngineError("ct-signer-unavailable",
                               "this device has no vendor consent-token service; use signer customer",
@@ -336,7 +326,7 @@ class OwnershipBackend(Backend):
         location = self._active_location()
         c = self.tokens.issue(self._node_serial(location), location,
                               f"reimage-protection-{params['reimage-protection']}", self.services.clock())
-        return f'<challenge-string xmlns="http://cisco.com/ns/yang/Cisco-IOS-XR-ownership-act">{c.text()}</challenge-string>'
+        return {"challenge-string": c.text()}
 
     async def reimage_response(self, session, params: dict) -> None:
         async with self.lock:

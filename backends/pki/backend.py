@@ -17,7 +17,7 @@ from _libyang import lib
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from yangcore.backend import Backend, ConfigDiff, Services, read_device_file, register, xml_leaf
+from yangcore.backend import Backend, ConfigDiff, Services, read_device_file, register
 from yangcore.datastore import atomic_write
 from yangcore.libyang_abi import change_term
 
@@ -30,9 +30,7 @@ from .store import PkiStore
 
 log = logging.getLogger(__name__)
 
-NS = render.NS
 ACT = "/Cisco-IOS-XR-crypto-act:"
-ACT_NS = "http://cisco.com/ns/yang/Cisco-IOS-XR-crypto-act"
 MAX_CERT_FILE = 256 * 1024
 ECDSA_CURVES = ("nistp256", "nistp384", "nistp521")
 HOUR = 3600.0
@@ -58,9 +56,9 @@ class PkiBackend(Backend):
             name="pki",
             modules=("Cisco-IOS-XR-crypto-act", "Cisco-IOS-XR-um-crypto-cfg", "Cisco-IOS-XR-crypto-cepki-oper",
                      "Cisco-IOS-XR-crypto-cepki-new-oper", "trustplane-pki"),
-            state={"/Cisco-IOS-XR-crypto-cepki-oper:crypto-certificate-authority": self.trustpoints_xml,
-                   "/Cisco-IOS-XR-crypto-cepki-new-oper:crypto-cepki": self.keys_xml,
-                   "/trustplane-pki:pki": self.pki_xml},
+            state={"/Cisco-IOS-XR-crypto-cepki-oper:crypto-certificate-authority": self.trustpoints,
+                   "/Cisco-IOS-XR-crypto-cepki-new-oper:crypto-cepki": self.key_pairs,
+                   "/trustplane-pki:pki": self.pki},
             config=(config.CRYPTO,),
             rpcs={ACT + "key-generate-rsa": self.key_generate_rsa,
                   ACT + "key-generate-rsa-general-keys": self.key_generate_rsa,
@@ -199,48 +197,43 @@ class PkiBackend(Backend):
             return "request-written"
         return "authenticated"
 
-    def trustpoints_xml(self) -> str:
-        parts = [f'<crypto-certificate-authority xmlns="{render.CEPKI_NS}"><trustpoints>']
+    def trustpoints(self) -> dict:
+        tps = []
         for name, tp in sorted(self.cfg.trustpoints.items()):
             rec = self.store.trustpoint(name)
             ca = render.load(rec["ca"][0]) if rec.get("ca") else None
             routers = {u: render.load(r["pem"]) for u, r in (rec.get("router") or {}).items()}
-            parts.append(render.trustpoint(name, ca, routers, self._enrollment_state(rec),
-                                           self._router_status(tp, routers)))
+            tps.append(render.trustpoint(name, ca, routers, self._enrollment_state(rec),
+                                         self._router_status(tp, routers)))
         owned = ownership_policy.trustpoint_certificates(self.services.state_dir)
         if owned:
-            parts.append(render.ownership_trustpoint(owned))
-        parts.append("</trustpoints></crypto-certificate-authority>")
-        return "".join(parts)
+            tps.append(render.ownership_trustpoint(owned))
+        return {"Cisco-IOS-XR-crypto-cepki-oper:crypto-certificate-authority": {"trustpoints": {"trustpoint": tps}}}
 
-    def keys_xml(self) -> str:
+    def key_pairs(self) -> dict:
         return render.mypubkey(self.keys.keys())
 
-    def pki_xml(self) -> str:
+    def pki(self) -> dict:
         pool = self.store.data["trustpool"]
         downloaded = self._downloaded()
         inactive = {render.sha1(c) for c in trustpool.inactive(self.builtin, downloaded)}
-        parts = [f'<pki xmlns="{NS}"><trustpool>', xml_leaf("last-update", pool["last-update"]),
-                 xml_leaf("source", pool["source"]), xml_leaf("next-update-attempt", self._next_pool_update_text()),
-                 xml_leaf("last-update-error", pool["last-error"]), self._pool_counts()]
-        seen = set()
-        for origin, certs in (("downloaded", downloaded), ("built-in", self.builtin)):
-            for c in certs:
+        certs = {}
+        for origin, found in (("downloaded", downloaded), ("built-in", self.builtin)):
+            for c in found:
                 fp = render.sha1(c)
-                if fp in seen:
-                    continue
-                seen.add(fp)
-                parts.append(f"<certificate><sha1-fingerprint>{fp}</sha1-fingerprint>{xml_leaf('origin', origin)}"
-                             f"{xml_leaf('active', 'false' if fp in inactive else 'true')}"
-                             f"{render.certificate_info(c, with_sha1=False)}</certificate>")
-        parts.append("</trustpool></pki>")
-        return "".join(parts)
+                if fp not in certs:
+                    certs[fp] = {"sha1-fingerprint": fp, "origin": origin, "active": fp not in inactive,
+                                 **render.certificate_info(c, fp)}
+        return {"trustplane-pki:pki": {"trustpool": {
+            "last-update": pool["last-update"], "source": pool["source"],
+            "next-update-attempt": self._next_pool_update_text(), "last-update-error": pool["last-error"],
+            **self._pool_counts(), "certificate": list(certs.values())}}}
 
-    def _pool_counts(self, ns: str | None = None) -> str:
+    def _pool_counts(self, prefix: str = "") -> dict:
         downloaded = self._downloaded()
         off = len(trustpool.inactive(self.builtin, downloaded))
-        return render.leaves({"downloaded": len(downloaded), "built-in-active": len(self.builtin) - off,
-                              "built-in-inactive": off}, ns)
+        return {prefix + "downloaded": len(downloaded), prefix + "built-in-active": len(self.builtin) - off,
+                prefix + "built-in-inactive": off}
 
     # -- helpers
 
@@ -254,9 +247,9 @@ class PkiBackend(Backend):
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _notify(self, body: str) -> None:
+    def _notify(self, path: str, content: dict) -> None:
         if self.services.notify is not None:
-            self.services.notify(body)
+            self.services.notify(path, content)
 
     def _device_names(self) -> tuple[str | None, str]:
         """The FQDN certificates carry (hostname.domain, as IOS XR builds it) and the serial number."""
@@ -266,7 +259,7 @@ class PkiBackend(Backend):
 
     # -- keys
 
-    async def _generate(self, fn, *args):
+    async def _generate(self, fn, *args) -> dict:
         infos = await asyncio.get_running_loop().run_in_executor(self._keygen,
                                                                  lambda: fn(*args, now=self.services.clock()))
         infos = infos if isinstance(infos, list) else [infos]
@@ -275,24 +268,24 @@ class PkiBackend(Backend):
         self._changed()  # a regenerated key changes which certificates are usable
         return render.generated_keys(infos)
 
-    async def key_generate_rsa(self, session, params: dict) -> str:
+    async def key_generate_rsa(self, session, params: dict) -> dict:
         return await self._generate(self.keys.generate_rsa, params.get("key-label") or keystore.DEFAULT_LABEL,
                                     int(params.get("key-modulus", 2048)))
 
-    async def key_generate_rsa_usage(self, session, params: dict) -> str:
+    async def key_generate_rsa_usage(self, session, params: dict) -> dict:
         label = params.get("key-label") or keystore.DEFAULT_LABEL
         bits = int(params.get("key-modulus", 2048))
         return await self._generate(lambda *, now: self.keys.generate_rsa(label, bits, usage_keys=True, now=now))
 
-    async def key_generate_dsa(self, session, params: dict) -> str:
+    async def key_generate_dsa(self, session, params: dict) -> dict:
         return await self._generate(self.keys.generate_dsa, params.get("key-label") or keystore.DEFAULT_LABEL,
                                     int(params["key-modulus"]))
 
-    async def key_generate_ecdsa(self, session, params: dict) -> str:
+    async def key_generate_ecdsa(self, session, params: dict) -> dict:
         return await self._generate(self.keys.generate_ecdsa, params.get("key-label") or keystore.DEFAULT_LABEL,
                                     params["key-modulus"])
 
-    async def key_generate_ed25519(self, session, params: dict) -> str:
+    async def key_generate_ed25519(self, session, params: dict) -> dict:
         return await self._generate(self.keys.generate_ed25519, params.get("key-label") or keystore.DEFAULT_LABEL)
 
     def zeroize(self, family: str):
@@ -316,7 +309,7 @@ class PkiBackend(Backend):
 
     # -- CA authentication
 
-    async def ca_authenticate(self, session, params: dict) -> str:
+    async def ca_authenticate(self, session, params: dict) -> dict:
         tp = self._tp(params["server-name"])
         async with self.lock:
             if self.store.trustpoint(tp.name).get("ca"):
@@ -349,8 +342,7 @@ class PkiBackend(Backend):
             self.store.commit(state)
         log.info("trustpoint %s: CA certificate %s installed (serial %s, SHA1 fingerprint %s)", tp.name,
                  ca.subject.rfc4514_string(), expiry.serial_text(ca.serial_number), render.sha1(ca))
-        return (f'<ca-certificate xmlns="{NS}">{render.certificate_info(ca)}</ca-certificate>'
-                + "".join(f'<capability xmlns="{NS}">{render.xml_text(c)}</capability>' for c in caps))
+        return {render.P + "ca-certificate": render.certificate_info(ca), render.P + "capability": list(caps)}
 
     def _scep_ca(self, url: str):
         caps = scep.get_ca_caps(url)
@@ -408,7 +400,7 @@ class PkiBackend(Backend):
                               "operation-failed", f"{tp.path}/{tp.key_leaf}")
         return keys
 
-    async def ca_enroll(self, session, params: dict) -> str:
+    async def ca_enroll(self, session, params: dict) -> dict:
         tp = self._tp(params["server-name"])
         async with self.lock:
             rec = self.store.trustpoint(tp.name)
@@ -435,7 +427,7 @@ class PkiBackend(Backend):
             raise EngineError("no-enrollment", f"trustpoint {tp.name} has no enrollment method configured",
                               "operation-failed")
 
-    async def _enroll_self(self, tp, rec, keys, subject) -> str:
+    async def _enroll_self(self, tp, rec, keys, subject) -> dict:
         if tp.ca_key is None:
             raise EngineError("no-ca-keypair", f"trustpoint {tp.name}: enrollment url self needs a ca-keypair",
                               "operation-failed", tp.path + "/ca-keypair")
@@ -453,9 +445,9 @@ class PkiBackend(Backend):
                     for k in keys}
         certs = await self._run(issue)
         self._install(tp, certs, keys)
-        return self._issued_xml(certs)
+        return self._issued(certs)
 
-    async def _enroll_terminal(self, tp, keys, subject, params, session) -> str:
+    async def _enroll_terminal(self, tp, keys, subject, params, session) -> dict:
         password = self._challenge_password(tp, params)
 
         def requests():
@@ -479,16 +471,15 @@ class PkiBackend(Backend):
         self.store.commit(state)
         log.info("trustpoint %s: certificate request(s) written%s", tp.name,
                  f" to {', '.join(files.values())}" if files else "")
-        return (f'<status xmlns="{NS}">request-written</status>'
-                + "".join(f'<request xmlns="{NS}">{xml_leaf("usage", u)}{xml_leaf("file-path", files.get(u))}'
-                          f'{xml_leaf("csr", pem)}</request>' for u, pem in csrs.items()))
+        return {render.P + "status": "request-written", render.P + "request": [
+            {"usage": u, "file-path": files.get(u), "csr": pem} for u, pem in csrs.items()]}
 
     def _cacerts(self, rec: dict) -> scep.CACerts:
         ca = render.load(rec["ca"][0])
         ra = [render.load(p) for p in rec.get("ra") or []]
         return scep.CACerts(ca=ca, recipient=ra[0] if ra else ca, certificates=[ca, *ra])
 
-    async def _enroll_scep(self, tp, rec, keys, subject, params) -> str:
+    async def _enroll_scep(self, tp, rec, keys, subject, params) -> dict:
         if tp.key.family != "rsa":
             raise EngineError("scep-key-unsupported",
                               f"trustpoint {tp.name}: SCEP needs an RSA key to decrypt the CA's reply, and "
@@ -525,10 +516,10 @@ class PkiBackend(Backend):
             self._start_poll(tp.name)
             log.info("trustpoint %s: enrollment pending at the CA (transaction %s)", tp.name,
                      ", ".join(p["transaction-id"] for p in pending.values()))
-            return (f'<status xmlns="{NS}">pending</status>'
-                    f'<transaction-id xmlns="{NS}">{next(iter(pending.values()))["transaction-id"]}</transaction-id>')
+            return {render.P + "status": "pending",
+                    render.P + "transaction-id": next(iter(pending.values()))["transaction-id"]}
         self._install(tp, issued, keys)
-        return self._issued_xml(issued)
+        return self._issued(issued)
 
     def _check_issued(self, tp, ca: x509.Certificate, certs: dict[str, x509.Certificate], keys) -> None:
         """An issued certificate must be for our key and chain to the authenticated CA."""
@@ -555,10 +546,9 @@ class PkiBackend(Backend):
             log.info("trustpoint %s: router certificate installed (%s, serial %s, %s)", tp.name, usage,
                      expiry.serial_text(c.serial_number), c.subject.rfc4514_string())
 
-    def _issued_xml(self, certs: dict[str, x509.Certificate]) -> str:
-        return (f'<status xmlns="{NS}">issued</status>'
-                + "".join(f'<certificate xmlns="{NS}">{xml_leaf("usage", u)}{render.certificate_info(c)}</certificate>'
-                          for u, c in certs.items()))
+    def _issued(self, certs: dict[str, x509.Certificate]) -> dict:
+        return {render.P + "status": "issued", render.P + "certificate": [
+            {"usage": u, **render.certificate_info(c)} for u, c in certs.items()]}
 
     # -- SCEP polling
 
@@ -650,7 +640,7 @@ class PkiBackend(Backend):
 
     # -- import and clear
 
-    async def ca_import_certificate(self, session, params: dict) -> str:
+    async def ca_import_certificate(self, session, params: dict) -> dict:
         tp = self._tp(params["server-name"])
         if params.get("certificate"):
             cert = _load_certificate(params["certificate"].encode(), "certificate")
@@ -686,7 +676,7 @@ class PkiBackend(Backend):
         self._changed()
         log.info("trustpoint %s: router certificate imported (%s, serial %s)", tp.name, key.usage,
                  expiry.serial_text(cert.serial_number))
-        return render.leaves({"usage": key.usage}, NS) + render.certificate_info(cert, NS)
+        return {render.P + k: v for k, v in {"usage": key.usage, **render.certificate_info(cert)}.items()}
 
     async def ca_clear_certificates(self, session, params: dict) -> None:
         tp = self._tp(params["server-name"])
@@ -707,7 +697,7 @@ class PkiBackend(Backend):
         cas = [render.load(p) for rec in self.store.data["trustpoints"].values() for p in rec.get("ca") or []]
         return cas + self._pool()
 
-    async def ca_crl_request(self, session, params: dict) -> str:
+    async def ca_crl_request(self, session, params: dict) -> dict:
         uri = params["uri"]
 
         def fetch():
@@ -720,11 +710,11 @@ class PkiBackend(Backend):
             crl.check_crl(found, issuer, uri)
             return found
         found = await self._run(fetch)
-        return render.leaves({"certificate": found.public_bytes(serialization.Encoding.PEM).decode()}, ACT_NS)
+        return {"certificate": found.public_bytes(serialization.Encoding.PEM).decode()}
 
     # -- path validation
 
-    async def verify_certificate(self, session, params: dict) -> str:
+    async def verify_certificate(self, session, params: dict) -> dict:
         if params.get("certificate"):
             leaf = _load_certificate(params["certificate"].encode(), "certificate")
         else:
@@ -732,9 +722,8 @@ class PkiBackend(Backend):
             leaf = _load_certificate(data, source)
         intermediates = [_load_certificate(p.encode(), "intermediate") for p in params.get("intermediate") or []]
         verified, by = await self._run(self._verify, leaf, intermediates)
-        return (f'<trusted-by xmlns="{NS}">{render.xml_text(by)}</trusted-by>'
-                + "".join(f'<chain xmlns="{NS}"><position>{i}</position>{render.certificate_info(c)}</chain>'
-                          for i, c in enumerate(verified.chain)))
+        return {"trusted-by": by, "chain": [{"position": i, **render.certificate_info(c)}
+                                             for i, c in enumerate(verified.chain)]}
 
     def _verify(self, leaf, intermediates):
         """Each trustpoint's CA with its own CRL policy first (seed: a trustpoint's CA and policy
@@ -761,14 +750,14 @@ class PkiBackend(Backend):
 
     # -- trust pool
 
-    async def trustpool_import(self, session, params: dict) -> str:
+    async def trustpool_import(self, session, params: dict) -> dict:
         if not params.get("url"):
             raise EngineError("url-missing", "give the url of the CA bundle", "missing-element")
         async with self.lock:
             await self._import_pool(params["url"], session)
-        return self._pool_counts(NS)
+        return self._pool_counts(render.P)
 
-    async def trustpool_clean(self, session, params: dict) -> str:
+    async def trustpool_clean(self, session, params: dict) -> dict:
         async with self.lock:
             if params.get("url"):
                 await self._import_pool(params["url"], session)  # replaces the downloaded set as a unit
@@ -778,7 +767,7 @@ class PkiBackend(Backend):
                 self.store.commit(state)
                 log.info("trustpool: downloaded CA certificates removed")
         self._changed()
-        return self._pool_counts(NS)
+        return self._pool_counts(render.P)
 
     async def _import_pool(self, url: str, session) -> None:
         if url.lower().startswith(("http://", "https://")):
@@ -903,14 +892,11 @@ class PkiBackend(Backend):
             line = expiry.log_line(a.level, name, kind.upper() if kind == "ca" else "ID", cert.serial_number,
                                    cert.issuer, cert.subject, left)
             (log.critical if a.level == expiry.ALERT else log.warning)("%s", line)
-            self._notify(f'<certificate-expiring xmlns="{NS}">{xml_leaf("level", a.level)}'
-                         f'{xml_leaf("trustpoint", name)}{xml_leaf("certificate-type", kind)}'
-                         f'{xml_leaf("serial-number", expiry.serial_text(cert.serial_number))}'
-                         f'{xml_leaf("issuer", cert.issuer.rfc4514_string())}'
-                         f'{xml_leaf("subject", cert.subject.rfc4514_string())}'
-                         f'{xml_leaf("not-after", cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ"))}'
-                         f'{xml_leaf("time-left", max(0, int(left.total_seconds())))}'
-                         f'{xml_leaf("time-left-text", expiry.time_left_text(left))}</certificate-expiring>')
+            self._notify("/trustplane-pki:certificate-expiring", {
+                "level": a.level, "trustpoint": name, "certificate-type": kind,
+                "serial-number": expiry.serial_text(cert.serial_number), "issuer": cert.issuer.rfc4514_string(),
+                "subject": cert.subject.rfc4514_string(), "not-after": render.utc(cert.not_valid_after_utc),
+                "time-left": max(0, int(left.total_seconds())), "time-left-text": expiry.time_left_text(left)})
         return nxt
 
     async def _expiry_loop(self) -> None:

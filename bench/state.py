@@ -1,0 +1,103 @@
+"""State workload: <get> of a large trust pool (500 downloaded CA certificates), filtered to
+trustplane-pki's state and unfiltered, so that the cost of building state data shows.
+
+Run alone: .venv/bin/python bench/state.py [source tree to serve, default this one]
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from client import connect  # noqa: E402  (bench/client.py)
+
+ACT = "http://cisco.com/ns/yang/Cisco-IOS-XR-crypto-act"
+PKI = "urn:trustplane:yang:trustplane-pki"
+GET_POOL = f'<get><filter type="subtree"><pki xmlns="{PKI}"/></filter></get>'
+GET_ALL = "<get/>"
+CERTS = 500
+ROUNDS = 40
+
+
+def _bundle(n: int) -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    out = []
+    for i in range(n):
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"Bench CA {i} & <Co>")])
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+                .not_valid_after(now + datetime.timedelta(days=3650))
+                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+                .sign(key, hashes.SHA256()))
+        out.append(cert.public_bytes(serialization.Encoding.PEM))
+    return b"".join(out)
+
+
+async def _time(c, body: str, rounds: int) -> list[float]:
+    times = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        reply = await c.rpc(body)
+        times.append(time.perf_counter() - t)
+        if b"<rpc-error" in reply:
+            raise RuntimeError(reply.decode(errors="replace")[:300])
+    return times
+
+
+async def _measure(port: int, password: str) -> dict:
+    c = await connect("127.0.0.1", port, "admin", password)
+    try:
+        reply = await c.rpc(f'<ca-trustpool-import-url xmlns="{ACT}"><url>disk0:/pool.pem</url>'
+                            "</ca-trustpool-import-url>")
+        if b"<rpc-error" in reply:
+            raise RuntimeError(reply.decode(errors="replace")[:300])
+        await _time(c, GET_POOL, 3)  # warm up
+        return {"pool": sorted(await _time(c, GET_POOL, ROUNDS)), "all": sorted(await _time(c, GET_ALL, ROUNDS))}
+    finally:
+        await c.close()
+
+
+def run(tmp: Path, root: Path) -> dict:
+    state = tmp / "state"
+    password = secrets.token_urlsafe(12)
+    env = dict(os.environ, TRUSTPLANE_ADMIN_PASSWORD=password)
+    subprocess.run([sys.executable, "-m", "trustplane.cli", "init", "--state-dir", str(state)], cwd=root, env=env,
+                   check=True, capture_output=True)
+    (state / "fs" / "disk0:" / "pool.pem").write_bytes(_bundle(CERTS))
+    proc = subprocess.Popen([sys.executable, "-m", "trustplane.cli", "serve", "--state-dir", str(state), "--port", "0",
+                             "--log-level", "WARNING"], cwd=root, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+    try:
+        port = int(proc.stdout.readline().decode().rsplit(":", 1)[1])
+        return asyncio.run(_measure(port, password))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+def report(r: dict) -> str:
+    def ms(samples):
+        return f"median {samples[len(samples) // 2] * 1e3:.1f} ms, best {samples[0] * 1e3:.1f} ms"
+    return (f"get of a {CERTS}-certificate trust pool over {ROUNDS} RPCs: filtered to trustplane-pki "
+            f"{ms(r['pool'])}; unfiltered {ms(r['all'])}")
+
+
+if __name__ == "__main__":
+    root = Path(sys.argv[1]).resolve() if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory(prefix="tp-bench-") as d:
+        print(report(run(Path(d), root)))
