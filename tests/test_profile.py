@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from backends.device.profile import ProfileError, init_state_dir, load_profile, save_profile
-from backends.engine.serials import is_valid_serial, make_serial
+from backends.engine.serials import is_generated_form, is_valid_serial, make_serial
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,8 +22,13 @@ def openssl(*args) -> str:
 
 def test_serials():
     s = make_serial(NOW)
-    assert s.startswith("FOC3047") and is_valid_serial(s)  # 2026 = 1996 + 30, ISO week 47
+    assert s.startswith("FOC3047") and is_generated_form(s)  # 2026 = 1996 + 30, ISO week 47
     for bad in ("FOC3047ABC", "foc3047ABCD", "FOC3054ABCD", "FOC3000ABCD", "FO13047ABCD", "FOC3047ABC-"):
+        assert not is_generated_form(bad), bad
+        assert is_valid_serial(bad), bad  # any vendor's serial is a serial
+    for good in ("123", "SN-42/a", "x" * 64, "Ser ial"):
+        assert is_valid_serial(good), good
+    for bad in ("", "x" * 65, "FOC\n1", " FOC1", "FOC1 ", "A\x00B"):
         assert not is_valid_serial(bad), bad
 
 
@@ -37,7 +42,7 @@ def test_init_defaults(tmp_path):
         if f.is_file():
             assert ca_key not in f.read_bytes(), f  # the CA key never enters the device state
     for n in p.nodes:
-        assert is_valid_serial(n.serial_number)
+        assert is_generated_form(n.serial_number)
         assert os.stat(n.idevid_key_path).st_mode & 0o777 == 0o600
         assert "OK" in openssl("verify", "-CAfile", str(lab / "manufacturer-ca.pem"), str(n.idevid_cert_path))
         out = openssl("x509", "-noout", "-subject", "-enddate", "-ext", "basicConstraints,keyUsage",
@@ -64,8 +69,8 @@ def test_init_custom_nodes_anchor_and_shared_lab(tmp_path):
     p2 = init_state_dir(tmp_path / "b", lab, now=NOW)
     # one lab, one manufacturer: both devices trust the same CA
     assert p1.manufacturer_anchors()[0] == p2.manufacturer_anchors()[0]
-    with pytest.raises(ProfileError, match="LLLYYWWSSSS"):
-        init_state_dir(tmp_path / "c", lab, nodes=[("0/RP0/CPU0", "bad")], now=NOW)
+    with pytest.raises(ProfileError, match="printable"):
+        init_state_dir(tmp_path / "c", lab, nodes=[("0/RP0/CPU0", "bad\x07")], now=NOW)
     with pytest.raises(ProfileError, match="anchor"):
         init_state_dir(tmp_path / "d", lab, manufacturer_anchors=[tmp_path / "k.pem"], now=NOW)
 
@@ -105,13 +110,20 @@ def edit(state, change):
     (lambda d: d.update(nodes=[]), '"nodes" is empty'),
     (lambda d: d["nodes"][1].update(location="0/RP0/CPU0"), 'location "0/RP0/CPU0" appears twice'),
     (lambda d: d["nodes"][0].update(location="RP0"), 'location "RP0" is not of the form'),
-    (lambda d: d["nodes"][0].update({"serial-number": "123"}), 'serial-number "123" is not in LLLYYWWSSSS form'),
+    (lambda d: d["nodes"][0].update({"serial-number": ""}),
+     "serial-number '' is not a serial number (1 to 64 printable characters)"),
+    (lambda d: d["nodes"][0].update({"serial-number": "S" * 65}), "is not a serial number"),
+    (lambda d: d["nodes"][0].update({"serial-number": "123"}), "names no serial '123'"),
+    (lambda d: d["nodes"][0].update({"idevid-key": d["nodes"][1]["idevid-key"]}),
+     "is not the key of the IDevID certificate 0_RP0_CPU0.pem"),
     (lambda d: d["nodes"][1].update(role="active"), "more than one node has the role active"),
     (lambda d: d["nodes"][0].update(role="primary"), 'role "primary" is not one of'),
     (lambda d: d["nodes"][0].update({"idevid-cert": "../../etc/passwd"}), "is outside the state directory"),
     (lambda d: d["nodes"][0].update({"idevid-cert": "idevid/missing.pem"}), 'cannot read "idevid/missing.pem"'),
     (lambda d: d["nodes"][0].update({"idevid-cert": "device.json"}), "not a PEM certificate"),
-    (lambda d: d["chassis"].update({"serial-number": "x"}), "chassis: serial-number"),
+    (lambda d: d["chassis"].update({"serial-number": "a\tb"}), "chassis: serial-number"),
+    (lambda d: d.update({"masa-anchors": "anchors/masa-root.pem"}), '"masa-anchors" must be a list'),
+    (lambda d: d.update({"masa-anchors": ["idevid/0_RP0_CPU0.key"]}), 'masa-anchors[0]: "idevid/0_RP0_CPU0.key"'),
     (lambda d: d.update(nodes="x"), '"nodes" must be a list'),
     (lambda d: d.update({"package-signing-keys": {"ab": "xr"}}), '"package-signing-keys" must be a list'),
     (lambda d: d.update({"package-signing-keys": [{"key": "device.json", "origin": "xr"}]}),

@@ -15,8 +15,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from backends.engine import cms, consent, keypackage, lab, ownership, voucher
-from backends.engine.identity import issue_idevid, make_manufacturer_ca
+from backends.engine import cms, consent, keypackage, ownership, voucher
+from backends.engine.identity import MANUFACTURING_ROOT, MASA_ROOT, issue_idevid, make_root_ca
+from trustplane import lab_artifacts as lab
 from openssl_ca import lazily_broken
 
 NOW = datetime(2026, 6, 1, tzinfo=timezone.utc)
@@ -25,13 +26,14 @@ SERIAL = "FOC2231X0AB"
 
 @pytest.fixture(scope="module")
 def pki():
-    ca_key, ca = make_manufacturer_ca(NOW - timedelta(days=30))
+    ca_key, ca = make_root_ca(NOW - timedelta(days=30), MASA_ROOT)
     masa_key, masa = lab.make_masa(ca_key, ca, NOW - timedelta(days=30))
+    maker_key, maker = make_root_ca(NOW - timedelta(days=30), MANUFACTURING_ROOT)
     pdc_key, pdc = lab.make_owner_ca(NOW - timedelta(days=30))
     oc_key, oc, chain = lab.make_owner_cert(pdc_key, pdc, NOW - timedelta(days=30))
-    _idkey, idevid = issue_idevid(ca_key, ca, SERIAL, "8201-32FH", NOW - timedelta(days=30))
+    idkey, idevid = issue_idevid(maker_key, maker, SERIAL, "8201-32FH", NOW - timedelta(days=30))
     return dict(ca_key=ca_key, ca=ca, masa_key=masa_key, masa=masa, pdc_key=pdc_key, pdc=pdc, oc_key=oc_key,
-                oc=oc, idevid=idevid)
+                oc=oc, idevid=idevid, idevid_key=idkey, maker=maker, maker_key=maker_key)
 
 
 def signed(pki, members: dict, *, content_type=cms.ID_DATA, signer=None) -> bytes:
@@ -64,8 +66,8 @@ def test_id_data_and_anima_content_types_are_accepted_and_recorded(pki):
     refused(pki, signed(pki, {}, content_type="1.2.840.113549.1.9.16.1.42"), "ov-content-type")
 
 
-def test_the_signer_must_chain_to_the_manufacturer_anchor_not_to_the_cms(pki):
-    other_key, other_ca = make_manufacturer_ca(NOW - timedelta(days=1), "Someone Else")
+def test_the_signer_must_chain_to_the_masa_anchor_not_to_the_cms(pki):
+    other_key, other_ca = make_root_ca(NOW - timedelta(days=1), "Someone Else")
     rogue_key, rogue = lab.make_masa(other_key, other_ca, NOW - timedelta(days=1))
     refused(pki, signed(pki, {}, signer=(rogue_key, rogue, other_ca)), "ov-signer-untrusted")
     # the rogue CA travels in the CMS, but only the profile's anchors count
@@ -172,7 +174,9 @@ def test_nonce_forms_and_issuance(pki):
     data = signed(pki, {"nonce": b64url, "expires-on": None})
     assert check(pki, data, nonces=[nonce]).nonce == nonce
     refused(pki, data, "ov-nonce-mismatch")  # the device never issued it
-    refused(pki, signed(pki, {"nonce": nonce.hex(), "expires-on": None}), "ov-malformed", nonces=[nonce])
+    # hex text that is valid base64 is read as base64 (RFC 7951): 24 other bytes, a nonce never issued
+    refused(pki, signed(pki, {"nonce": nonce.hex(), "expires-on": None}), "ov-nonce-mismatch", nonces=[nonce])
+    refused(pki, signed(pki, {"nonce": nonce.hex() + "0", "expires-on": None}), "ov-malformed", nonces=[nonce])
     refused(pki, signed(pki, {"nonce": base64.b64encode(b"short").decode(), "expires-on": None}), "ov-malformed")
 
 
@@ -212,7 +216,15 @@ def test_tampered_and_unsigned_vouchers(pki):
     at = bytes(data).index(b"logged")
     data[at] ^= 0x20
     refused(pki, bytes(data), "ov-signature-invalid")
-    refused(pki, cms.certs_only([pki["masa"]]), "ov-unsigned")
+    refused(pki, cms.certs_only([pki["masa"]]), "ov-no-content")
+    detached = cms.sign(b"{}", pki["masa_key"], pki["masa"], chain=[pki["ca"]], detached=True)
+    with pytest.raises(voucher.VoucherError) as err:
+        check(pki, detached)
+    assert (err.value.code, err.value.message) == ("ov-no-content", voucher.NO_CONTENT)
+    assert "detached signature or certificates only" in voucher.NO_CONTENT
+    info = cms_asn1.ContentInfo.load(signed(pki, {}))
+    info["content"]["signer_infos"] = []
+    refused(pki, info.dump(force=True), "ov-unsigned")  # content, and no signer
     refused(pki, b"not a voucher", "ov-malformed")
 
 
@@ -351,7 +363,7 @@ def test_bundle_selection_first_valid_wins_and_foreign_is_reported(pki):
 def test_bundle_refuses_corrupt_archives():
     for data in (b"\x1f\x8b\x08junk", b"plain text, not a tar"):
         with pytest.raises(ownership.OwnershipError) as err:
-            ownership.read_bundle(data)
+            list(ownership.read_bundle(data))
         assert err.value.code in ("ov-bundle-corrupt", "ov-bundle-empty")
 
 

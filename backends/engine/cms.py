@@ -31,6 +31,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from .errors import EngineError
+
 ID_DATA = "1.2.840.113549.1.7.1"
 ID_SIGNED_DATA = "1.2.840.113549.1.7.2"
 ID_CT_ANIMA_JSON_VOUCHER = "1.2.840.113549.1.9.16.1.40"
@@ -67,11 +69,8 @@ _DECODE_ERRORS = (ValueError, TypeError, KeyError, IndexError, OverflowError, Re
                   x509.InvalidVersion)
 
 
-class CmsError(Exception):
-    def __init__(self, code: str, message: str):
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
+class CmsError(EngineError):
+    """code: cms-..."""
 
 
 @dataclass

@@ -12,6 +12,11 @@ operation is APPEND, DELETE or REPLACE; only the ALLOWED_LIST target is supporte
 key_type X509KEY holds a PEM public key or certificate, GPGKEY an OpenPGP public key
 (armored): an owner package signing key. The key named CUS-CT is the customer
 consent-token key. A package must be newer (timestamp) than the last applied.
+
+Signer roles: the package's signer chains to the owner certificate and has digitalSignature
+when it has keyUsage. It need not be an end entity: an owner certificate may be a CA reused
+as a one-level OC (ios-xr/key-package-scripts does that). An X509KEY given as a certificate
+signs consent-token responses, so it must be an end entity with digitalSignature.
 """
 from __future__ import annotations
 
@@ -23,9 +28,10 @@ from datetime import datetime
 from email.utils import parsedate_to_datetime
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-from . import cms, openpgp, x509path
+from . import cms, jsontext, openpgp, x509path
 from .errors import EngineError
 
 CONSENT_TOKEN_KEY = "CUS-CT"
@@ -50,11 +56,17 @@ class Key:
         """The key of an X509KEY entry (a PEM public key or certificate)."""
         data = self.value.encode()
         try:
-            if b"CERTIFICATE" in data:
-                return x509.load_pem_x509_certificate(data).public_key()
-            return serialization.load_pem_public_key(data)
-        except ValueError:
+            if b"CERTIFICATE" not in data:
+                return serialization.load_pem_public_key(data)
+            cert = x509.load_pem_x509_certificate(data)
+            key = cert.public_key()
+        except (ValueError, UnsupportedAlgorithm):
             raise KeyPackageError("kpkg-malformed", f"key {self.name}: not a PEM public key or certificate") from None
+        role = x509path.signer_role_problem(cert)
+        if role is not None:
+            raise KeyPackageError("kpkg-key-role", f"key {self.name}: certificate {x509path.subject_text(cert)} "
+                                  f"{role[1]}; a signing key's certificate is an end entity with digitalSignature")
+        return key
 
     def fingerprint(self) -> str:
         """SHA-256 of the DER SubjectPublicKeyInfo (X509KEY) or of the key text (GPGKEY)."""
@@ -79,6 +91,10 @@ def verify(data: bytes, owner_cert: x509.Certificate, at: datetime) -> KeyPackag
         if sd.content is None:
             raise KeyPackageError("kpkg-malformed", "the key package has no content")
         for signer in signers:
+            role = x509path.signer_role_problem(signer)
+            if role is not None and role[0] == "key-usage":
+                raise KeyPackageError("kpkg-signer-key-usage", f"key package signer "
+                                      f"{x509path.subject_text(signer)} {role[1]}", tag="access-denied")
             x509path.validate(signer, [owner_cert], sd.certificates, at=at)
     except cms.CmsError as exc:
         code = "kpkg-malformed" if exc.code == "cms-malformed" else "kpkg-signature-invalid"
@@ -91,9 +107,9 @@ def verify(data: bytes, owner_cert: x509.Certificate, at: datetime) -> KeyPackag
 
 def parse(content: bytes) -> KeyPackage:
     try:
-        doc = json.loads(content)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise KeyPackageError("kpkg-malformed", f"key package content is not JSON: {exc}") from None
+        doc = jsontext.loads(content)
+    except jsontext.JsonTextError as exc:
+        raise KeyPackageError("kpkg-malformed", f"key package content is not acceptable JSON: {exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("key_packages"), list):
         raise KeyPackageError("kpkg-malformed", 'key package content has no "key_packages" list')
     stamp = doc.get("timestamp")

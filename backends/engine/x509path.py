@@ -23,6 +23,8 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
 
+from .errors import EngineError
+
 MAX_DEPTH = 8           # certificates in a path, leaf and anchor included
 MAX_CANDIDATES = 64     # anchors + intermediates considered
 MAX_STEPS = 2048        # issuer links evaluated in one search: bounds backtracking
@@ -42,11 +44,8 @@ CRL_MISSING = "path-crl-missing"
 _PRIORITY = (SIGNATURE_INVALID, REVOKED, NOT_CA, WEAK_ALGORITHM, EXPIRED, CRL_MISSING)
 
 
-class PathError(Exception):
-    def __init__(self, code: str, message: str):
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
+class PathError(EngineError):
+    """code: path-..."""
 
 
 def subject_text(cert: x509.Certificate) -> str:
@@ -464,6 +463,21 @@ def _search_path(leaf, anchors, intermediates, at, allow_sha1, partial_chain, cr
     if search.found is not None:
         return search.found
     raise search.error(leaf)
+
+
+def signer_role_problem(cert: x509.Certificate) -> tuple[str, str] | None:
+    """Why cert may not sign data as an end entity, as (code suffix, reason); None when it may:
+    a CA certificate signs certificates and CRLs only, and keyUsage, when present, must
+    include digitalSignature (RFC 5280 section 4.2.1.3)."""
+    try:
+        bc, ku = _ext(cert, x509.BasicConstraints), _ext(cert, x509.KeyUsage)
+    except ValueError as e:
+        return "key-usage", f"has malformed extensions: {e}"
+    if bc is not None and bc.ca:
+        return "not-end-entity", "is a CA certificate (basicConstraints cA is TRUE)"
+    if ku is not None and not ku.digital_signature:
+        return "key-usage", "has keyUsage without digitalSignature"
+    return None
 
 
 def check_key_usage_digital_signature(cert: x509.Certificate) -> None:

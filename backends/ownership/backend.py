@@ -75,6 +75,9 @@ class OwnershipBackend(Backend):
         self.profile = load_profile(services.state_dir)
         self.serials = {n.serial_number: n.location for n in self.profile.nodes}
         self.serials[self.profile.chassis["serial-number"]] = CHASSIS
+        for cert in self.profile.anchors_in_both_roles():
+            log.warning("trust anchor %s is both a MASA anchor and a manufacturer anchor: every device identity "
+                        "it issues can sign ownership vouchers", cert.subject.rfc4514_string())
         self.path = policy.state_path(services.state_dir)
         self.path.parent.mkdir(mode=0o700, exist_ok=True)
         self.data = json.loads(self.path.read_text()) if self.path.exists() else {
@@ -175,6 +178,7 @@ class OwnershipBackend(Backend):
                 state, rows, established = await loop.run_in_executor(
                     None, self._check_apply, ov_data, ov_source, oc_data, params, session)
             except (ownership.OwnershipError, voucher.VoucherError) as exc:
+                log.warning("device ownership not established from %s: %s: %s", ov_source, exc.code, exc.message)
                 raise _error(exc) from None
             self._commit(state)
         log.info("%s (%s)", ESTABLISHED, ", ".join(established))
@@ -188,8 +192,8 @@ class OwnershipBackend(Backend):
         now = self.services.clock()
         members = ownership.read_bundle(ov_data, ov_source)
         idevids = {n.serial_number: n.idevid_cert() for n in self.profile.nodes}
-        sel = ownership.select(members, set(self.serials), anchors=self.profile.manufacturer_anchors(), at=now,
-                               idevids=idevids)
+        sel = ownership.select(members, set(self.serials), anchors=self.profile.masa_anchors(), at=now,
+                               idevids=idevids, device_anchors=self.profile.manufacturer_anchors())
         for node in self.profile.nodes:
             if node.serial_number not in sel.chosen:
                 mine = [r for r in sel.rejected if r[1] == node.serial_number]
@@ -239,17 +243,20 @@ class OwnershipBackend(Backend):
                 "pdc": _pem(v.pinned_domain_cert), "oc-chain": [_pem(c) for c in oc.chain],
                 "installed-at": now.isoformat(), "installed-by": user}
         applied = {name: loc for loc, (name, _v) in chosen.items()}
+        foreign = set(sel.foreign)
         rows: dict[str, str] = {}  # member -> row; a name repeated in the tar is reported once
-        for name, _data in members:
+        for name in sel.names:
             if name in applied:
                 rows.setdefault(name, f"{xml_leaf('result', 'applied')}{xml_leaf('location', applied[name])}")
-            elif name in sel.foreign:
+            elif name in foreign:
                 rows.setdefault(name, xml_leaf("result", "other-device"))
-                log.info("device ownership: %s is for another device; ignored", name)
         for name, serial, code, message in sel.rejected:
             rows.setdefault(name, f"{xml_leaf('serial-number', serial or None)}{xml_leaf('result', 'rejected')}"
                                   f"{xml_leaf('reason', f'{code}: {message}')}")
-            log.warning("device ownership: %s rejected: %s: %s", name, code, message)
+        # one line however many members: a bulk bundle names thousands of other devices
+        first = f" (first: {sel.rejected[0][0]}: {sel.rejected[0][2]}: {sel.rejected[0][3]})" if sel.rejected else ""
+        log.info("device ownership: %s: %d of %d vouchers applied, %d for other devices ignored, %d rejected%s",
+                 ov_source, len(applied), len(sel.names), len(sel.foreign), len(sel.rejected), first)
         rows = [f"{xml_leaf('member', name)}{row}" for name, row in rows.items()]
         return state, rows, sorted(chosen)
 
@@ -291,7 +298,10 @@ class OwnershipBackend(Backend):
             raise BackendError("no customer consent-token key: apply a key package with the "
                                f"{keypackage.CONSENT_TOKEN_KEY} key first", app_tag="ct-key-missing",
                                tag="operation-failed")
-        return keypackage.Key(keypackage.CONSENT_TOKEN_KEY, k["key_type"], k["metadata"], k["value"]).public_key()
+        try:
+            return keypackage.Key(keypackage.CONSENT_TOKEN_KEY, k["key_type"], k["metadata"], k["value"]).public_key()
+        except keypackage.KeyPackageError as exc:
+            raise _error(exc) from None
 
     def _node_serial(self, location: str) -> str:
         node = self.profile.node(location)
