@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from backends.engine import lab, voucher  # noqa: E402
+from backends.engine import voucher  # noqa: E402
 from backends.engine.identity import load_cert_pem, load_key_pem  # noqa: E402
 import openssl_speed  # noqa: E402  (bench/openssl_speed.py)
 from summary import summary  # noqa: E402  (bench/summary.py)

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from backends.engine import cms, consent, keypackage, ownership, voucher
-from backends.engine.identity import MANUFACTURING_ROOT, MASA_ROOT, issue_idevid, make_root_ca
+from backends.engine.identity import MANUFACTURING_ROOT, MASA_ROOT, issue_idevid, key_usage, make_root_ca
 from trustplane import lab_artifacts as lab
 from openssl_ca import lazily_broken
 
@@ -430,3 +430,128 @@ def test_mutated_vouchers_fail_only_with_voucher_errors(pki):
         except voucher.VoucherError:
             pass
 
+
+
+# -- signer roles -----------------------------------------------------------------------------
+
+def refused_with(pki, data: bytes, code: str, fragment: str, **kw) -> None:
+    with pytest.raises(voucher.VoucherError) as err:
+        check(pki, data, **kw)
+    assert err.value.code == code and fragment in err.value.message, (err.value.code, err.value.message)
+
+
+def test_a_device_identity_never_signs_a_voucher(pki):
+    by_idevid = signed(pki, {}, signer=(pki["idevid_key"], pki["idevid"], pki["maker"]))
+    refused_with(pki, by_idevid, "ov-signer-device-identity", "chains to a manufacturer (device identity) anchor",
+                 device_anchors=[pki["maker"]])
+    # the same anchor in both sets, as an administrator may decide: then it is a MASA anchor
+    assert check(pki, by_idevid, anchors=[pki["ca"], pki["maker"]], device_anchors=[pki["maker"]]).signer == \
+        pki["idevid"]
+
+
+def test_a_voucher_signer_is_an_end_entity_with_digital_signature(pki):
+    by_anchor = signed(pki, {}, signer=(pki["ca_key"], pki["ca"], pki["ca"]))
+    refused_with(pki, by_anchor, "ov-signer-not-end-entity", "is a CA certificate")
+    sub_key, sub_ca = lab.make_masa(pki["ca_key"], pki["ca"], NOW - timedelta(days=1),
+                                    usage=key_usage(digital_signature=True, key_cert_sign=True), ca=True)
+    refused_with(pki, signed(pki, {}, signer=(sub_key, sub_ca, pki["ca"])), "ov-signer-not-end-entity",
+                 "basicConstraints cA is TRUE")
+    enc_key, enc = lab.make_masa(pki["ca_key"], pki["ca"], NOW - timedelta(days=1),
+                                 usage=key_usage(key_encipherment=True))
+    refused_with(pki, signed(pki, {}, signer=(enc_key, enc, pki["ca"])), "ov-signer-key-usage",
+                 "keyUsage without digitalSignature")
+
+
+def test_a_masa_under_another_anchor_is_untrusted(pki):
+    other_key, other = make_root_ca(NOW - timedelta(days=1), "Another Manufacturer MASA Root")
+    masa_key, masa = lab.make_masa(other_key, other, NOW - timedelta(days=1))
+    refused_with(pki, signed(pki, {}, signer=(masa_key, masa, other)), "ov-signer-untrusted", "no path",
+                 device_anchors=[pki["maker"]])
+
+
+def test_key_package_signer_and_consent_key_roles(pki):
+    ct = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    key = keypackage.Key("CUS-CT", "X509KEY", "consent-token", ct)
+    enc_key, enc = lab.make_masa(pki["pdc_key"], pki["pdc"], NOW - timedelta(days=1),
+                                 usage=key_usage(key_encipherment=True))
+    with pytest.raises(keypackage.KeyPackageError) as err:
+        keypackage.verify(lab.make_key_package(enc_key, enc, [key], NOW), enc, NOW)
+    assert (err.value.code, err.value.tag) == ("kpkg-signer-key-usage", "access-denied")
+    # a consent-token key given as a CA certificate is no signing key
+    ca_key = keypackage.Key("CUS-CT", "X509KEY", "consent-token",
+                            pki["pdc"].public_bytes(serialization.Encoding.PEM).decode())
+    with pytest.raises(keypackage.KeyPackageError) as err:
+        keypackage.verify(lab.make_key_package(pki["oc_key"], pki["oc"], [ca_key], NOW), pki["oc"], NOW)
+    assert err.value.code == "kpkg-key-role" and "is a CA certificate" in err.value.message
+
+
+# -- typed errors for every input ---------------------------------------------------------------
+
+@pytest.mark.parametrize("text", ["9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+01:00",
+                                  "9999-12-31T23:30:00.5-00:31"])
+def test_dates_past_the_datetime_range_in_utc_are_refused(text):
+    with pytest.raises(voucher.VoucherError) as err:
+        voucher.parse_datetime(text, "expires-on")
+    assert (err.value.code, err.value.message) == (
+        "ov-malformed", f"expires-on: {text!r} is outside the years 1 to 9999 in UTC")
+
+
+def test_far_future_dates_are_accepted(pki):
+    assert voucher.parse_datetime("9999-12-31T22:59:59-01:00", "expires-on") == \
+        datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc)
+    assert voucher.parse_datetime("0001-01-01T00:59:59-00:30", "created-on") == \
+        datetime(1, 1, 1, 1, 29, 59, tzinfo=timezone.utc)
+    assert check(pki, signed(pki, {"expires-on": "9999-12-31T23:59:59Z"})).expires_on.year == 9999
+    refused_with(pki, signed(pki, {"expires-on": "9999-12-31T23:59:59-01:00"}), "ov-malformed", "years 1 to 9999")
+
+
+def unsigned_by_anyone(content: bytes) -> bytes:
+    """A CMS whose signer no device trusts: what anyone can send."""
+    key, ca = make_root_ca(NOW - timedelta(days=1), "Anyone")
+    masa_key, masa = lab.make_masa(key, ca, NOW - timedelta(days=1))
+    return cms.sign(content, masa_key, masa, chain=[ca])
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (b"[" * 100_000 + b"]" * 100_000, "nested deeper than this reader allows"),
+    (b'{"ietf-voucher:voucher": {"serial-number": ' + b"7" * 4000 + b"}}", "an integer of 4000 digits"),
+    (b'{"ietf-voucher:voucher": {"x": 1e' + b"9" * 200 + b"}}", "a number of 202 characters"),
+    (b'{"ietf-voucher:voucher": {"serial-number": "A", "serial-number": "B"}}',
+     'member name "serial-number" appears twice'),
+    (b'{"ietf-voucher:voucher": {"serial-number": "A", "x": {"y": 1, "y": 2}}}', 'member name "y" appears twice'),
+    (b'{"ietf-voucher:voucher": {"serial-number": "A"}, "ietf-voucher:voucher": {}}', "appears twice"),
+    (b'{"ietf-voucher:voucher": {"serial-number": "A", "x": NaN}}', "NaN is not a JSON value"),
+    (b'{"ietf-voucher:voucher": {"serial-number": "A", "x": -Infinity}}', "-Infinity is not a JSON value"),
+])
+def test_hostile_json_is_refused_before_any_signature_check(pki, content, fragment):
+    sel = ownership.select([("v.vcj", unsigned_by_anyone(content))], {SERIAL}, anchors=[pki["ca"]], at=NOW,
+                           idevids={})
+    assert [(r[0], r[2]) for r in sel.rejected] == [("v.vcj", "ov-malformed")]
+    assert fragment in sel.rejected[0][3], sel.rejected[0][3]
+    with pytest.raises(voucher.VoucherError) as err:
+        voucher.parse(content)
+    assert err.value.code == "ov-malformed" and fragment in err.value.message
+
+
+def test_a_pem_or_base64_voucher_file_is_read_as_its_der(pki):
+    der = signed(pki, {})
+    pem = b"-----BEGIN CMS-----\n" + base64.encodebytes(der) + b"-----END CMS-----\n"
+    for text in (pem, base64.encodebytes(der), base64.b64encode(der)):
+        members = list(ownership.read_bundle(text, "v.pem"))
+        assert members == [("v.pem", text)]
+        sel = ownership.select(members, {SERIAL}, anchors=[pki["ca"]], at=NOW, idevids={})
+        assert sel.chosen[SERIAL][0] == "v.pem" and not sel.rejected
+
+
+def test_a_voucher_without_encapsulated_content_says_so(pki):
+    sel = ownership.select([("certs.p7b", cms.certs_only([pki["masa"]]))], {SERIAL}, anchors=[pki["ca"]], at=NOW,
+                           idevids={})
+    assert sel.rejected == [("certs.p7b", "", "ov-no-content", voucher.NO_CONTENT)]
+
+
+def test_bundle_members_are_read_one_at_a_time(pki):
+    data = lab.bundle([(f"v{i}.vcj", signed(pki, {"serial-number": f"X{i}"})) for i in range(3)])
+    members = ownership.read_bundle(data, "b.tar.gz")
+    assert next(members)[0] == "v0.vcj"  # a generator: the rest is not read yet
+    assert [name for name, _ in members] == ["v1.vcj", "v2.vcj"]
