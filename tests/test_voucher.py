@@ -544,6 +544,19 @@ def test_a_pem_or_base64_voucher_file_is_read_as_its_der(pki):
         assert sel.chosen[SERIAL][0] == "v.pem" and not sel.rejected
 
 
+def test_certificates_the_fuzzer_broke_are_refused_as_malformed(pki):
+    pdc = bytearray(pki["pdc"].public_bytes(serialization.Encoding.DER))
+    at = pdc.index(b"\xa0\x03\x02\x01\x02")  # version v3 becomes 11, which no reader knows
+    pdc[at + 4] = 0x0A
+    refused_with(pki, signed(pki, {"pinned-domain-cert": base64.b64encode(pdc).decode()}), "ov-malformed",
+                 "pinned-domain-cert is not a DER X.509 certificate")
+    # the signer's keyUsage becomes a second subjectKeyIdentifier: its extensions no longer read
+    data = bytearray(signed(pki, {}))
+    at = data.index(b"\x06\x03\x55\x1d\x0f")
+    data[at + 4] = 0x0E
+    refused_with(pki, bytes(data), "ov-malformed", "has a malformed name or malformed extensions")
+
+
 def test_a_voucher_without_encapsulated_content_says_so(pki):
     sel = ownership.select([("certs.p7b", cms.certs_only([pki["masa"]]))], {SERIAL}, anchors=[pki["ca"]], at=NOW,
                            idevids={})

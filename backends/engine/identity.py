@@ -78,7 +78,7 @@ def load_certs_pem(data: bytes | str) -> list[x509.Certificate]:
     raw = data.encode() if isinstance(data, str) else data
     try:
         certs = x509.load_pem_x509_certificates(raw)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise IdentityError(f"not a PEM certificate: {exc}") from None
     return certs
 

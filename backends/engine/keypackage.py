@@ -60,7 +60,7 @@ class Key:
                 return serialization.load_pem_public_key(data)
             cert = x509.load_pem_x509_certificate(data)
             key = cert.public_key()
-        except (ValueError, UnsupportedAlgorithm):
+        except (ValueError, UnsupportedAlgorithm, x509.InvalidVersion):
             raise KeyPackageError("kpkg-malformed", f"key {self.name}: not a PEM public key or certificate") from None
         role = x509path.signer_role_problem(cert)
         if role is not None:
@@ -92,8 +92,8 @@ def verify(data: bytes, owner_cert: x509.Certificate, at: datetime) -> KeyPackag
             raise KeyPackageError("kpkg-malformed", "the key package has no content")
         for signer in signers:
             role = x509path.signer_role_problem(signer)
-            if role is not None and role[0] == "key-usage":
-                raise KeyPackageError("kpkg-signer-key-usage", f"key package signer "
+            if role is not None and role[0] != "not-end-entity":
+                raise KeyPackageError(f"kpkg-signer-{role[0]}", f"key package signer "
                                       f"{x509path.subject_text(signer)} {role[1]}", tag="access-denied")
             x509path.validate(signer, [owner_cert], sd.certificates, at=at)
     except cms.CmsError as exc:

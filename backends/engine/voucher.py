@@ -167,7 +167,7 @@ def parse(content: bytes) -> Voucher:
 def _pinned_domain_cert(text: str) -> x509.Certificate:
     try:
         pdc = cms.certificate(parse_binary(text, "pinned-domain-cert"))
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
         pdc = None
     if pdc is None or not x509path.readable(pdc):
         raise VoucherError("ov-malformed", "pinned-domain-cert is not a DER X.509 certificate")
@@ -226,8 +226,9 @@ def _check_signer(signer: x509.Certificate, anchors: list, device_anchors: list,
     """A voucher signer is a MASA: an end entity that may sign, under a MASA anchor."""
     role = x509path.signer_role_problem(signer)
     if role is not None:
-        code, why = role
-        raise VoucherError(f"ov-signer-{code}", f"voucher signer {x509path.subject_text(signer)} {why}; "
+        kind, why = role
+        raise VoucherError("ov-malformed" if kind == "malformed" else f"ov-signer-{kind}",
+                           f"voucher signer {x509path.subject_text(signer)} {why}; "
                            "a voucher is signed by a MASA end-entity certificate")
     try:
         x509path.validate(signer, anchors, certs, at=at)

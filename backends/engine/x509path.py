@@ -466,13 +466,13 @@ def _search_path(leaf, anchors, intermediates, at, allow_sha1, partial_chain, cr
 
 
 def signer_role_problem(cert: x509.Certificate) -> tuple[str, str] | None:
-    """Why cert may not sign data as an end entity, as (code suffix, reason); None when it may:
-    a CA certificate signs certificates and CRLs only, and keyUsage, when present, must
-    include digitalSignature (RFC 5280 section 4.2.1.3)."""
-    try:
-        bc, ku = _ext(cert, x509.BasicConstraints), _ext(cert, x509.KeyUsage)
-    except ValueError as e:
-        return "key-usage", f"has malformed extensions: {e}"
+    """Why cert may not sign data as an end entity, as (kind, reason); None when it may.
+    kind "not-end-entity": a CA certificate signs certificates and CRLs only; "key-usage":
+    keyUsage, when present, must include digitalSignature (RFC 5280 section 4.2.1.3);
+    "malformed": its names or extensions cannot be read."""
+    if not readable(cert):
+        return "malformed", "has a malformed name or malformed extensions"
+    bc, ku = _ext(cert, x509.BasicConstraints), _ext(cert, x509.KeyUsage)
     if bc is not None and bc.ca:
         return "not-end-entity", "is a CA certificate (basicConstraints cA is TRUE)"
     if ku is not None and not ku.digital_signature:
