@@ -31,7 +31,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-from . import cms, jsontext, openpgp, x509path
+from . import certcheck, cms, jsontext, openpgp, pinnedpath
 from .errors import EngineError
 
 CONSENT_TOKEN_KEY = "CUS-CT"
@@ -62,9 +62,9 @@ class Key:
             key = cert.public_key()
         except (ValueError, UnsupportedAlgorithm, x509.InvalidVersion):
             raise KeyPackageError("kpkg-malformed", f"key {self.name}: not a PEM public key or certificate") from None
-        role = x509path.signer_role_problem(cert)
+        role = certcheck.signer_role_problem(cert)
         if role is not None:
-            raise KeyPackageError("kpkg-key-role", f"key {self.name}: certificate {x509path.subject_text(cert)} "
+            raise KeyPackageError("kpkg-key-role", f"key {self.name}: certificate {certcheck.subject_text(cert)} "
                                   f"{role[1]}; a signing key's certificate is an end entity with digitalSignature")
         return key
 
@@ -91,15 +91,15 @@ def verify(data: bytes, owner_cert: x509.Certificate, at: datetime) -> KeyPackag
         if sd.content is None:
             raise KeyPackageError("kpkg-malformed", "the key package has no content")
         for signer in signers:
-            role = x509path.signer_role_problem(signer)
+            role = certcheck.signer_role_problem(signer)
             if role is not None and role[0] != "not-end-entity":
                 raise KeyPackageError(f"kpkg-signer-{role[0]}", f"key package signer "
-                                      f"{x509path.subject_text(signer)} {role[1]}", tag="access-denied")
-            x509path.validate(signer, [owner_cert], sd.certificates, at=at)
+                                      f"{certcheck.subject_text(signer)} {role[1]}", tag="access-denied")
+            pinnedpath.validate(signer, [owner_cert], sd.certificates, at=at)
     except cms.CmsError as exc:
         code = "kpkg-malformed" if exc.code == "cms-malformed" else "kpkg-signature-invalid"
         raise KeyPackageError(code, f"key package: {exc.message}") from None
-    except x509path.PathError as exc:
+    except pinnedpath.PathError as exc:
         raise KeyPackageError("kpkg-untrusted", f"key package signer is not the owner certificate: {exc.message}",
                               tag="access-denied") from None
     return parse(sd.content)

@@ -12,7 +12,7 @@ from typing import Iterable, Iterator
 
 from cryptography import x509
 
-from . import cms, decompress, voucher, x509path
+from . import certcheck, cms, decompress, pinnedpath, voucher
 from .errors import EngineError
 
 MAX_MEMBERS = 10_000
@@ -98,7 +98,7 @@ def _owner_cert(sd: cms.SignedData) -> x509.Certificate:
     if sd.signers:
         certs = cms.verify(sd)
         return certs[0]
-    certs = [c for c in sd.certificates if x509path.readable(c)]
+    certs = [c for c in sd.certificates if certcheck.readable(c)]
     if not certs:
         raise OwnershipError("oc-malformed", "the owner certificate CMS holds no readable certificate", tag="invalid-value")
     leaves = [c for c in certs if not any(o is not c and o.issuer == c.subject and o.subject != c.subject
@@ -145,15 +145,15 @@ def verify_oc(data: bytes, pdc: x509.Certificate, *, at: datetime, partial_match
             raise OwnershipError("oc-malformed", "a CRL in the owner certificate CMS is unreadable",
                                  tag="invalid-value") from None
     try:
-        path = x509path.validate(oc, [pdc], sd.certificates, at=at, allow_sha1=allow_sha1, partial_chain=True,
+        path = pinnedpath.validate(oc, [pdc], sd.certificates, at=at, allow_sha1=allow_sha1, partial_chain=True,
                                  crls=crls, require_revocation=bool(revocation_checks) and not crl_optional,
                                  anchor_min_rsa_bits=pdc_min_rsa_bits)
-        x509path.check_key_usage_digital_signature(oc)
-    except x509path.PathError as exc:
+        pinnedpath.check_key_usage_digital_signature(oc)
+    except pinnedpath.PathError as exc:
         code = {"path-untrusted": "oc-untrusted", "path-signature-invalid": "oc-untrusted",
                 "path-expired": "oc-expired", "path-revoked": "oc-revoked", "path-crl-missing": "oc-crl-missing",
                 "oc-key-usage": "oc-key-usage"}.get(exc.code, "oc-invalid")
-        raise OwnershipError(code, f"owner certificate {x509path.subject_text(oc)}: {exc.message}") from None
+        raise OwnershipError(code, f"owner certificate {certcheck.subject_text(oc)}: {exc.message}") from None
     return OwnerCertificate(path, crls)
 
 

@@ -35,7 +35,7 @@ from typing import Iterable
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from . import cms, jsontext, x509path
+from . import certcheck, cms, jsontext, pinnedpath
 from .errors import EngineError
 
 VOUCHER_KEY = "ietf-voucher:voucher"
@@ -169,7 +169,7 @@ def _pinned_domain_cert(text: str) -> x509.Certificate:
         pdc = cms.certificate(parse_binary(text, "pinned-domain-cert"))
     except (ValueError, x509.InvalidVersion):
         pdc = None
-    if pdc is None or not x509path.readable(pdc):
+    if pdc is None or not certcheck.readable(pdc):
         raise VoucherError("ov-malformed", "pinned-domain-cert is not a DER X.509 certificate")
     return pdc
 
@@ -224,20 +224,20 @@ def verify(data: bytes, *, anchors: Iterable[x509.Certificate], serial: str, at:
 
 def _check_signer(signer: x509.Certificate, anchors: list, device_anchors: list, certs: list, at: datetime):
     """A voucher signer is a MASA: an end entity that may sign, under a MASA anchor."""
-    role = x509path.signer_role_problem(signer)
+    role = certcheck.signer_role_problem(signer)
     if role is not None:
         kind, why = role
         raise VoucherError("ov-malformed" if kind == "malformed" else f"ov-signer-{kind}",
-                           f"voucher signer {x509path.subject_text(signer)} {why}; "
+                           f"voucher signer {certcheck.subject_text(signer)} {why}; "
                            "a voucher is signed by a MASA end-entity certificate")
     try:
-        x509path.validate(signer, anchors, certs, at=at)
-    except x509path.PathError as exc:
-        if exc.code == x509path.UNTRUSTED and _chains_to(signer, device_anchors, certs, at):
-            raise VoucherError("ov-signer-device-identity", f"voucher signer {x509path.subject_text(signer)} "
+        pinnedpath.validate(signer, anchors, certs, at=at)
+    except pinnedpath.PathError as exc:
+        if exc.code == pinnedpath.UNTRUSTED and _chains_to(signer, device_anchors, certs, at):
+            raise VoucherError("ov-signer-device-identity", f"voucher signer {certcheck.subject_text(signer)} "
                                "chains to a manufacturer (device identity) anchor, not to a MASA anchor: "
                                "a device identity never signs a voucher") from None
-        code = "ov-signer-expired" if exc.code == x509path.EXPIRED else "ov-signer-untrusted"
+        code = "ov-signer-expired" if exc.code == pinnedpath.EXPIRED else "ov-signer-untrusted"
         raise VoucherError(code, f"voucher signer: {exc.message}") from None
 
 
@@ -245,8 +245,8 @@ def _chains_to(cert: x509.Certificate, anchors: list, certs: list, at: datetime)
     if not anchors:
         return False
     try:
-        x509path.validate(cert, anchors, certs, at=at)
-    except x509path.PathError:
+        pinnedpath.validate(cert, anchors, certs, at=at)
+    except pinnedpath.PathError:
         return False
     return True
 
