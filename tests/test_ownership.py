@@ -22,7 +22,7 @@ from ncclient.operations import RPCError
 
 from backends.engine import cms, ownership
 from trustplane import lab_artifacts
-from backends.engine.identity import key_usage, load_cert_pem, load_key_pem, make_root_ca
+from backends.engine.identity import cert_pem, key_pem, key_usage, load_cert_pem, load_key_pem, make_root_ca
 from conftest import PASSWORD, ROOT, ServerProcess, rpc
 from diskfull import FILLER, small_tmpfs
 from rpms import build_rpm, export_public, make_gpg_key, xz_claiming_a_big_dictionary
@@ -524,6 +524,10 @@ def test_an_old_state_directory_is_migrated_to_two_anchor_roles(tmp_path):
     maker_key, maker = pem_pair(lab.lab, "manufacturer-ca")
     now = datetime.now(timezone.utc) - timedelta(minutes=5)
     old_masa_key, old_masa = lab_artifacts.make_masa(maker_key, maker, now)
+    for suffix in (".key", ".pem"):
+        (lab.lab / f"masa-root{suffix}").unlink()
+    (lab.lab / "masa.key").write_bytes(key_pem(old_masa_key))
+    (lab.lab / "masa.pem").write_text(cert_pem(old_masa))
     old_ov = lab.signed_by("old.tar.gz", old_masa_key, old_masa, maker, [rp0, rp1])
     lab.server.start()
     try:
@@ -538,14 +542,20 @@ def test_an_old_state_directory_is_migrated_to_two_anchor_roles(tmp_path):
     migrated = json.loads(profile.read_text())
     assert migrated["masa-anchors"] == [] and migrated["manufacturer-anchors"] == old["manufacturer-anchors"]
     assert {k: v for k, v in migrated.items() if k != "masa-anchors"} == old
-    # the README's way on: the lab's MASA root becomes the device's MASA anchor
+    # the README's way on: the lab makes its MASA a root of its own, which becomes the device's MASA anchor
+    out = subprocess.run([sys.executable, "-m", "trustplane.cli", "lab", "voucher", "--lab-dir", str(lab.lab), "--pdc",
+                          str(lab.work / "owner" / "pdc.pem"), "--serial", rp0, "--serial", rp1, "--out",
+                          str(lab.work / "new")], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and f"made the MASA root {lab.lab / 'masa-root.pem'}" in out.stderr, out.stderr
+    _root_key, root = pem_pair(lab.lab, "masa-root")
+    assert pem_pair(lab.lab, "masa")[1].issuer == root.subject != maker.subject
     shutil.copy(lab.lab / "masa-root.pem", lab.state / "anchors" / "masa-root.pem")
     migrated["masa-anchors"] = ["anchors/masa-root.pem"]
     profile.write_text(json.dumps(migrated))
     lab.server.start()
     try:
         with lab.server.connect() as m:
-            apply(m, lab.bundle("new.tar.gz", lab.vouchers("new", [rp0, rp1])), "disk0:/oc.cms")
+            apply(m, lab.bundle("new.tar.gz", [lab.work / "new" / f"{s}.vcj" for s in (rp0, rp1)]), "disk0:/oc.cms")
             assert {n.findtext(f"{{{TPO}}}state") for n in nodes(m).values()} == {"established", "none"}
     finally:
         lab.server.stop()

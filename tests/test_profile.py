@@ -52,6 +52,18 @@ def test_init_defaults(tmp_path):
         assert "CA:FALSE" in out and "Digital Signature" in out
     ca = openssl("x509", "-noout", "-ext", "basicConstraints,keyUsage", "-in", str(lab / "manufacturer-ca.pem"))
     assert "CA:TRUE" in ca and "Certificate Sign" in ca
+    # two roles, two roots: the MASA root verifies vouchers and issues no device identity
+    assert [c.subject.rfc4514_string() for c in p.masa_anchors()] == ["CN=trustplane Lab MASA Root CA,O=trustplane"]
+    assert [c.subject.rfc4514_string() for c in p.manufacturer_anchors()] == [
+        "CN=trustplane Lab Manufacturing Root CA,O=trustplane"]
+    assert p.anchors_in_both_roles() == []
+    assert os.stat(lab / "masa-root.key").st_mode & 0o777 == 0o600
+    masa_root_key = (lab / "masa-root.key").read_bytes()
+    assert all(masa_root_key not in f.read_bytes() for f in state.rglob("*") if f.is_file())
+    for n in p.nodes:
+        out = subprocess.run(["openssl", "verify", "-CAfile", str(lab / "masa-root.pem"), str(n.idevid_cert_path)],
+                             capture_output=True, text=True)
+        assert out.returncode != 0
     with pytest.raises(ProfileError, match="already exists"):
         init_state_dir(state, lab, now=NOW)
 
@@ -61,27 +73,39 @@ def test_init_custom_nodes_anchor_and_shared_lab(tmp_path):
                     "-subj", "/CN=Voucher Signer Root", "-keyout", str(tmp_path / "k.pem"),
                     "-out", str(tmp_path / "anchor.pem"), "-days", "30"], check=True, capture_output=True)
     lab = tmp_path / "lab"
-    p1 = init_state_dir(tmp_path / "a", lab, nodes=[("0/RP0/CPU0", "FOC2231X0AB"), ("0/RP1/CPU0", "FOC2231X0AC")],
-                        manufacturer_anchors=[tmp_path / "anchor.pem"], now=NOW)
-    assert [n.serial_number for n in p1.nodes] == ["FOC2231X0AB", "FOC2231X0AC"]
-    subjects = [c.subject.rfc4514_string() for c in p1.manufacturer_anchors()]
+    p1 = init_state_dir(tmp_path / "a", lab, nodes=[("0/RP0/CPU0", "FOC2231X0AB"), ("0/RP1/CPU0", "SN 42")],
+                        masa_anchors=[tmp_path / "anchor.pem"], now=NOW)
+    assert [n.serial_number for n in p1.nodes] == ["FOC2231X0AB", "SN 42"]
+    subjects = [c.subject.rfc4514_string() for c in p1.masa_anchors()]
     assert "CN=Voucher Signer Root" in subjects
+    assert "CN=Voucher Signer Root" not in [c.subject.rfc4514_string() for c in p1.manufacturer_anchors()]
+    p3 = init_state_dir(tmp_path / "m", lab, manufacturer_anchors=[tmp_path / "anchor.pem"], now=NOW)
+    assert "CN=Voucher Signer Root" in [c.subject.rfc4514_string() for c in p3.manufacturer_anchors()]
+    assert p3.anchors_in_both_roles() == []
     p2 = init_state_dir(tmp_path / "b", lab, now=NOW)
-    # one lab, one manufacturer: both devices trust the same CA
+    # one lab, one manufacturer: both devices trust the same CA and the same MASA
     assert p1.manufacturer_anchors()[0] == p2.manufacturer_anchors()[0]
+    assert p1.masa_anchors()[0] == p2.masa_anchors()[0]
     with pytest.raises(ProfileError, match="printable"):
         init_state_dir(tmp_path / "c", lab, nodes=[("0/RP0/CPU0", "bad\x07")], now=NOW)
-    with pytest.raises(ProfileError, match="anchor"):
+    with pytest.raises(ProfileError, match="^manufacturer anchor"):
         init_state_dir(tmp_path / "d", lab, manufacturer_anchors=[tmp_path / "k.pem"], now=NOW)
+    with pytest.raises(ProfileError, match="^MASA anchor"):
+        init_state_dir(tmp_path / "e", lab, masa_anchors=[tmp_path / "k.pem"], now=NOW)
 
 
 def test_cli_init(tmp_path):
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-subj", "/CN=Vendor MASA", "-keyout", str(tmp_path / "k.pem"),
+                    "-out", str(tmp_path / "masa.pem"), "-days", "30"], check=True, capture_output=True)
     out = subprocess.run([sys.executable, "-m", "trustplane.cli", "init", "--state-dir", str(tmp_path / "s"),
-                          "--node", "0/RP0/CPU0=FDO2312A0BC"], cwd=ROOT, capture_output=True, text=True,
-                         env=dict(os.environ, TRUSTPLANE_ADMIN_PASSWORD="x"))
+                          "--node", "0/RP0/CPU0=FDO2312A0BC", "--masa-anchor", str(tmp_path / "masa.pem")],
+                         cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, TRUSTPLANE_ADMIN_PASSWORD="x"))
     assert out.returncode == 0, out.stderr
     profile = json.loads((tmp_path / "s" / "device.json").read_text())
     assert [n["serial-number"] for n in profile["nodes"]] == ["FDO2312A0BC"]
+    assert profile["masa-anchors"] == ["anchors/masa-root.pem", "anchors/masa-0-masa.pem"]
+    assert profile["manufacturer-anchors"] == ["anchors/manufacturer-ca.pem"]
     assert (tmp_path / "s-lab" / "manufacturer-ca.key").exists()
     out = subprocess.run([sys.executable, "-m", "trustplane.cli", "init", "--state-dir", str(tmp_path / "s")],
                          cwd=ROOT, capture_output=True, text=True)

@@ -568,3 +568,14 @@ def test_bundle_members_are_read_one_at_a_time(pki):
     members = ownership.read_bundle(data, "b.tar.gz")
     assert next(members)[0] == "v0.vcj"  # a generator: the rest is not read yet
     assert [name for name, _ in members] == ["v1.vcj", "v2.vcj"]
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (b'{"key_packages": [], "key_packages": [{}], "timestamp": "Mon, 01 Jun 2026 00:00:00 +0000"}',
+     'member name "key_packages" appears twice'),
+    (b'{"key_packages": [], "timestamp": "Mon, 01 Jun 2026 00:00:00 +0000", "x": Infinity}', "Infinity"),
+])
+def test_key_package_json_is_read_as_strictly_as_a_voucher(content, fragment):
+    with pytest.raises(keypackage.KeyPackageError) as err:
+        keypackage.parse(content)
+    assert err.value.code == "kpkg-malformed" and fragment in err.value.message
