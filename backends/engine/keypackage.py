@@ -54,19 +54,27 @@ class Key:
 
     def public_key(self):
         """The key of an X509KEY entry (a PEM public key or certificate)."""
-        data = self.value.encode()
-        try:
-            if b"CERTIFICATE" not in data:
-                return serialization.load_pem_public_key(data)
-            cert = x509.load_pem_x509_certificate(data)
-            key = cert.public_key()
-        except (ValueError, UnsupportedAlgorithm, x509.InvalidVersion):
-            raise KeyPackageError("kpkg-malformed", f"key {self.name}: not a PEM public key or certificate") from None
-        role = certcheck.signer_role_problem(cert)
+        return self._load()[0]
+
+    def signing_key(self):
+        """The key of an X509KEY entry that signs (a consent-token key): when given as a
+        certificate, that certificate is an end entity with digitalSignature."""
+        key, cert = self._load()
+        role = certcheck.signer_role_problem(cert) if cert is not None else None
         if role is not None:
             raise KeyPackageError("kpkg-key-role", f"key {self.name}: certificate {certcheck.subject_text(cert)} "
                                   f"{role[1]}; a signing key's certificate is an end entity with digitalSignature")
         return key
+
+    def _load(self) -> tuple[object, x509.Certificate | None]:
+        data = self.value.encode()
+        try:
+            if b"CERTIFICATE" not in data:
+                return serialization.load_pem_public_key(data), None
+            cert = x509.load_pem_x509_certificate(data)
+            return cert.public_key(), cert
+        except (ValueError, UnsupportedAlgorithm, x509.InvalidVersion):
+            raise KeyPackageError("kpkg-malformed", f"key {self.name}: not a PEM public key or certificate") from None
 
     def fingerprint(self) -> str:
         """SHA-256 of the DER SubjectPublicKeyInfo (X509KEY) or of the key text (GPGKEY)."""
@@ -146,7 +154,7 @@ def parse(content: bytes) -> KeyPackage:
                 raise KeyPackageError("kpkg-malformed", f"{where}.keys[{j}]: key_value is empty")
             key = Key(name, ktype, meta, value)
             if op != "DELETE" and ktype == "X509KEY":
-                key.public_key()
+                key.signing_key()
             elif op != "DELETE":
                 try:
                     openpgp.load_keys(value.encode())

@@ -146,8 +146,8 @@ def verify_oc(data: bytes, pdc: x509.Certificate, *, at: datetime, partial_match
                                  tag="invalid-value") from None
     try:
         path = pinnedpath.validate(oc, [pdc], sd.certificates, at=at, allow_sha1=allow_sha1, partial_chain=True,
-                                 crls=crls, require_revocation=bool(revocation_checks) and not crl_optional,
-                                 anchor_min_rsa_bits=pdc_min_rsa_bits)
+                                   crls=crls, require_revocation=bool(revocation_checks) and not crl_optional,
+                                   anchor_min_rsa_bits=pdc_min_rsa_bits)
         pinnedpath.check_key_usage_digital_signature(oc)
     except pinnedpath.PathError as exc:
         code = {"path-untrusted": "oc-untrusted", "path-signature-invalid": "oc-untrusted",

@@ -299,7 +299,7 @@ class OwnershipBackend(Backend):
                                f"{keypackage.CONSENT_TOKEN_KEY} key first", app_tag="ct-key-missing",
                                tag="operation-failed")
         try:
-            return keypackage.Key(keypackage.CONSENT_TOKEN_KEY, k["key_type"], k["metadata"], k["value"]).public_key()
+            return keypackage.Key(keypackage.CONSENT_TOKEN_KEY, k["key_type"], k["metadata"], k["value"]).signing_key()
         except keypackage.KeyPackageError as exc:
             raise _error(exc) from None
 
