@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,8 @@ import zstandard
 from ncclient.operations import RPCError
 
 from backends.engine import cms, ownership
-from backends.engine.identity import load_cert_pem, load_key_pem
+from trustplane import lab_artifacts
+from backends.engine.identity import cert_pem, key_pem, key_usage, load_cert_pem, load_key_pem, make_root_ca
 from conftest import PASSWORD, ROOT, ServerProcess, rpc
 from diskfull import FILLER, small_tmpfs
 from rpms import build_rpm, export_public, make_gpg_key, xz_claiming_a_big_dictionary
@@ -62,12 +64,12 @@ def nodes(m) -> dict[str, etree._Element]:
 class Lab:
     """A device state directory and the lab artifacts for it."""
 
-    def __init__(self, base: Path, clock: str | None = None):
+    def __init__(self, base: Path, clock: str | None = None, nodes: tuple[str, ...] = ()):
         self.base = base
         self.state = base / "state"
         self.lab = base / "state-lab"
         self.work = base / "work"
-        tp("init", "--state-dir", str(self.state))
+        tp("init", "--state-dir", str(self.state), *(a for n in nodes for a in ("--node", n)))
         profile = json.loads((self.state / "device.json").read_text())
         self.serials = {n["location"]: n["serial-number"] for n in profile["nodes"]}
         self.disk = self.state / "fs" / "disk0:"
@@ -80,10 +82,19 @@ class Lab:
         out = self.work / name
         tp("lab", "voucher", "--lab-dir", str(self.lab), "--pdc", str(self.work / "owner" / "pdc.pem"),
            *[a for s in serials for a in ("--serial", s)], "--out", str(out), *opts)
-        return [out / f"{s}.vcj" for s in serials]
+        return [out / (s.replace("/", "_") + ".vcj") for s in serials]  # as `lab voucher` names them
 
     def bundle(self, name: str, files: list[Path]) -> str:
         tp("lab", "bundle", "--out", str(self.disk / name), *map(str, files))
+        return f"disk0:/{name}"
+
+    def signed_by(self, name: str, key, cert, chain, serials: list[str]) -> str:
+        """A bundle of vouchers for serials signed by key and cert, made now."""
+        pdc = load_cert_pem((self.work / "owner" / "pdc.pem").read_bytes())
+        now = datetime.now(timezone.utc)
+        data = lab_artifacts.bundle([(f"{s}.vcj", lab_artifacts.make_voucher(key, cert, chain, s, pdc, now))
+                                     for s in serials])
+        (self.disk / name).write_bytes(data)
         return f"disk0:/{name}"
 
     def state_bytes(self) -> bytes:
@@ -102,7 +113,7 @@ def dev(tmp_path_factory):
 def test_lab_artifacts_verify_with_openssl(dev):
     rp0 = dev.vouchers("openssl", [dev.serials["0/RP0/CPU0"]])[0]
     out = subprocess.run(["openssl", "cms", "-verify", "-inform", "DER", "-in", str(rp0), "-binary", "-purpose", "any",
-                          "-CAfile", str(dev.lab / "manufacturer-ca.pem")], capture_output=True)
+                          "-CAfile", str(dev.lab / "masa-root.pem")], capture_output=True)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["ietf-voucher:voucher"]["serial-number"] == dev.serials["0/RP0/CPU0"]
     certs = subprocess.run(["openssl", "pkcs7", "-inform", "DER", "-in", str(dev.work / "owner" / "oc.cms"),
@@ -201,7 +212,7 @@ def test_failures_change_nothing(dev, tmp_path):
     utf16.write_bytes(cms.sign(cms.load(utf8.read_bytes()).content.decode().encode("utf-16"),
                                load_key_pem((dev.lab / "masa.key").read_bytes()),
                                load_cert_pem((dev.lab / "masa.pem").read_bytes()),
-                               chain=[load_cert_pem((dev.lab / "manufacturer-ca.pem").read_bytes())]))
+                               chain=[load_cert_pem((dev.lab / "masa-root.pem").read_bytes())]))
     refused(dev, dev.bundle("utf16.tar.gz", [dev.work / "good" / f"{rp0}.vcj", utf16]), "disk0:/oc.cms",
             ("operation-failed", "ov-malformed"))
     refused(dev, dev.bundle("rp0-only.tar.gz", [dev.work / "good" / f"{rp0}.vcj"]), "disk0:/oc.cms",
@@ -245,7 +256,7 @@ def zeros_tar() -> bytes:
                                   zstandard.compress], ids=["gzip", "xz", "zstd"])
 def test_a_bundle_is_bounded_as_it_decompresses(zeros_tar, pack):
     with pytest.raises(ownership.OwnershipError) as err:
-        ownership.read_bundle(pack(zeros_tar), "bomb.tar")
+        list(ownership.read_bundle(pack(zeros_tar), "bomb.tar"))
     assert (err.value.code, err.value.message) == (
         "ov-bundle-too-large", f"bomb.tar: the data is over {ownership.MAX_BUNDLE} bytes decompressed")
 
@@ -254,7 +265,7 @@ def test_bundle_decoders_and_members_that_are_refused(tmp_path):
     xz = bytearray(lzma.compress(tar_of([("a.vcj", b"x")])))
     xz_claiming_a_big_dictionary(xz, 0)
     with pytest.raises(ownership.OwnershipError) as err:
-        ownership.read_bundle(bytes(xz), "dict.tar.xz")
+        list(ownership.read_bundle(bytes(xz), "dict.tar.xz"))
     assert (err.value.code, err.value.message) == (
         "ov-bundle-too-large", "dict.tar.xz: the xz data needs more than 134217728 bytes of memory to decompress")
     # a pax header or a GNU long name is read whole: a large one is refused before it is read
@@ -265,7 +276,7 @@ def test_bundle_decoders_and_members_that_are_refused(tmp_path):
             info.size = 1
             tar.addfile(info, io.BytesIO(b"x"))
         with pytest.raises(ownership.OwnershipError) as err:
-            ownership.read_bundle(gzip.compress(buf.getvalue()), "long.tar.gz")
+            list(ownership.read_bundle(gzip.compress(buf.getvalue()), "long.tar.gz"))
         assert err.value.code == "ov-bundle-too-large"
         assert err.value.message.startswith("long.tar.gz: a tar header extension of 8")
         assert err.value.message.endswith(" bytes is over 65536 bytes")
@@ -274,7 +285,7 @@ def test_bundle_decoders_and_members_that_are_refused(tmp_path):
         f.truncate(200_000)
     subprocess.run(["tar", "--sparse", "--format=gnu", "-cf", "s.tar", "s.vcj"], cwd=tmp_path, check=True)
     with pytest.raises(ownership.OwnershipError) as err:
-        ownership.read_bundle((tmp_path / "s.tar").read_bytes(), "s.tar")
+        list(ownership.read_bundle((tmp_path / "s.tar").read_bytes(), "s.tar"))
     assert (err.value.code, err.value.message) == ("ov-bundle-corrupt", "s.tar: s.vcj is not a regular file")
 
 
@@ -342,6 +353,56 @@ def test_duplicate_vouchers_first_valid_applies(dev):
             for v in reply.iter(f"{{{TPO}}}voucher")}
     assert rows[f"{rp0}.vcj"][0] == "applied"
     assert rows["again.vcj"][0] == "rejected" and rows["again.vcj"][1].startswith("ov-duplicate")
+
+
+def pem_pair(directory: Path, stem: str):
+    return load_key_pem((directory / f"{stem}.key").read_bytes()), load_cert_pem((directory / f"{stem}.pem").read_bytes())
+
+
+def test_only_a_masa_end_entity_signs_a_voucher(dev):
+    """The four wrong signers, each refused with its own error-app-tag and nothing changed."""
+    both = [dev.serials["0/RP0/CPU0"], dev.serials["0/RP1/CPU0"]]
+    _maker_key, maker = pem_pair(dev.lab, "manufacturer-ca")
+    root_key, root = pem_pair(dev.lab, "masa-root")
+    idevid_key, idevid = pem_pair(dev.state / "idevid", "0_RP1_CPU0")
+    now = datetime.now(timezone.utc) - timedelta(minutes=5)
+    enc_key, enc = lab_artifacts.make_masa(root_key, root, now, usage=key_usage(key_encipherment=True))
+    other_key, other = make_root_ca(now, "Another Manufacturer MASA Root")
+    stranger_key, stranger = lab_artifacts.make_masa(other_key, other, now)
+    cases = [("by-idevid.tar.gz", (idevid_key, idevid, maker), "ov-signer-device-identity",
+              "chains to a manufacturer (device identity) anchor"),
+             ("by-anchor.tar.gz", (root_key, root, root), "ov-signer-not-end-entity", "is a CA certificate"),
+             ("by-keyenc.tar.gz", (enc_key, enc, root), "ov-signer-key-usage", "keyUsage without digitalSignature"),
+             ("by-stranger.tar.gz", (stranger_key, stranger, other), "ov-signer-untrusted", "no path")]
+    for name, signer, app_tag, fragment in cases:
+        before = dev.state_bytes()
+        with dev.server.connect() as m:
+            with pytest.raises(RPCError) as err:
+                apply(m, dev.signed_by(name, *signer, both), "disk0:/oc.cms")
+        assert error_of(err.value) == ("operation-failed", app_tag)
+        assert fragment in err.value.message and err.value.message.startswith("0/RP0/CPU0: "), err.value.message
+        assert dev.state_bytes() == before
+        # one log line with the reason
+        assert dev.server.log().count(f"device ownership not established from disk0:/{name}: {app_tag}: ") == 1
+
+
+def test_a_bundle_for_many_other_devices_logs_one_line(dev):
+    local = dev.vouchers("many", [dev.serials["0/RP0/CPU0"], dev.serials["0/RP1/CPU0"]])
+    masa_key, masa = pem_pair(dev.lab, "masa")
+    _root_key, root = pem_pair(dev.lab, "masa-root")
+    pdc = load_cert_pem((dev.work / "owner" / "pdc.pem").read_bytes())
+    now = datetime.now(timezone.utc) - timedelta(minutes=5)
+    others = [(f"OTHER{i:04d}.vcj", lab_artifacts.make_voucher(masa_key, masa, root, f"OTHER{i:04d}", pdc, now))
+              for i in range(1500)]
+    (dev.disk / "many.tar.gz").write_bytes(lab_artifacts.bundle([(p.name, p.read_bytes()) for p in local] + others))
+    with dev.server.connect() as m:
+        reply = apply(m, "disk0:/many.tar.gz", "disk0:/oc.cms")
+    results = [v.findtext(f"{{{TPO}}}result") for v in reply.iter(f"{{{TPO}}}voucher")]
+    assert results.count("applied") == 2 and results.count("other-device") == 1500
+    log = dev.server.log()
+    assert "OTHER0007" not in log
+    assert log.count("device ownership: disk0:/many.tar.gz: 2 of 1502 vouchers applied, 1500 for other devices "
+                     "ignored, 0 rejected\n") == 1
 
 
 def test_key_package_and_clearing_with_a_consent_token(dev):
@@ -416,6 +477,103 @@ def test_key_package_and_clearing_with_a_consent_token(dev):
         assert error_of(err.value) == ("data-missing", "no-ownership")
 
 
+def test_serials_of_another_vendor_through_the_whole_flow(tmp_path):
+    lab = Lab(tmp_path, nodes=("0/RP0/CPU0=JN11F2A3BAFA", "0/RP1/CPU0=ab12/X 7"))
+    assert lab.serials == {"0/RP0/CPU0": "JN11F2A3BAFA", "0/RP1/CPU0": "ab12/X 7"}
+    ov = lab.bundle("ov.tar.gz", lab.vouchers("v", ["JN11F2A3BAFA", "ab12/X 7", "FOC2231X0ZZ"]))
+    tp("lab", "consent-key", "--out", str(lab.work / "ct"))
+    tp("lab", "key-package", "--pdc-dir", str(lab.work / "owner"), "--consent-key",
+       str(lab.work / "ct" / "ct.pub.pem"), "--out", str(lab.disk / "kp.cms"))
+    lab.server.start()
+    try:
+        with lab.server.connect() as m:
+            reply = apply(m, ov, "disk0:/oc.cms")
+            rows = {v.findtext(f"{{{TPO}}}member"): v.findtext(f"{{{TPO}}}result")
+                    for v in reply.iter(f"{{{TPO}}}voucher")}
+            assert rows == {"JN11F2A3BAFA.vcj": "applied", "ab12_X 7.vcj": "applied",
+                            "FOC2231X0ZZ.vcj": "other-device"}
+            state = nodes(m)
+            assert state["0/RP1/CPU0"].findtext(f"{{{TPO}}}serial-number") == "ab12/X 7"
+            assert state["0/RP1/CPU0"].findtext(f"{{{TPO}}}voucher/{{{TPO}}}serial-number") == "ab12/X 7"
+            call(m, f'<kpkg-apply xmlns="{KPKG}"><keypackage-type>customer</keypackage-type>'
+                    "<keypackage-file>disk0:/kp.cms</keypackage-file></kpkg-apply>")
+            c = call(m, f'<clear-device-ownership-challenge xmlns="{TPO}"><location>0/RP1/CPU0</location>'
+                        "</clear-device-ownership-challenge>").findtext(f".//{{{TPO}}}challenge-string")
+            r = tp("lab", "consent-response", "--key", str(lab.work / "ct" / "ct.key"), "--challenge", c).strip()
+            call(m, f'<clear-device-ownership-response xmlns="{TPO}"><location>0/RP1/CPU0</location>'
+                    f"<challenge-response>{r}</challenge-response></clear-device-ownership-response>")
+            assert nodes(m)["0/RP1/CPU0"].findtext(f"{{{TPO}}}state") == "none"
+            assert nodes(m)["0/RP0/CPU0"].findtext(f"{{{TPO}}}state") == "established"
+    finally:
+        lab.server.stop()
+
+
+MIGRATED = "one-anchor-set profile rewritten with separate trust-anchor roles"
+BOTH_ROLES = "is both a MASA anchor and a manufacturer anchor"
+
+
+def test_an_old_state_directory_is_migrated_to_two_anchor_roles(tmp_path):
+    lab = Lab(tmp_path)
+    rp0, rp1 = lab.serials["0/RP0/CPU0"], lab.serials["0/RP1/CPU0"]
+    # the layout before the roles were separate: one anchor set, and the lab MASA under the manufacturing CA
+    profile = lab.state / "device.json"
+    old = json.loads(profile.read_text())
+    del old["masa-anchors"]
+    profile.write_text(json.dumps(old))
+    (lab.state / "anchors" / "masa-root.pem").unlink()
+    maker_key, maker = pem_pair(lab.lab, "manufacturer-ca")
+    now = datetime.now(timezone.utc) - timedelta(minutes=5)
+    old_masa_key, old_masa = lab_artifacts.make_masa(maker_key, maker, now)
+    for suffix in (".key", ".pem"):
+        (lab.lab / f"masa-root{suffix}").unlink()
+    (lab.lab / "masa.key").write_bytes(key_pem(old_masa_key))
+    (lab.lab / "masa.pem").write_text(cert_pem(old_masa))
+    old_ov = lab.signed_by("old.tar.gz", old_masa_key, old_masa, maker, [rp0, rp1])
+    lab.server.start()
+    try:
+        with lab.server.connect() as m:
+            with pytest.raises(RPCError) as err:
+                apply(m, old_ov, "disk0:/oc.cms")
+        assert error_of(err.value) == ("operation-failed", "ov-signer-device-identity")
+    finally:
+        lab.server.stop()
+    log = lab.server.log()
+    assert log.count(MIGRATED) == 1 and '"manufacturer-anchors" (anchors/manufacturer-ca.pem)' in log
+    migrated = json.loads(profile.read_text())
+    assert migrated["masa-anchors"] == [] and migrated["manufacturer-anchors"] == old["manufacturer-anchors"]
+    assert {k: v for k, v in migrated.items() if k != "masa-anchors"} == old
+    # the README's way on: the lab makes its MASA a root of its own, which becomes the device's MASA anchor
+    out = subprocess.run([sys.executable, "-m", "trustplane.cli", "lab", "voucher", "--lab-dir", str(lab.lab), "--pdc",
+                          str(lab.work / "owner" / "pdc.pem"), "--serial", rp0, "--serial", rp1, "--out",
+                          str(lab.work / "new")], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and f"made the MASA root {lab.lab / 'masa-root.pem'}" in out.stderr, out.stderr
+    _root_key, root = pem_pair(lab.lab, "masa-root")
+    assert pem_pair(lab.lab, "masa")[1].issuer == root.subject != maker.subject
+    shutil.copy(lab.lab / "masa-root.pem", lab.state / "anchors" / "masa-root.pem")
+    migrated["masa-anchors"] = ["anchors/masa-root.pem"]
+    profile.write_text(json.dumps(migrated))
+    lab.server.start()
+    try:
+        with lab.server.connect() as m:
+            apply(m, lab.bundle("new.tar.gz", [lab.work / "new" / f"{s}.vcj" for s in (rp0, rp1)]), "disk0:/oc.cms")
+            assert {n.findtext(f"{{{TPO}}}state") for n in nodes(m).values()} == {"established", "none"}
+    finally:
+        lab.server.stop()
+    assert lab.server.log().count(MIGRATED) == 1 and BOTH_ROLES not in lab.server.log()
+    # an administrator may trust the manufacturing CA for vouchers too, and is warned at start
+    migrated["masa-anchors"].append("anchors/manufacturer-ca.pem")
+    profile.write_text(json.dumps(migrated))
+    lab.server.start()
+    try:
+        with lab.server.connect() as m:
+            reply = apply(m, lab.signed_by("again.tar.gz", old_masa_key, old_masa, maker, [rp0, rp1]),
+                          "disk0:/oc.cms")
+            assert [v.findtext(f"{{{TPO}}}result") for v in reply.iter(f"{{{TPO}}}voucher")] == ["applied"] * 2
+    finally:
+        lab.server.stop()
+    assert lab.server.log().count("trust anchor CN=trustplane Lab Manufacturing Root CA,O=trustplane " + BOTH_ROLES) == 1
+
+
 # -- the real IOS XR vouchers ------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -437,7 +595,7 @@ def cisco(tmp_path_factory):
     (base / "root.pem").write_text(root)
     state = base / "state"
     tp("init", "--state-dir", str(state), "--node", "0/RP0/CPU0=FOC2448P0P2",
-       "--manufacturer-anchor", str(base / "root.pem"))
+       "--masa-anchor", str(base / "root.pem"))
     disk = state / "fs" / "disk0:"
     for name in ("FOC2448P0P2.ov", "wrongserial.ov"):
         shutil.copy(INTEROP / name, disk / name)

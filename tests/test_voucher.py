@@ -15,8 +15,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from backends.engine import cms, consent, keypackage, lab, ownership, voucher
-from backends.engine.identity import issue_idevid, make_manufacturer_ca
+from backends.engine import cms, consent, keypackage, ownership, voucher
+from backends.engine.identity import MANUFACTURING_ROOT, MASA_ROOT, issue_idevid, key_usage, make_root_ca
+from trustplane import lab_artifacts as lab
 from openssl_ca import lazily_broken
 
 NOW = datetime(2026, 6, 1, tzinfo=timezone.utc)
@@ -25,13 +26,14 @@ SERIAL = "FOC2231X0AB"
 
 @pytest.fixture(scope="module")
 def pki():
-    ca_key, ca = make_manufacturer_ca(NOW - timedelta(days=30))
+    ca_key, ca = make_root_ca(NOW - timedelta(days=30), MASA_ROOT)
     masa_key, masa = lab.make_masa(ca_key, ca, NOW - timedelta(days=30))
+    maker_key, maker = make_root_ca(NOW - timedelta(days=30), MANUFACTURING_ROOT)
     pdc_key, pdc = lab.make_owner_ca(NOW - timedelta(days=30))
     oc_key, oc, chain = lab.make_owner_cert(pdc_key, pdc, NOW - timedelta(days=30))
-    _idkey, idevid = issue_idevid(ca_key, ca, SERIAL, "8201-32FH", NOW - timedelta(days=30))
+    idkey, idevid = issue_idevid(maker_key, maker, SERIAL, "8201-32FH", NOW - timedelta(days=30))
     return dict(ca_key=ca_key, ca=ca, masa_key=masa_key, masa=masa, pdc_key=pdc_key, pdc=pdc, oc_key=oc_key,
-                oc=oc, idevid=idevid)
+                oc=oc, idevid=idevid, idevid_key=idkey, maker=maker, maker_key=maker_key)
 
 
 def signed(pki, members: dict, *, content_type=cms.ID_DATA, signer=None) -> bytes:
@@ -64,8 +66,8 @@ def test_id_data_and_anima_content_types_are_accepted_and_recorded(pki):
     refused(pki, signed(pki, {}, content_type="1.2.840.113549.1.9.16.1.42"), "ov-content-type")
 
 
-def test_the_signer_must_chain_to_the_manufacturer_anchor_not_to_the_cms(pki):
-    other_key, other_ca = make_manufacturer_ca(NOW - timedelta(days=1), "Someone Else")
+def test_the_signer_must_chain_to_the_masa_anchor_not_to_the_cms(pki):
+    other_key, other_ca = make_root_ca(NOW - timedelta(days=1), "Someone Else")
     rogue_key, rogue = lab.make_masa(other_key, other_ca, NOW - timedelta(days=1))
     refused(pki, signed(pki, {}, signer=(rogue_key, rogue, other_ca)), "ov-signer-untrusted")
     # the rogue CA travels in the CMS, but only the profile's anchors count
@@ -172,7 +174,9 @@ def test_nonce_forms_and_issuance(pki):
     data = signed(pki, {"nonce": b64url, "expires-on": None})
     assert check(pki, data, nonces=[nonce]).nonce == nonce
     refused(pki, data, "ov-nonce-mismatch")  # the device never issued it
-    refused(pki, signed(pki, {"nonce": nonce.hex(), "expires-on": None}), "ov-malformed", nonces=[nonce])
+    # hex text that is valid base64 is read as base64 (RFC 7951): 24 other bytes, a nonce never issued
+    refused(pki, signed(pki, {"nonce": nonce.hex(), "expires-on": None}), "ov-nonce-mismatch", nonces=[nonce])
+    refused(pki, signed(pki, {"nonce": nonce.hex() + "0", "expires-on": None}), "ov-malformed", nonces=[nonce])
     refused(pki, signed(pki, {"nonce": base64.b64encode(b"short").decode(), "expires-on": None}), "ov-malformed")
 
 
@@ -212,7 +216,15 @@ def test_tampered_and_unsigned_vouchers(pki):
     at = bytes(data).index(b"logged")
     data[at] ^= 0x20
     refused(pki, bytes(data), "ov-signature-invalid")
-    refused(pki, cms.certs_only([pki["masa"]]), "ov-unsigned")
+    refused(pki, cms.certs_only([pki["masa"]]), "ov-no-content")
+    detached = cms.sign(b"{}", pki["masa_key"], pki["masa"], chain=[pki["ca"]], detached=True)
+    with pytest.raises(voucher.VoucherError) as err:
+        check(pki, detached)
+    assert (err.value.code, err.value.message) == ("ov-no-content", voucher.NO_CONTENT)
+    assert "detached signature or certificates only" in voucher.NO_CONTENT
+    info = cms_asn1.ContentInfo.load(signed(pki, {}))
+    info["content"]["signer_infos"] = []
+    refused(pki, info.dump(force=True), "ov-unsigned")  # content, and no signer
     refused(pki, b"not a voucher", "ov-malformed")
 
 
@@ -351,7 +363,7 @@ def test_bundle_selection_first_valid_wins_and_foreign_is_reported(pki):
 def test_bundle_refuses_corrupt_archives():
     for data in (b"\x1f\x8b\x08junk", b"plain text, not a tar"):
         with pytest.raises(ownership.OwnershipError) as err:
-            ownership.read_bundle(data)
+            list(ownership.read_bundle(data))
         assert err.value.code in ("ov-bundle-corrupt", "ov-bundle-empty")
 
 
@@ -418,3 +430,152 @@ def test_mutated_vouchers_fail_only_with_voucher_errors(pki):
         except voucher.VoucherError:
             pass
 
+
+
+# -- signer roles -----------------------------------------------------------------------------
+
+def refused_with(pki, data: bytes, code: str, fragment: str, **kw) -> None:
+    with pytest.raises(voucher.VoucherError) as err:
+        check(pki, data, **kw)
+    assert err.value.code == code and fragment in err.value.message, (err.value.code, err.value.message)
+
+
+def test_a_device_identity_never_signs_a_voucher(pki):
+    by_idevid = signed(pki, {}, signer=(pki["idevid_key"], pki["idevid"], pki["maker"]))
+    refused_with(pki, by_idevid, "ov-signer-device-identity", "chains to a manufacturer (device identity) anchor",
+                 device_anchors=[pki["maker"]])
+    # the same anchor in both sets, as an administrator may decide: then it is a MASA anchor
+    assert check(pki, by_idevid, anchors=[pki["ca"], pki["maker"]], device_anchors=[pki["maker"]]).signer == \
+        pki["idevid"]
+
+
+def test_a_voucher_signer_is_an_end_entity_with_digital_signature(pki):
+    by_anchor = signed(pki, {}, signer=(pki["ca_key"], pki["ca"], pki["ca"]))
+    refused_with(pki, by_anchor, "ov-signer-not-end-entity", "is a CA certificate")
+    sub_key, sub_ca = lab.make_masa(pki["ca_key"], pki["ca"], NOW - timedelta(days=1),
+                                    usage=key_usage(digital_signature=True, key_cert_sign=True), ca=True)
+    refused_with(pki, signed(pki, {}, signer=(sub_key, sub_ca, pki["ca"])), "ov-signer-not-end-entity",
+                 "basicConstraints cA is TRUE")
+    enc_key, enc = lab.make_masa(pki["ca_key"], pki["ca"], NOW - timedelta(days=1),
+                                 usage=key_usage(key_encipherment=True))
+    refused_with(pki, signed(pki, {}, signer=(enc_key, enc, pki["ca"])), "ov-signer-key-usage",
+                 "keyUsage without digitalSignature")
+
+
+def test_a_masa_under_another_anchor_is_untrusted(pki):
+    other_key, other = make_root_ca(NOW - timedelta(days=1), "Another Manufacturer MASA Root")
+    masa_key, masa = lab.make_masa(other_key, other, NOW - timedelta(days=1))
+    refused_with(pki, signed(pki, {}, signer=(masa_key, masa, other)), "ov-signer-untrusted", "no path",
+                 device_anchors=[pki["maker"]])
+
+
+def test_key_package_signer_and_consent_key_roles(pki):
+    ct = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    key = keypackage.Key("CUS-CT", "X509KEY", "consent-token", ct)
+    enc_key, enc = lab.make_masa(pki["pdc_key"], pki["pdc"], NOW - timedelta(days=1),
+                                 usage=key_usage(key_encipherment=True))
+    with pytest.raises(keypackage.KeyPackageError) as err:
+        keypackage.verify(lab.make_key_package(enc_key, enc, [key], NOW), enc, NOW)
+    assert (err.value.code, err.value.tag) == ("kpkg-signer-key-usage", "access-denied")
+    # a consent-token key given as a CA certificate is no signing key
+    ca_key = keypackage.Key("CUS-CT", "X509KEY", "consent-token",
+                            pki["pdc"].public_bytes(serialization.Encoding.PEM).decode())
+    with pytest.raises(keypackage.KeyPackageError) as err:
+        keypackage.verify(lab.make_key_package(pki["oc_key"], pki["oc"], [ca_key], NOW), pki["oc"], NOW)
+    assert err.value.code == "kpkg-key-role" and "is a CA certificate" in err.value.message
+
+
+# -- typed errors for every input ---------------------------------------------------------------
+
+@pytest.mark.parametrize("text", ["9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+01:00",
+                                  "9999-12-31T23:30:00.5-00:31"])
+def test_dates_past_the_datetime_range_in_utc_are_refused(text):
+    with pytest.raises(voucher.VoucherError) as err:
+        voucher.parse_datetime(text, "expires-on")
+    assert (err.value.code, err.value.message) == (
+        "ov-malformed", f"expires-on: {text!r} is outside the years 1 to 9999 in UTC")
+
+
+def test_far_future_dates_are_accepted(pki):
+    assert voucher.parse_datetime("9999-12-31T22:59:59-01:00", "expires-on") == \
+        datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc)
+    assert voucher.parse_datetime("0001-01-01T00:59:59-00:30", "created-on") == \
+        datetime(1, 1, 1, 1, 29, 59, tzinfo=timezone.utc)
+    assert check(pki, signed(pki, {"expires-on": "9999-12-31T23:59:59Z"})).expires_on.year == 9999
+    refused_with(pki, signed(pki, {"expires-on": "9999-12-31T23:59:59-01:00"}), "ov-malformed", "years 1 to 9999")
+
+
+def unsigned_by_anyone(content: bytes) -> bytes:
+    """A CMS whose signer no device trusts: what anyone can send."""
+    key, ca = make_root_ca(NOW - timedelta(days=1), "Anyone")
+    masa_key, masa = lab.make_masa(key, ca, NOW - timedelta(days=1))
+    return cms.sign(content, masa_key, masa, chain=[ca])
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (b"[" * 100_000 + b"]" * 100_000, "nested deeper than this reader allows"),
+    (b'{"ietf-voucher:voucher": {"serial-number": ' + b"7" * 4000 + b"}}", "an integer of 4000 digits"),
+    (b'{"ietf-voucher:voucher": {"x": 1e' + b"9" * 200 + b"}}", "a number of 202 characters"),
+    (b'{"ietf-voucher:voucher": {"serial-number": "A", "serial-number": "B"}}',
+     'member name "serial-number" appears twice'),
+    (b'{"ietf-voucher:voucher": {"serial-number": "A", "x": {"y": 1, "y": 2}}}', 'member name "y" appears twice'),
+    (b'{"ietf-voucher:voucher": {"serial-number": "A"}, "ietf-voucher:voucher": {}}', "appears twice"),
+    (b'{"ietf-voucher:voucher": {"serial-number": "A", "x": NaN}}', "NaN is not a JSON value"),
+    (b'{"ietf-voucher:voucher": {"serial-number": "A", "x": -Infinity}}', "-Infinity is not a JSON value"),
+])
+def test_hostile_json_is_refused_before_any_signature_check(pki, content, fragment):
+    sel = ownership.select([("v.vcj", unsigned_by_anyone(content))], {SERIAL}, anchors=[pki["ca"]], at=NOW,
+                           idevids={})
+    assert [(r[0], r[2]) for r in sel.rejected] == [("v.vcj", "ov-malformed")]
+    assert fragment in sel.rejected[0][3], sel.rejected[0][3]
+    with pytest.raises(voucher.VoucherError) as err:
+        voucher.parse(content)
+    assert err.value.code == "ov-malformed" and fragment in err.value.message
+
+
+def test_a_pem_or_base64_voucher_file_is_read_as_its_der(pki):
+    der = signed(pki, {})
+    pem = b"-----BEGIN CMS-----\n" + base64.encodebytes(der) + b"-----END CMS-----\n"
+    for text in (pem, base64.encodebytes(der), base64.b64encode(der)):
+        members = list(ownership.read_bundle(text, "v.pem"))
+        assert members == [("v.pem", text)]
+        sel = ownership.select(members, {SERIAL}, anchors=[pki["ca"]], at=NOW, idevids={})
+        assert sel.chosen[SERIAL][0] == "v.pem" and not sel.rejected
+
+
+def test_certificates_the_fuzzer_broke_are_refused_as_malformed(pki):
+    pdc = bytearray(pki["pdc"].public_bytes(serialization.Encoding.DER))
+    at = pdc.index(b"\xa0\x03\x02\x01\x02")  # version v3 becomes 11, which no reader knows
+    pdc[at + 4] = 0x0A
+    refused_with(pki, signed(pki, {"pinned-domain-cert": base64.b64encode(pdc).decode()}), "ov-malformed",
+                 "pinned-domain-cert is not a DER X.509 certificate")
+    # the signer's keyUsage becomes a second subjectKeyIdentifier: its extensions no longer read
+    data = bytearray(signed(pki, {}))
+    at = data.index(b"\x06\x03\x55\x1d\x0f")
+    data[at + 4] = 0x0E
+    refused_with(pki, bytes(data), "ov-malformed", "has a malformed name or malformed extensions")
+
+
+def test_a_voucher_without_encapsulated_content_says_so(pki):
+    sel = ownership.select([("certs.p7b", cms.certs_only([pki["masa"]]))], {SERIAL}, anchors=[pki["ca"]], at=NOW,
+                           idevids={})
+    assert sel.rejected == [("certs.p7b", "", "ov-no-content", voucher.NO_CONTENT)]
+
+
+def test_bundle_members_are_read_one_at_a_time(pki):
+    data = lab.bundle([(f"v{i}.vcj", signed(pki, {"serial-number": f"X{i}"})) for i in range(3)])
+    members = ownership.read_bundle(data, "b.tar.gz")
+    assert next(members)[0] == "v0.vcj"  # a generator: the rest is not read yet
+    assert [name for name, _ in members] == ["v1.vcj", "v2.vcj"]
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (b'{"key_packages": [], "key_packages": [{}], "timestamp": "Mon, 01 Jun 2026 00:00:00 +0000"}',
+     'member name "key_packages" appears twice'),
+    (b'{"key_packages": [], "timestamp": "Mon, 01 Jun 2026 00:00:00 +0000", "x": Infinity}', "Infinity"),
+])
+def test_key_package_json_is_read_as_strictly_as_a_voucher(content, fragment):
+    with pytest.raises(keypackage.KeyPackageError) as err:
+        keypackage.parse(content)
+    assert err.value.code == "kpkg-malformed" and fragment in err.value.message

@@ -36,10 +36,10 @@ def lab_dir_for(state_dir: Path) -> Path:
     return state_dir.with_name(state_dir.name + "-lab")
 
 
-def initialise(state_dir: Path, lab_dir: Path, nodes=None, anchors=()) -> None:
+def initialise(state_dir: Path, lab_dir: Path, nodes=None, manufacturer_anchors=(), masa_anchors=()) -> None:
     """Create a state directory: profile and IDevIDs, SSH host key, admin user, filesystem."""
-    init_state_dir(state_dir, lab_dir, nodes=nodes, manufacturer_anchors=list(anchors),
-                   now=datetime.now(timezone.utc))
+    init_state_dir(state_dir, lab_dir, nodes=nodes, manufacturer_anchors=list(manufacturer_anchors),
+                   masa_anchors=list(masa_anchors), now=datetime.now(timezone.utc))
     key = asyncssh.generate_private_key("ssh-ed25519")
     key_path = state_dir / "ssh_host_ed25519_key"
     key.write_private_key(str(key_path))
@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     p_serve = sub.add_parser("serve", help="run the NETCONF server")
     p_serve.add_argument("--state-dir", type=Path, default=DEFAULT_STATE)
     p_serve.add_argument("--lab-dir", type=Path, default=None,
-                         help="where a first start puts the manufacturer CA key (default: STATE-DIR-lab)")
+                         help="where a first start puts the lab manufacturing CA and MASA root keys "
+                              "(default: STATE-DIR-lab)")
     p_serve.add_argument("--host", default="127.0.0.1")
     p_serve.add_argument("--port", type=int, default=8830)
     p_serve.add_argument("--max-message", type=int, default=32 * 1024 * 1024, help="bytes per message")
@@ -194,7 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     p_init.add_argument("--state-dir", type=Path, required=True)
     p_init.add_argument("--lab-dir", type=Path, default=None)
     p_init.add_argument("--node", type=_node, action="append", metavar="LOCATION=SERIAL")
-    p_init.add_argument("--manufacturer-anchor", type=Path, action="append", default=[], metavar="CERT.pem")
+    p_init.add_argument("--manufacturer-anchor", type=Path, action="append", default=[], metavar="CERT.pem",
+                        help="also trust this CA as an issuer of device identities (IDevIDs)")
+    p_init.add_argument("--masa-anchor", type=Path, action="append", default=[], metavar="CERT.pem",
+                        help="also trust this CA to verify ownership vouchers (a manufacturer's MASA)")
 
     p_user = sub.add_parser("user", help="manage local users offline (users.json)")
     p_user.add_argument("--state-dir", type=Path, default=DEFAULT_STATE)
@@ -220,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             return lab.run(args)
         if args.command == "init":
             initialise(args.state_dir, args.lab_dir or lab_dir_for(args.state_dir), args.node,
-                       args.manufacturer_anchor)
+                       args.manufacturer_anchor, args.masa_anchor)
             print(f"trustplane: initialised {args.state_dir}")
             return 0
         return asyncio.run(serve(args))

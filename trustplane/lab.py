@@ -2,7 +2,8 @@
 
     lab owner-ca        --out DIR                         pdc.pem, pdc.key (the owner root: the PDC)
     lab owner-cert      --pdc-dir DIR [--intermediate]    oc.pem, oc.key, oc.cms (certs-only, OC up to the PDC)
-    lab voucher         --lab-dir LAB --pdc PDC --serial S ... --out DIR   S.vcj for each serial
+    lab voucher         --lab-dir LAB --pdc PDC --serial S ... --out DIR   S.vcj for each serial,
+                        signed by LAB/masa.pem, an end-entity certificate under LAB/masa-root.pem
     lab bundle          --out FILE.tar.gz VCJ ...
     lab consent-key     --out DIR                         ct.key, ct.pub.pem (customer consent-token key)
     lab key-package     --pdc-dir DIR [--consent-key ct.pub.pem] [--package-key KEY.asc ...] --out FILE.cms
@@ -17,9 +18,12 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from backends.engine import cms, consent, keypackage, lab, voucher
-from backends.engine.identity import IdentityError, cert_pem, key_pem, load_cert_pem, load_key_pem
+from backends.engine import cms, consent, keypackage, voucher
+from backends.engine.identity import (MASA_ROOT, IdentityError, cert_pem, key_pem, load_cert_pem, load_key_pem,
+                                      make_root_ca)
 from yangcore.datastore import atomic_write
+
+from . import lab_artifacts as lab
 
 
 def add_parser(sub) -> None:
@@ -37,7 +41,7 @@ def add_parser(sub) -> None:
     q.add_argument("--name", default="Lab Owner Certificate")
 
     q = lsub.add_parser("voucher", help="issue ownership vouchers (.vcj), signed by the lab MASA")
-    q.add_argument("--lab-dir", type=Path, required=True, help="the device's lab directory (manufacturer CA)")
+    q.add_argument("--lab-dir", type=Path, required=True, help="the device's lab directory (MASA root)")
     q.add_argument("--pdc", type=Path, required=True, help="the pinned-domain-cert (PEM)")
     q.add_argument("--serial", action="append", required=True)
     q.add_argument("--out", type=Path, required=True)
@@ -76,16 +80,32 @@ def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 
 def _masa(lab_dir: Path, now: datetime):
-    """The lab MASA signer, issued once by the lab's manufacturer CA."""
-    ca_key = load_key_pem((lab_dir / "manufacturer-ca.key").read_bytes())
-    ca_cert = load_cert_pem((lab_dir / "manufacturer-ca.pem").read_bytes())
+    """The lab MASA signer: an end-entity certificate issued once by the lab's MASA root.
+    A lab made before the MASA had a root of its own gets one, and a new signer under it."""
+    root_key_path, root_path = lab_dir / "masa-root.key", lab_dir / "masa-root.pem"
+    if not (root_key_path.exists() and root_path.exists()):
+        root_key, root = make_root_ca(now, MASA_ROOT)
+        lab_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        atomic_write(root_key_path, key_pem(root_key), mode=0o600)
+        atomic_write(root_path, cert_pem(root).encode(), mode=0o644)
+        print(f"trustplane lab: made the MASA root {root_path}; a device verifies vouchers with it once it is "
+              'in the device\'s "masa-anchors"', file=sys.stderr)
+    root_key, root = load_key_pem(root_key_path.read_bytes()), load_cert_pem(root_path.read_bytes())
     key_path, cert_path = lab_dir / "masa.key", lab_dir / "masa.pem"
     if key_path.exists() and cert_path.exists():
-        return load_key_pem(key_path.read_bytes()), load_cert_pem(cert_path.read_bytes()), ca_cert
-    key, cert = lab.make_masa(ca_key, ca_cert, now)
+        cert = load_cert_pem(cert_path.read_bytes())
+        if cert.issuer == root.subject:
+            return load_key_pem(key_path.read_bytes()), cert, root
+    key, cert = lab.make_masa(root_key, root, now)
     atomic_write(key_path, key_pem(key), mode=0o600)
     atomic_write(cert_path, cert_pem(cert).encode(), mode=0o644)
-    return key, cert, ca_cert
+    return key, cert, root
+
+
+def _voucher_file(serial: str) -> str:
+    """A file name for a serial: any printable text, so path separators are replaced."""
+    name = serial.replace("/", "_").replace("\\", "_")
+    return f"_{name}.vcj" if name.startswith(".") else f"{name}.vcj"
 
 
 def run(args) -> int:
@@ -112,17 +132,17 @@ def _run(args, now: datetime) -> int:
         _write(out / "oc.pem", (cert_pem(cert) + "".join(cert_pem(c) for c in chain)).encode())
         _write(out / "oc.cms", lab.owner_cert_cms(cert, chain, pdc))
     elif cmd == "voucher":
-        masa_key, masa_cert, ca_cert = _masa(args.lab_dir, now)
+        masa_key, masa_cert, masa_root = _masa(args.lab_dir, now)
         pdc = load_cert_pem(args.pdc.read_bytes())
         created = voucher.parse_datetime(args.created, "--created") if args.created else now
         nonce = voucher.parse_binary(args.nonce, "--nonce") if args.nonce else None
         for serial in args.serial:
-            data = lab.make_voucher(masa_key, masa_cert, ca_cert, serial, pdc, created,
+            data = lab.make_voucher(masa_key, masa_cert, masa_root, serial, pdc, created,
                                     expires=created + timedelta(days=args.expires_days), assertion=args.assertion,
                                     security_profile=args.security_profile, nonce=nonce,
                                     content_type=cms.ID_CT_ANIMA_JSON_VOUCHER if args.anima_content_type
                                     else cms.ID_DATA)
-            _write(args.out / f"{serial}.vcj", data)
+            _write(args.out / _voucher_file(serial), data)
     elif cmd == "bundle":
         _write(args.out, lab.bundle([(p.name, p.read_bytes()) for p in args.vouchers]))
     elif cmd == "consent-key":

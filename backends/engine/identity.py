@@ -1,4 +1,5 @@
-"""Manufacturer CA and IEEE 802.1AR IDevID certificates, and PEM helpers.
+"""Lab root CAs (the manufacturing CA that issues IDevIDs, the MASA root), IEEE 802.1AR
+IDevID certificates, and PEM helpers.
 Plain cryptography: no clock of its own (callers pass `now`), no XML, no YANG."""
 from __future__ import annotations
 
@@ -31,7 +32,11 @@ def key_usage(**wanted: bool) -> x509.KeyUsage:
     return x509.KeyUsage(**{n: wanted.get(n, False) for n in names})
 
 
-def make_manufacturer_ca(now: datetime, name: str = "trustplane Lab Manufacturing Root CA"):
+MANUFACTURING_ROOT = "trustplane Lab Manufacturing Root CA"
+MASA_ROOT = "trustplane Lab MASA Root CA"
+
+
+def make_root_ca(now: datetime, name: str):
     key = ec.generate_private_key(ec.SECP384R1())
     subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "trustplane"),
                          x509.NameAttribute(NameOID.COMMON_NAME, name)])
@@ -76,7 +81,7 @@ def load_certs_pem(data: bytes | str) -> list[x509.Certificate]:
     raw = data.encode() if isinstance(data, str) else data
     try:
         certs = x509.load_pem_x509_certificates(raw)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise IdentityError(f"not a PEM certificate: {exc}") from None
     return certs
 

@@ -12,6 +12,11 @@ operation is APPEND, DELETE or REPLACE; only the ALLOWED_LIST target is supporte
 key_type X509KEY holds a PEM public key or certificate, GPGKEY an OpenPGP public key
 (armored): an owner package signing key. The key named CUS-CT is the customer
 consent-token key. A package must be newer (timestamp) than the last applied.
+
+Signer roles: the package's signer chains to the owner certificate and has digitalSignature
+when it has keyUsage. It need not be an end entity: an owner certificate may be a CA reused
+as a one-level OC (ios-xr/key-package-scripts does that). An X509KEY given as a certificate
+signs consent-token responses, so it must be an end entity with digitalSignature.
 """
 from __future__ import annotations
 
@@ -23,9 +28,10 @@ from datetime import datetime
 from email.utils import parsedate_to_datetime
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-from . import cms, openpgp, x509path
+from . import certcheck, cms, jsontext, openpgp, pinnedpath
 from .errors import EngineError
 
 CONSENT_TOKEN_KEY = "CUS-CT"
@@ -48,12 +54,26 @@ class Key:
 
     def public_key(self):
         """The key of an X509KEY entry (a PEM public key or certificate)."""
+        return self._load()[0]
+
+    def signing_key(self):
+        """The key of an X509KEY entry that signs (a consent-token key): when given as a
+        certificate, that certificate is an end entity with digitalSignature."""
+        key, cert = self._load()
+        role = certcheck.signer_role_problem(cert) if cert is not None else None
+        if role is not None:
+            raise KeyPackageError("kpkg-key-role", f"key {self.name}: certificate {certcheck.subject_text(cert)} "
+                                  f"{role[1]}; a signing key's certificate is an end entity with digitalSignature")
+        return key
+
+    def _load(self) -> tuple[object, x509.Certificate | None]:
         data = self.value.encode()
         try:
-            if b"CERTIFICATE" in data:
-                return x509.load_pem_x509_certificate(data).public_key()
-            return serialization.load_pem_public_key(data)
-        except ValueError:
+            if b"CERTIFICATE" not in data:
+                return serialization.load_pem_public_key(data), None
+            cert = x509.load_pem_x509_certificate(data)
+            return cert.public_key(), cert
+        except (ValueError, UnsupportedAlgorithm, x509.InvalidVersion):
             raise KeyPackageError("kpkg-malformed", f"key {self.name}: not a PEM public key or certificate") from None
 
     def fingerprint(self) -> str:
@@ -79,11 +99,15 @@ def verify(data: bytes, owner_cert: x509.Certificate, at: datetime) -> KeyPackag
         if sd.content is None:
             raise KeyPackageError("kpkg-malformed", "the key package has no content")
         for signer in signers:
-            x509path.validate(signer, [owner_cert], sd.certificates, at=at)
+            role = certcheck.signer_role_problem(signer)
+            if role is not None and role[0] != "not-end-entity":
+                raise KeyPackageError(f"kpkg-signer-{role[0]}", f"key package signer "
+                                      f"{certcheck.subject_text(signer)} {role[1]}", tag="access-denied")
+            pinnedpath.validate(signer, [owner_cert], sd.certificates, at=at)
     except cms.CmsError as exc:
         code = "kpkg-malformed" if exc.code == "cms-malformed" else "kpkg-signature-invalid"
         raise KeyPackageError(code, f"key package: {exc.message}") from None
-    except x509path.PathError as exc:
+    except pinnedpath.PathError as exc:
         raise KeyPackageError("kpkg-untrusted", f"key package signer is not the owner certificate: {exc.message}",
                               tag="access-denied") from None
     return parse(sd.content)
@@ -91,9 +115,9 @@ def verify(data: bytes, owner_cert: x509.Certificate, at: datetime) -> KeyPackag
 
 def parse(content: bytes) -> KeyPackage:
     try:
-        doc = json.loads(content)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise KeyPackageError("kpkg-malformed", f"key package content is not JSON: {exc}") from None
+        doc = jsontext.loads(content)
+    except jsontext.JsonTextError as exc:
+        raise KeyPackageError("kpkg-malformed", f"key package content is not acceptable JSON: {exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("key_packages"), list):
         raise KeyPackageError("kpkg-malformed", 'key package content has no "key_packages" list')
     stamp = doc.get("timestamp")
@@ -130,7 +154,7 @@ def parse(content: bytes) -> KeyPackage:
                 raise KeyPackageError("kpkg-malformed", f"{where}.keys[{j}]: key_value is empty")
             key = Key(name, ktype, meta, value)
             if op != "DELETE" and ktype == "X509KEY":
-                key.public_key()
+                key.signing_key()
             elif op != "DELETE":
                 try:
                     openpgp.load_keys(value.encode())

@@ -8,11 +8,11 @@ import io
 import tarfile
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from cryptography import x509
 
-from . import cms, decompress, voucher, x509path
+from . import certcheck, cms, decompress, pinnedpath, voucher
 from .errors import EngineError
 
 MAX_MEMBERS = 10_000
@@ -42,18 +42,21 @@ _EXTENSIONS = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfil
                tarfile.GNUTYPE_LONGLINK)
 
 
-def read_bundle(data: bytes, name: str = "bundle") -> list[tuple[str, bytes]]:
+def read_bundle(data: bytes, name: str = "bundle") -> Iterator[tuple[str, bytes]]:
     """The members of a tar, or a tar compressed with gzip, bzip2, xz or zstd, of vouchers
-    (flat; directories are skipped). A single voucher (DER CMS) is taken as a bundle of one.
-    The tar is read as it is decompressed, and never past MAX_BUNDLE bytes."""
+    (flat; directories are skipped), one at a time: each member is read as it is asked for,
+    so a bundle is never held whole in memory decompressed. A single voucher (DER CMS, or
+    PEM or base64 text of one) is taken as a bundle of one. The tar is read as it is
+    decompressed, and never past MAX_BUNDLE bytes."""
     if len(data) > MAX_BUNDLE:
         raise OwnershipError("ov-bundle-too-large", f"{name} is over {MAX_BUNDLE} bytes", tag="invalid-value")
-    if data[:1] == b"\x30":
-        return [(name, data)]
-    out, total = [], 0
+    compression = decompress.sniff(data[:6])
+    if data[:1] == b"\x30" or (compression is None and _is_armored(data)):
+        yield name, data
+        return
+    count, total = 0, 0
     try:
         raw = io.BytesIO(data)
-        compression = decompress.sniff(data[:6])
         stream = decompress.Bounded(decompress.OPENERS[compression](raw) if compression else raw, MAX_BUNDLE)
         with tarfile.open(fileobj=stream, mode="r|", tarinfo=_Member) as tar:
             for i, member in enumerate(tar):
@@ -71,15 +74,23 @@ def read_bundle(data: bytes, name: str = "bundle") -> list[tuple[str, bytes]]:
                 total += member.size
                 if total > MAX_BUNDLE:
                     raise decompress.TooLarge(f"the members are over {MAX_BUNDLE} bytes in all")
-                out.append((member.name, tar.extractfile(member).read(MAX_MEMBER + 1)))
+                count += 1
+                yield member.name, tar.extractfile(member).read(MAX_MEMBER + 1)
     except decompress.TooLarge as exc:
         raise OwnershipError("ov-bundle-too-large", f"{name}: {exc}", tag="invalid-value") from None
     except (tarfile.TarError, *decompress.ERRORS) as exc:
         raise OwnershipError("ov-bundle-corrupt", f"{name} is not a readable tar or compressed tar: {exc}",
                              tag="invalid-value") from None
-    if not out:
+    if not count:
         raise OwnershipError("ov-bundle-empty", f"{name} holds no vouchers", tag="invalid-value")
-    return out
+
+
+_BASE64_TEXT = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=\r\n\t "
+
+
+def _is_armored(data: bytes) -> bool:
+    """Whether data is the PEM or base64 text of one CMS, which a tar never is."""
+    return data.lstrip().startswith(b"-----BEGIN") or (bool(data.strip()) and not data.translate(None, _BASE64_TEXT))
 
 
 def _owner_cert(sd: cms.SignedData) -> x509.Certificate:
@@ -87,7 +98,7 @@ def _owner_cert(sd: cms.SignedData) -> x509.Certificate:
     if sd.signers:
         certs = cms.verify(sd)
         return certs[0]
-    certs = [c for c in sd.certificates if x509path.readable(c)]
+    certs = [c for c in sd.certificates if certcheck.readable(c)]
     if not certs:
         raise OwnershipError("oc-malformed", "the owner certificate CMS holds no readable certificate", tag="invalid-value")
     leaves = [c for c in certs if not any(o is not c and o.issuer == c.subject and o.subject != c.subject
@@ -134,15 +145,15 @@ def verify_oc(data: bytes, pdc: x509.Certificate, *, at: datetime, partial_match
             raise OwnershipError("oc-malformed", "a CRL in the owner certificate CMS is unreadable",
                                  tag="invalid-value") from None
     try:
-        path = x509path.validate(oc, [pdc], sd.certificates, at=at, allow_sha1=allow_sha1, partial_chain=True,
-                                 crls=crls, require_revocation=bool(revocation_checks) and not crl_optional,
-                                 anchor_min_rsa_bits=pdc_min_rsa_bits)
-        x509path.check_key_usage_digital_signature(oc)
-    except x509path.PathError as exc:
+        path = pinnedpath.validate(oc, [pdc], sd.certificates, at=at, allow_sha1=allow_sha1, partial_chain=True,
+                                   crls=crls, require_revocation=bool(revocation_checks) and not crl_optional,
+                                   anchor_min_rsa_bits=pdc_min_rsa_bits)
+        pinnedpath.check_key_usage_digital_signature(oc)
+    except pinnedpath.PathError as exc:
         code = {"path-untrusted": "oc-untrusted", "path-signature-invalid": "oc-untrusted",
                 "path-expired": "oc-expired", "path-revoked": "oc-revoked", "path-crl-missing": "oc-crl-missing",
                 "oc-key-usage": "oc-key-usage"}.get(exc.code, "oc-invalid")
-        raise OwnershipError(code, f"owner certificate {x509path.subject_text(oc)}: {exc.message}") from None
+        raise OwnershipError(code, f"owner certificate {certcheck.subject_text(oc)}: {exc.message}") from None
     return OwnerCertificate(path, crls)
 
 
@@ -151,19 +162,23 @@ class Selection:
     chosen: dict[str, tuple[str, voucher.Voucher]]  # serial -> (member name, voucher)
     foreign: list[str]  # members for other devices
     rejected: list[tuple[str, str, str, str]]  # (member name, serial it names or "", error code, reason)
+    names: list[str] = field(default_factory=list)  # every member, in bundle order
 
 
 def select(members: Iterable[tuple[str, bytes]], serials: set[str], *, anchors: list[x509.Certificate],
-           at: datetime, idevids: dict[str, x509.Certificate], nonces: Iterable[bytes] = ()) -> Selection:
+           at: datetime, idevids: dict[str, x509.Certificate], nonces: Iterable[bytes] = (),
+           device_anchors: list[x509.Certificate] = ()) -> Selection:
     """Pick, for each local serial, the first voucher in the bundle that verifies; later ones
-    for the same serial are rejected as duplicates. Vouchers for other serials are reported."""
+    for the same serial are rejected as duplicates. Vouchers for other serials are reported.
+    The members are taken one at a time and only their names are kept."""
     sel = Selection({}, [], [])
     nonces = list(nonces)
     for name, data in members:
+        sel.names.append(name)
         try:
             claimed = _claimed_serial(data)
         except (cms.CmsError, voucher.VoucherError) as exc:
-            sel.rejected.append((name, "", "ov-malformed", exc.message))
+            sel.rejected.append((name, "", exc.code if exc.code == "ov-no-content" else "ov-malformed", exc.message))
             continue
         if claimed not in serials:
             sel.foreign.append(name)
@@ -174,7 +189,7 @@ def select(members: Iterable[tuple[str, bytes]], serials: set[str], *, anchors: 
             continue
         try:
             v = voucher.verify(data, anchors=anchors, serial=claimed, at=at, idevid=idevids.get(claimed),
-                               nonces=nonces)
+                               nonces=nonces, device_anchors=device_anchors)
         except voucher.VoucherError as exc:
             sel.rejected.append((name, claimed, exc.code, exc.message))
             continue
@@ -184,7 +199,10 @@ def select(members: Iterable[tuple[str, bytes]], serials: set[str], *, anchors: 
 
 def _claimed_serial(data: bytes) -> str:
     """The serial a voucher names, read without trusting or checking it: only to route it to a node."""
-    serial = voucher.members(cms.load(data).content or b"").get("serial-number")
+    content = cms.load(data).content
+    if content is None:
+        raise voucher.VoucherError("ov-no-content", voucher.NO_CONTENT)
+    serial = voucher.members(content).get("serial-number")
     if not isinstance(serial, str):
         raise voucher.VoucherError("ov-malformed", "the voucher names no serial-number")
     return serial

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from backends.engine import cms, x509path
+from backends.engine import certcheck, cms
 from backends.engine.cms import CmsError
 from backends.engine.errors import EngineError
 
@@ -220,7 +220,7 @@ def get_ca_cert(url: str, *, timeout: float = 10.0) -> CACerts:
 
 
 def _readable(cert: x509.Certificate, what: str) -> x509.Certificate:
-    if not x509path.readable(cert):
+    if not certcheck.readable(cert):
         raise ScepError("scep-bad-response", f"{what} has malformed names or extensions")
     return cert
 

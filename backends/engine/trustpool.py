@@ -20,7 +20,7 @@ from asn1crypto import pem as asn1_pem
 from cryptography import x509
 
 from .errors import EngineError
-from .x509path import readable, unique
+from .certcheck import readable, unique
 
 log = logging.getLogger(__name__)
 

@@ -4,16 +4,22 @@ Interop policy, one decision per quirk (the README lists them too):
 - eContentType id-data or id-ct-animaJSONVoucher: both accepted, the type is recorded;
   any other type is refused. Non-id-data content without signed attributes is refused
   by the CMS layer.
-- The signer chain is validated to the device's manufacturer anchors only. Certificates in
-  the CMS serve as intermediates, never as anchors. No TLS purpose (EKU) check.
-- The JSON text is UTF-8 (RFC 8259 section 8.1); a byte order mark is ignored, UTF-16 and
-  UTF-32 are refused.
+- The signer is a MASA: an end-entity certificate (not a CA), with digitalSignature when it
+  has keyUsage, whose chain is validated to the device's MASA anchors only. Certificates in
+  the CMS serve as intermediates, never as anchors. A signer that chains to a manufacturer
+  (IDevID) anchor instead is a device identity and is refused as such. No TLS purpose (EKU)
+  check.
+- The CMS has the voucher inside it (attached content); a detached or certificates-only CMS
+  is refused as such. PEM-wrapped or base64 CMS text is read as its DER.
+- The JSON text is read by jsontext: UTF-8 only (a byte order mark is ignored), no duplicate
+  member names at any depth, no NaN or Infinity, bounded numbers and nesting.
 - Unknown JSON members are tolerated (vouchers are extensible maps; Go tooling adds "XMLName").
-- Dates: RFC 3339 with fractional seconds and offsets; the compact YYYYMMDDTHHMMSSZ form is refused.
+- Dates: RFC 3339 with fractional seconds and offsets; the compact YYYYMMDDTHHMMSSZ form is refused,
+  and so is a date whose UTC time falls outside the years 1 to 9999.
 - domain-cert-revocation-checks: a boolean, or the strings "true"/"false" (RFC 8366's own example).
 - assertion: verified, logged or proximity; "" and anything else is refused.
-- Binary leaves: base64 or base64url, padding optional, whitespace (PEM line breaks) ignored;
-  hex is refused.
+- Binary leaves: base64 or base64url (RFC 7951), padding optional, whitespace (PEM line breaks)
+  ignored. Text that is valid base64 is read as base64, even when it also reads as hex.
 - serial-number: must equal the node's serial exactly (case included).
 - nonce: a voucher with a nonce is accepted only when the device issued that nonce.
 - idevid-issuer: the node's IDevID AKI, as the whole extnValue or just its keyIdentifier.
@@ -22,7 +28,6 @@ from __future__ import annotations
 
 import binascii
 import functools
-import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Iterable
@@ -30,7 +35,7 @@ from typing import Iterable
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from . import cms, x509path
+from . import certcheck, cms, jsontext, pinnedpath
 from .errors import EngineError
 
 VOUCHER_KEY = "ietf-voucher:voucher"
@@ -49,10 +54,8 @@ _RFC3339_SHAPES = frozenset(f"dddd-dd-dd{t}dd:dd:dd{fraction}{offset}".encode() 
                             for offset in ("Z", "z", "+dd:dd", "-dd:dd"))
 
 
-# json.loads would run the regular expression engine to skip whitespace, on every voucher: the
-# JSON whitespace is trimmed by hand and the text read with raw_decode
-_JSON = json.JSONDecoder()
-_LOWER_HEX = frozenset("0123456789abcdef")  # parse_binary's hex check, without a pattern either
+NO_CONTENT = ("the voucher CMS has no encapsulated content (a detached signature or certificates only): "
+              "a voucher carries its JSON inside the CMS")
 
 
 class VoucherError(EngineError):
@@ -89,20 +92,19 @@ def parse_datetime(text, what: str) -> datetime:
         return datetime.fromisoformat(text.upper()).astimezone(timezone.utc)
     except ValueError as exc:
         raise VoucherError("ov-malformed", f"{what}: {text!r}: {exc}") from None
+    except OverflowError:  # the offset moves it past 9999-12-31 or before 0001-01-01 in UTC
+        raise VoucherError("ov-malformed", f"{what}: {text!r} is outside the years 1 to 9999 in UTC") from None
 
 
 def parse_binary(text, what: str) -> bytes:
     if not isinstance(text, str):
         raise VoucherError("ov-malformed", f"{what} is not a base64 string")
     compact = "".join(text.split())
-    # 16+ characters all from [0-9a-f] is hex, not base64 (the odds for real base64 are 4^-16)
-    if len(compact) >= 16 and set(compact) <= _LOWER_HEX:
-        raise VoucherError("ov-malformed", f"{what} looks like hex; binary leaves are base64 (RFC 7951)")
     alphabet = compact.replace("-", "+").replace("_", "/")
     try:
         return binascii.a2b_base64(alphabet + "=" * (-len(alphabet) % 4), strict_mode=True)
     except (binascii.Error, ValueError):
-        raise VoucherError("ov-malformed", f"{what} is not valid base64") from None
+        raise VoucherError("ov-malformed", f"{what} is not valid base64 (binary leaves are base64, RFC 7951)") from None
 
 
 def members(content: bytes) -> dict:
@@ -110,13 +112,9 @@ def members(content: bytes) -> dict:
     if len(content) > MAX_VOUCHER:
         raise VoucherError("ov-malformed", f"voucher content over {MAX_VOUCHER} bytes")
     try:
-        text = content.decode()  # RFC 8259 section 8.1: UTF-8 only; a byte order mark is passed over
-        text = (text[1:] if text.startswith("\ufeff") else text).strip(" \t\n\r")
-        doc, end = _JSON.raw_decode(text)
-        if end != len(text):
-            raise json.JSONDecodeError("Extra data", text, end)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise VoucherError("ov-malformed", f"voucher content is not JSON: {exc}") from None
+        doc = jsontext.loads(content)
+    except jsontext.JsonTextError as exc:
+        raise VoucherError("ov-malformed", f"voucher content is not acceptable JSON: {exc}") from None
     v = doc.get(VOUCHER_KEY) if isinstance(doc, dict) else None
     if not isinstance(v, dict):
         raise VoucherError("ov-malformed", f'voucher content has no "{VOUCHER_KEY}" object')
@@ -169,9 +167,9 @@ def parse(content: bytes) -> Voucher:
 def _pinned_domain_cert(text: str) -> x509.Certificate:
     try:
         pdc = cms.certificate(parse_binary(text, "pinned-domain-cert"))
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
         pdc = None
-    if pdc is None or not x509path.readable(pdc):
+    if pdc is None or not certcheck.readable(pdc):
         raise VoucherError("ov-malformed", "pinned-domain-cert is not a DER X.509 certificate")
     return pdc
 
@@ -188,27 +186,26 @@ def _aki_forms(idevid: x509.Certificate) -> set[bytes]:
 
 
 def verify(data: bytes, *, anchors: Iterable[x509.Certificate], serial: str, at: datetime,
-           idevid: x509.Certificate | None = None, nonces: Iterable[bytes] = ()) -> Voucher:
-    """Authenticate a voucher (CMS bytes) for the node whose serial is `serial`."""
+           idevid: x509.Certificate | None = None, nonces: Iterable[bytes] = (),
+           device_anchors: Iterable[x509.Certificate] = ()) -> Voucher:
+    """Authenticate a voucher (CMS bytes) for the node whose serial is `serial`. `anchors` are
+    the MASA anchors; `device_anchors` the manufacturer (IDevID) anchors, only to say so when
+    a device identity signed the voucher."""
     try:
         sd = cms.load(data)
         if sd.content_type not in CONTENT_TYPES:
             raise VoucherError("ov-content-type", f"eContentType {sd.content_type} is not a voucher type")
-        signers = cms.verify(sd)
         if sd.content is None:
-            raise VoucherError("ov-malformed", "the voucher CMS has no content")
+            raise VoucherError("ov-no-content", NO_CONTENT)
+        signers = cms.verify(sd)
     except cms.CmsError as exc:
         code = "ov-unsigned" if exc.code == "cms-unsigned" else "ov-signature-invalid"
         if exc.code == "cms-malformed":
             code = "ov-malformed"
         raise VoucherError(code, f"voucher: {exc.message}") from None
     anchors = list(anchors)
-    try:
-        for signer in signers:
-            x509path.validate(signer, anchors, sd.certificates, at=at)
-    except x509path.PathError as exc:
-        code = "ov-signer-expired" if exc.code == "path-expired" else "ov-signer-untrusted"
-        raise VoucherError(code, f"voucher signer: {exc.message}") from None
+    for signer in signers:
+        _check_signer(signer, anchors, list(device_anchors), sd.certificates, at)
     v = parse(sd.content)
     v.content_type = CONTENT_TYPES[sd.content_type]
     v.signer = signers[0]
@@ -223,6 +220,35 @@ def verify(data: bytes, *, anchors: Iterable[x509.Certificate], serial: str, at:
     if v.idevid_issuer is not None and idevid is not None and v.idevid_issuer not in _aki_forms(idevid):
         raise VoucherError("ov-idevid-issuer-mismatch", "idevid-issuer does not match the node's IDevID issuer")
     return v
+
+
+def _check_signer(signer: x509.Certificate, anchors: list, device_anchors: list, certs: list, at: datetime):
+    """A voucher signer is a MASA: an end entity that may sign, under a MASA anchor."""
+    role = certcheck.signer_role_problem(signer)
+    if role is not None:
+        kind, why = role
+        raise VoucherError("ov-malformed" if kind == "malformed" else f"ov-signer-{kind}",
+                           f"voucher signer {certcheck.subject_text(signer)} {why}; "
+                           "a voucher is signed by a MASA end-entity certificate")
+    try:
+        pinnedpath.validate(signer, anchors, certs, at=at)
+    except pinnedpath.PathError as exc:
+        if exc.code == pinnedpath.UNTRUSTED and _chains_to(signer, device_anchors, certs, at):
+            raise VoucherError("ov-signer-device-identity", f"voucher signer {certcheck.subject_text(signer)} "
+                               "chains to a manufacturer (device identity) anchor, not to a MASA anchor: "
+                               "a device identity never signs a voucher") from None
+        code = "ov-signer-expired" if exc.code == pinnedpath.EXPIRED else "ov-signer-untrusted"
+        raise VoucherError(code, f"voucher signer: {exc.message}") from None
+
+
+def _chains_to(cert: x509.Certificate, anchors: list, certs: list, at: datetime) -> bool:
+    if not anchors:
+        return False
+    try:
+        pinnedpath.validate(cert, anchors, certs, at=at)
+    except pinnedpath.PathError:
+        return False
+    return True
 
 
 def pdc_pem(v: Voucher) -> str:

@@ -69,6 +69,9 @@ class OwnershipBackend(Backend):
         self.profile = load_profile(services.state_dir)
         self.serials = {n.serial_number: n.location for n in self.profile.nodes}
         self.serials[self.profile.chassis["serial-number"]] = CHASSIS
+        for cert in self.profile.anchors_in_both_roles():
+            log.warning("trust anchor %s is both a MASA anchor and a manufacturer anchor: every device identity "
+                        "it issues can sign ownership vouchers", cert.subject.rfc4514_string())
         self.path = policy.state_path(services.state_dir)
         self.path.parent.mkdir(mode=0o700, exist_ok=True)
         self.data = json.loads(self.path.read_text()) if self.path.exists() else {
@@ -159,8 +162,12 @@ class OwnershipBackend(Backend):
         oc_data, _ = read_device_file(self.services.devfs, params["oc-path"], MAX_OC, session=session)
         async with self.lock:
             loop = asyncio.get_running_loop()
-            state, rows, established = await loop.run_in_executor(
-                None, self._check_apply, ov_data, ov_source, oc_data, params, session)
+            try:
+                state, rows, established = await loop.run_in_executor(
+                    None, self._check_apply, ov_data, ov_source, oc_data, params, session)
+            except (ownership.OwnershipError, voucher.VoucherError) as exc:
+                log.warning("device ownership not established from %s: %s: %s", ov_source, exc.code, exc.message)
+                raise
             self._commit(state)
         log.info("%s (%s)", ESTABLISHED, ", ".join(established))
         oc_subject = _load(state["nodes"][established[0]]["oc-chain"][0]).subject.rfc4514_string()
@@ -172,8 +179,8 @@ class OwnershipBackend(Backend):
         now = self.services.clock()
         members = ownership.read_bundle(ov_data, ov_source)
         idevids = {n.serial_number: n.idevid_cert() for n in self.profile.nodes}
-        sel = ownership.select(members, set(self.serials), anchors=self.profile.manufacturer_anchors(), at=now,
-                               idevids=idevids)
+        sel = ownership.select(members, set(self.serials), anchors=self.profile.masa_anchors(), at=now,
+                               idevids=idevids, device_anchors=self.profile.manufacturer_anchors())
         for node in self.profile.nodes:
             if node.serial_number not in sel.chosen:
                 mine = [r for r in sel.rejected if r[1] == node.serial_number]
@@ -223,17 +230,20 @@ class OwnershipBackend(Backend):
                 "pdc": _pem(v.pinned_domain_cert), "oc-chain": [_pem(c) for c in oc.chain],
                 "installed-at": now.isoformat(), "installed-by": user}
         applied = {name: loc for loc, (name, _v) in chosen.items()}
+        foreign = set(sel.foreign)
         rows: dict[str, dict] = {}  # member -> row; a name repeated in the tar is reported once
-        for name, _data in members:
+        for name in sel.names:
             if name in applied:
                 rows.setdefault(name, {"result": "applied", "location": applied[name]})
-            elif name in sel.foreign:
+            elif name in foreign:
                 rows.setdefault(name, {"result": "other-device"})
-                log.info("device ownership: %s is for another device; ignored", name)
         for name, serial, code, message in sel.rejected:
             rows.setdefault(name, {"serial-number": serial or None, "result": "rejected",
                                    "reason": f"{code}: {message}"})
-            log.warning("device ownership: %s rejected: %s: %s", name, code, message)
+        # one line however many members: a bulk bundle names thousands of other devices
+        first = f" (first: {sel.rejected[0][0]}: {sel.rejected[0][2]}: {sel.rejected[0][3]})" if sel.rejected else ""
+        log.info("device ownership: %s: %d of %d vouchers applied, %d for other devices ignored, %d rejected%s",
+                 ov_source, len(applied), len(sel.names), len(sel.foreign), len(sel.rejected), first)
         rows = [{"member": name, **row} for name, row in rows.items()]
         return state, rows, sorted(chosen)
 
@@ -272,7 +282,7 @@ class OwnershipBackend(Backend):
         if k is None:
             raise EngineError("ct-key-missing", "no customer consent-token key: apply a key package with the "
                               f"{keypackage.CONSENT_TOKEN_KEY} key first", "operation-failed")
-        return keypackage.Key(keypackage.CONSENT_TOKEN_KEY, k["key_type"], k["metadata"], k["value"]).public_key()
+        return keypackage.Key(keypackage.CONSENT_TOKEN_KEY, k["key_type"], k["metadata"], k["value"]).signing_key()
 
     def _node_serial(self, location: str) -> str:
         node = self.profile.node(location)

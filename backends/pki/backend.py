@@ -22,7 +22,8 @@ from yangcore.datastore import atomic_write
 from yangcore.libyang_abi import change_term
 
 from backends.device.profile import load_profile
-from backends.engine import certissue, crl, download, expiry, keystore, pkipath, scep, trustpool, type6, x509path
+from backends.engine import (certcheck, certissue, crl, download, expiry, keystore, scep, trustpointpath, trustpool,
+                             type6)
 from backends.engine.errors import EngineError
 from backends.ownership import policy as ownership_policy
 from . import config, render
@@ -41,7 +42,7 @@ def _load_certificate(data: bytes, what: str) -> x509.Certificate:
         cert = x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
     except ValueError:
         cert = None
-    if cert is None or not x509path.readable(cert):
+    if cert is None or not certcheck.readable(cert):
         raise EngineError("certificate-invalid", f"{what} is not an X.509 certificate (PEM or DER)", "invalid-value")
     return cert
 
@@ -529,8 +530,8 @@ class PkiBackend(Backend):
                 raise EngineError("cert-key-mismatch",
                                   f"trustpoint {tp.name}: the issued certificate {cert.subject.rfc4514_string()} is "
                                   "not for this router's key", "operation-failed")
-            pkipath.verify(cert, intermediates=[], trustpoint_cas=[ca], trustpool=[], at=self.services.clock(),
-                           trustpoint_crl_optional=tp.crl_optional, trustpool_crl_optional=True, crls=self.crls)
+            trustpointpath.verify(cert, intermediates=[], trustpoint_cas=[ca], trustpool=[], at=self.services.clock(),
+                                  trustpoint_crl_optional=tp.crl_optional, trustpool_crl_optional=True, crls=self.crls)
 
     def _install(self, tp, certs: dict[str, x509.Certificate], keys) -> None:
         state = self.store.copy()
@@ -735,17 +736,17 @@ class PkiBackend(Backend):
                 continue
             cas = [render.load(p) for p in rec["ca"]]
             try:
-                v = pkipath.verify(leaf, intermediates=intermediates, trustpoint_cas=cas, trustpool=[], at=now,
-                                   trustpoint_crl_optional=self.cfg.trustpoints[name].crl_optional,
-                                   trustpool_crl_optional=True, crls=self.crls)
+                v = trustpointpath.verify(leaf, intermediates=intermediates, trustpoint_cas=cas, trustpool=[], at=now,
+                                          trustpoint_crl_optional=self.cfg.trustpoints[name].crl_optional,
+                                          trustpool_crl_optional=True, crls=self.crls)
                 return v, name
-            except pkipath.PkiPathError as exc:
+            except trustpointpath.TrustpointPathError as exc:
                 if exc.code != "cert-untrusted":  # this trustpoint anchors the path: its verdict stands
                     raise
         policy = self.cfg.trustpool
-        v = pkipath.verify(leaf, intermediates=intermediates, trustpoint_cas=[], trustpool=self._pool(), at=now,
-                           trustpoint_crl_optional=True, trustpool_crl_optional=bool(policy and policy.crl_optional),
-                           crls=self.crls)
+        v = trustpointpath.verify(leaf, intermediates=intermediates, trustpoint_cas=[], trustpool=self._pool(), at=now,
+                                  trustpoint_crl_optional=True, trustpool_crl_optional=bool(policy and policy.crl_optional),
+                                  crls=self.crls)
         return v, "trustpool"
 
     # -- trust pool

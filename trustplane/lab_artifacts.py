@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from . import cms, keypackage, voucher
-from .identity import key_usage, new_serial
+from backends.engine import cms, keypackage, voucher
+from backends.engine.identity import key_usage, new_serial
 
 
 def _name(cn: str, org: str) -> x509.Name:
@@ -37,11 +37,13 @@ def _cert(subject: x509.Name, key_public, issuer_cert, issuer_key, now: datetime
     return b.sign(issuer_key, hashes.SHA256())
 
 
-def make_masa(ca_key, ca_cert: x509.Certificate, now: datetime):
-    """A voucher-signing certificate issued by the manufacturer CA."""
+def make_masa(root_key, root_cert: x509.Certificate, now: datetime, *,
+              usage: x509.KeyUsage | None = None, ca: bool = False):
+    """A voucher-signing end-entity certificate issued by the MASA root (`usage` and `ca`
+    make the wrong kinds of signer that tests need)."""
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = _cert(_name("trustplane Lab MASA", "trustplane"), key.public_key(), ca_cert, ca_key, now, 10 * 365,
-                 ca=False, usage=key_usage(digital_signature=True))
+    cert = _cert(_name("trustplane Lab MASA", "trustplane"), key.public_key(), root_cert, root_key, now, 10 * 365,
+                 ca=ca, usage=usage or key_usage(digital_signature=True))
     return key, cert
 
 

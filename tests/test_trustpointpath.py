@@ -1,4 +1,4 @@
-"""Trust point / trust pool path validation (backends.engine.pkipath) and the CRL cache
+"""Trust point / trust pool path validation (backends.engine.trustpointpath) and the CRL cache
 (backends.engine.crl), with certificates and CRLs made by the openssl CLI.
 
 Certificates and CRLs carry fixed dates and every check pins `at`, so nothing depends on
@@ -21,7 +21,7 @@ from backends.engine import crl as crlmod
 from backends.engine.crl import CrlCache, CrlError
 from backends.engine.errors import EngineError
 from backends.engine.expiry import serial_text
-from backends.engine.pkipath import PkiPathError, Verified, is_expired_anchor, verify
+from backends.engine.trustpointpath import TrustpointPathError, Verified, is_expired_anchor, verify
 from openssl_ca import CA_EXT, Issued, OpensslCa, lazily_broken
 
 AT = datetime(2025, 6, 1, tzinfo=timezone.utc)
@@ -109,7 +109,7 @@ def cache(tmp_path) -> CrlCache:
     return CrlCache(tmp_path / "crls", timeout=5.0)
 
 
-def refused(code: str, **kw) -> PkiPathError:
+def refused(code: str, **kw) -> TrustpointPathError:
     kw.setdefault("intermediates", [])
     kw.setdefault("trustpoint_cas", [])
     kw.setdefault("trustpool", [])
@@ -118,7 +118,7 @@ def refused(code: str, **kw) -> PkiPathError:
     kw.setdefault("trustpool_crl_optional", True)
     kw.setdefault("crls", None)
     leaf = kw.pop("leaf")
-    with pytest.raises(PkiPathError) as e:
+    with pytest.raises(TrustpointPathError) as e:
         verify(leaf, **kw)
     assert e.value.code == code, e.value.message
     assert isinstance(e.value, EngineError)

@@ -1,6 +1,7 @@
-"""X.509 certification path building and validation (a practical subset of RFC 5280 §6).
-
-Used to check ownership vouchers and owner certificates (RFC 8572 / RFC 8366), so:
+"""X.509 certification paths to pinned anchors (a practical subset of RFC 5280 §6): the
+MASA anchors of a voucher signer, the pinned-domain-cert of an owner certificate, the owner
+certificate of a key package signer (RFC 8572 / RFC 8366). certcheck says how this differs,
+on purpose, from trustpointpath. So:
 - the clock is injected (`at`); nothing here reads the system time;
 - trust anchors may be intermediates or the leaf itself (`partial_chain`), like a
   pinned-domain-cert;
@@ -23,12 +24,13 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
 
+from .certcheck import MAX_PATH_CERTS, MIN_KEY_BITS, ext, key_weakness, readable, subject_text, unique, utc_text
 from .errors import EngineError
 
-MAX_DEPTH = 8           # certificates in a path, leaf and anchor included
+MAX_DEPTH = MAX_PATH_CERTS
 MAX_CANDIDATES = 64     # anchors + intermediates considered
 MAX_STEPS = 2048        # issuer links evaluated in one search: bounds backtracking
-MIN_RSA_BITS = 2048
+MIN_RSA_BITS = MIN_KEY_BITS
 
 UNTRUSTED = "path-untrusted"
 EXPIRED = "path-expired"
@@ -47,35 +49,6 @@ _PRIORITY = (SIGNATURE_INVALID, REVOKED, NOT_CA, WEAK_ALGORITHM, EXPIRED, CRL_MI
 class PathError(EngineError):
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
-
-
-def subject_text(cert: x509.Certificate) -> str:
-    try:
-        return cert.subject.rfc4514_string() or "<empty subject>"
-    except (ValueError, TypeError):  # see readable()
-        return "<malformed subject>"
-
-
-def _utc(t: datetime) -> str:
-    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _ext(obj, cls):
-    """The extension's value, or None when absent."""
-    try:
-        return obj.extensions.get_extension_for_class(cls).value
-    except x509.ExtensionNotFound:
-        return None
-
-
-def readable(cert: x509.Certificate) -> bool:
-    """Whether the names and extensions read. cryptography reads them lazily and raises on
-    malformed or duplicate ones; such a certificate can never be on a valid path."""
-    try:
-        cert.subject, cert.issuer, cert.extensions
-    except (ValueError, TypeError, x509.DuplicateExtension):
-        return False
-    return True
 
 
 def _spki(cert: x509.Certificate) -> bytes | None:
@@ -167,34 +140,13 @@ def _weak_signature(obj, allow_sha1: bool) -> str | None:
     return None
 
 
-def _weak_key(cert: x509.Certificate, min_rsa_bits: int = MIN_RSA_BITS) -> str | None:
-    try:
-        key = cert.public_key()
-    except (UnsupportedAlgorithm, ValueError):
-        return None  # the signatures it should verify fail instead
-    if isinstance(key, rsa.RSAPublicKey) and key.key_size < min_rsa_bits:
-        return f"RSA-{key.key_size} key"
-    return None
-
-
 def _validity_error(cert: x509.Certificate, at: datetime, role: str) -> PathError | None:
     nb, na = cert.not_valid_before_utc, cert.not_valid_after_utc
     if nb <= at <= na:
         return None
     state = "not yet valid" if at < nb else "expired"
-    return PathError(EXPIRED, f"{role} certificate {subject_text(cert)} is {state} at {_utc(at)} "
-                              f"(notBefore {_utc(nb)}, notAfter {_utc(na)})")
-
-
-def unique(certs: Iterable[x509.Certificate]) -> list[x509.Certificate]:
-    """Drops repeats of the same certificate (equal DER), keeping the first one's place."""
-    seen: set[x509.Certificate] = set()
-    out = []
-    for c in certs:
-        if c not in seen:
-            seen.add(c)
-            out.append(c)
-    return out
+    return PathError(EXPIRED, f"{role} certificate {subject_text(cert)} is {state} at {utc_text(at)} "
+                              f"(notBefore {utc_text(nb)}, notAfter {utc_text(na)})")
 
 
 class _Search:
@@ -241,14 +193,14 @@ class _Search:
     # --- issuers and links -----------------------------------------------------------
 
     def issuers(self, cert: x509.Certificate, path: list) -> list[x509.Certificate]:
-        aki = _ext(cert, x509.AuthorityKeyIdentifier)
+        aki = ext(cert, x509.AuthorityKeyIdentifier)
         aki_id = aki.key_identifier if aki is not None else None
         out = []
         for cand in (*self.anchors, *self.intermediates):
             if cand in path or cand.subject != cert.issuer:
                 continue
             if aki_id is not None:
-                ski = _ext(cand, x509.SubjectKeyIdentifier)
+                ski = ext(cand, x509.SubjectKeyIdentifier)
                 if ski is not None and ski.digest != aki_id:
                     continue
             out.append(cand)
@@ -258,7 +210,7 @@ class _Search:
         """CRLs by this issuer that are signed by its key and current at `at`."""
         if issuer in self._crl_cache:
             return self._crl_cache[issuer]
-        ku = _ext(issuer, x509.KeyUsage)
+        ku = ext(issuer, x509.KeyUsage)
         out = []
         if ku is None or ku.crl_sign:
             try:
@@ -294,7 +246,7 @@ class _Search:
         if weak in (None, "SHA-1") and not self.signed_by(cert, issuer):
             fails.append(PathError(SIGNATURE_INVALID, f"signature of {subject_text(cert)} does not verify "
                                                       f"with the key of {subject_text(issuer)}"))
-        weak = _weak_key(issuer, self.anchor_min_rsa_bits if is_anchor else MIN_RSA_BITS)
+        weak = key_weakness(issuer, self.anchor_min_rsa_bits if is_anchor else MIN_RSA_BITS)
         if weak:
             fails.append(PathError(WEAK_ALGORITHM, f"issuer {subject_text(issuer)} has a {weak}"))
         fails += self.ca_failures(path, issuer)
@@ -306,11 +258,11 @@ class _Search:
 
     @staticmethod
     def ca_failures(path: list, issuer: x509.Certificate) -> list[PathError]:
-        bc = _ext(issuer, x509.BasicConstraints)
+        bc = ext(issuer, x509.BasicConstraints)
         if bc is None or not bc.ca:
             return [PathError(NOT_CA, f"issuer {subject_text(issuer)} is not a CA (basicConstraints cA is not TRUE)")]
         fails = []
-        ku = _ext(issuer, x509.KeyUsage)
+        ku = ext(issuer, x509.KeyUsage)
         if ku is not None and not ku.key_cert_sign:
             fails.append(PathError(NOT_CA, f"issuer {subject_text(issuer)} keyUsage lacks keyCertSign"))
         # pathLenConstraint counts the non-self-issued intermediates below the issuer (not the leaf).
@@ -326,7 +278,7 @@ class _Search:
             entry = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
             if entry is not None:
                 return [PathError(REVOKED, f"{subject_text(cert)} (serial {cert.serial_number:#x}) is revoked "
-                                           f"by {subject_text(issuer)} since {_utc(entry.revocation_date_utc)}")]
+                                           f"by {subject_text(issuer)} since {utc_text(entry.revocation_date_utc)}")]
         if self.require_revocation and not crls:
             return [PathError(CRL_MISSING, f"no current CRL from {subject_text(issuer)} with a valid signature "
                                            f"to check {subject_text(cert)}")]
@@ -457,7 +409,7 @@ def _search_path(leaf, anchors, intermediates, at, allow_sha1, partial_chain, cr
     expired = _validity_error(leaf, at, "leaf")
     if expired:
         fails.append(expired)
-    weak = _weak_key(leaf)
+    weak = key_weakness(leaf)
     if weak:
         fails.append(PathError(WEAK_ALGORITHM, f"leaf {subject_text(leaf)} has a {weak}"))
     search.extend([leaf], fails)
@@ -469,7 +421,7 @@ def _search_path(leaf, anchors, intermediates, at, allow_sha1, partial_chain, cr
 def check_key_usage_digital_signature(cert: x509.Certificate) -> None:
     """RFC 8572 owner certificate rule: keyUsage, when present, must include digitalSignature."""
     try:
-        ku = _ext(cert, x509.KeyUsage)
+        ku = ext(cert, x509.KeyUsage)
     except ValueError as e:
         raise PathError("oc-key-usage", f"{subject_text(cert)} has malformed extensions: {e}") from None
     if ku is not None and not ku.digital_signature:

@@ -1,12 +1,13 @@
 """Certificate path validation against a trust point, then the trust pool, with CRL checks.
+certcheck says how this differs, on purpose, from pinnedpath.
 
 The path itself is built and checked by cryptography.x509.verification (a client verifier):
 signatures, validity at `at`, basicConstraints cA and pathLenConstraint on CAs, name
-constraints, X.509 v3 only, RSA signing keys of 2048 bits or more, no SHA-1 or MD5
+constraints, X.509 v3 only, RSA signing keys of certcheck.MIN_KEY_BITS or more, no SHA-1 or MD5
 signatures, and refusal of unknown critical extensions. The end-entity extension policy
 permits everything, so a router certificate without subjectAltName or extendedKeyUsage still
 validates; the CA policy requires basicConstraints with cA set. The leaf's own key signs
-nothing in the path, so it is checked here (RSA and DSA of 2048 bits or more). Not checked:
+nothing in the path, so it is checked here (certcheck.key_weakness). Not checked:
 certificate policies and the end entity's key usage (the caller checks what its protocol
 needs).
 
@@ -26,12 +27,10 @@ from datetime import datetime, timezone
 from typing import Iterator
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives.asymmetric import dsa, rsa
 from cryptography.x509.verification import (
     Criticality, ExtensionPolicy, PolicyBuilder, Store, VerificationError)
 
-from . import x509path
+from .certcheck import MAX_PATH_CERTS, key_weakness, readable, subject_text, utc_text
 from .crl import CrlCache, CrlError
 from .errors import EngineError
 from .expiry import serial_text
@@ -42,16 +41,15 @@ REVOKED = "cert-revoked"
 CRL_UNAVAILABLE = "crl-unavailable"
 CA_EXPIRED = "ca-expired"
 
-MAX_DEPTH = 8               # intermediate CAs in a path
+MAX_DEPTH = MAX_PATH_CERTS - 2  # intermediate CAs in a path
 MAX_INTERMEDIATES = 64
 MAX_ANCHORS = 4096          # a trust pool of MAX_BUNDLE_CERTS plus the built-in ones fits
 MAX_DP_URIS = 8             # distribution point URIs tried per certificate
 MAX_DIAGNOSE_STEPS = 512    # signature checks spent explaining a failure
 MAX_REASON = 300
-MIN_KEY_BITS = 2048
 
 
-class PkiPathError(EngineError):
+class TrustpointPathError(EngineError):
     default_tag = "invalid-value"
 
 
@@ -72,11 +70,7 @@ _CA_POLICY = ExtensionPolicy.permit_all().require_present(
 
 
 def _who(cert: x509.Certificate) -> str:
-    return f"{x509path.subject_text(cert)} (serial {serial_text(cert.serial_number)})"
-
-
-def _utc(t: datetime) -> str:
-    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"{subject_text(cert)} (serial {serial_text(cert.serial_number)})"
 
 
 def _valid_at(cert: x509.Certificate, at: datetime) -> bool:
@@ -89,7 +83,7 @@ def is_expired_anchor(cert: x509.Certificate, at: datetime) -> bool:
     return not _valid_at(cert, at)
 
 
-def _validity_error(path: list[x509.Certificate], at: datetime) -> PkiPathError | None:
+def _validity_error(path: list[x509.Certificate], at: datetime) -> TrustpointPathError | None:
     """The first certificate of `path` outside its validity at `at`, in RFC 5280 processing
     order (anchor first, then down to the leaf)."""
     for i in range(len(path) - 1, -1, -1):
@@ -97,11 +91,11 @@ def _validity_error(path: list[x509.Certificate], at: datetime) -> PkiPathError 
         if _valid_at(cert, at):
             continue
         state = "not yet valid" if at < cert.not_valid_before_utc else "expired"
-        span = f"notBefore {_utc(cert.not_valid_before_utc)}, notAfter {_utc(cert.not_valid_after_utc)}"
+        span = f"notBefore {utc_text(cert.not_valid_before_utc)}, notAfter {utc_text(cert.not_valid_after_utc)}"
         if i == len(path) - 1 and len(path) > 1:
-            return PkiPathError(CA_EXPIRED, f"CA certificate {_who(cert)} is {state} at {_utc(at)} ({span})")
+            return TrustpointPathError(CA_EXPIRED, f"CA certificate {_who(cert)} is {state} at {utc_text(at)} ({span})")
         role = "certificate" if i == 0 else "intermediate CA certificate"
-        return PkiPathError(EXPIRED, f"{role} {_who(cert)} is {state} at {_utc(at)} ({span})")
+        return TrustpointPathError(EXPIRED, f"{role} {_who(cert)} is {state} at {utc_text(at)} ({span})")
     return None
 
 
@@ -140,7 +134,7 @@ def _linked_paths(leaf, intermediates, anchors) -> Iterator[list[x509.Certificat
     yield from walk([leaf])
 
 
-def _diagnose(leaf, intermediates, anchors, at, reason: str, where: str) -> PkiPathError:
+def _diagnose(leaf, intermediates, anchors, at, reason: str, where: str) -> TrustpointPathError:
     """Turns a verifier failure into the most useful error: the expired certificate of an
     otherwise linked path, else cert-untrusted with the verifier's reason."""
     first_time_error = None
@@ -158,13 +152,13 @@ def _diagnose(leaf, intermediates, anchors, at, reason: str, where: str) -> PkiP
     if len(reason) > MAX_REASON:
         reason = reason[:MAX_REASON - 3] + "..."
     if policy_failure:
-        return PkiPathError(UNTRUSTED, f"certificate {_who(leaf)} chains to a CA of the {where} but "
+        return TrustpointPathError(UNTRUSTED, f"certificate {_who(leaf)} chains to a CA of the {where} but "
                                        f"the path is not acceptable: {reason}")
     message = f"certificate {_who(leaf)} does not chain to a CA of the {where}"
     if "with no interior errors" not in reason:
         # A candidate issuer was found but refused (say, a forbidden signature algorithm).
         message += f": {reason}"
-    return PkiPathError(UNTRUSTED, message)
+    return TrustpointPathError(UNTRUSTED, message)
 
 
 def _build(leaf, intermediates, anchors, at, where: str) -> list[x509.Certificate]:
@@ -181,25 +175,12 @@ def _build(leaf, intermediates, anchors, at, where: str) -> list[x509.Certificat
         chain = next((p for p in _linked_paths(leaf, intermediates, anchors)
                       if _validity_error(p, at) is None), None)
         if chain is None:
-            raise PkiPathError(UNTRUSTED, f"certificate {_who(leaf)}: path found but not recoverable") from None
+            raise TrustpointPathError(UNTRUSTED, f"certificate {_who(leaf)}: path found but not recoverable") from None
     # The anchor's own dates are checked here whatever the verifier did with them.
     err = _validity_error(chain, at)
     if err is not None:
         raise err
     return chain
-
-
-def _weak_key(cert: x509.Certificate) -> str | None:
-    """Why the certificate's own key is refused, or None. The verifier checks the keys that
-    sign the path; the leaf's key signs nothing in it, so it is checked here."""
-    try:
-        key = cert.public_key()
-    except (UnsupportedAlgorithm, ValueError) as e:
-        return f"unsupported public key: {e}"
-    if isinstance(key, (rsa.RSAPublicKey, dsa.DSAPublicKey)) and key.key_size < MIN_KEY_BITS:
-        kind = "RSA" if isinstance(key, rsa.RSAPublicKey) else "DSA"
-        return f"{kind}-{key.key_size} key, below the {MIN_KEY_BITS}-bit minimum"
-    return None
 
 
 def _dp_uris(cert: x509.Certificate) -> list[str] | None:
@@ -209,7 +190,7 @@ def _dp_uris(cert: x509.Certificate) -> list[str] | None:
     except x509.ExtensionNotFound:
         return None
     except ValueError as e:
-        raise PkiPathError(UNTRUSTED, f"certificate {_who(cert)} has malformed extensions: {e}") from None
+        raise TrustpointPathError(UNTRUSTED, f"certificate {_who(cert)} has malformed extensions: {e}") from None
     uris = []
     for dp in cdp:
         for name in dp.full_name or ():
@@ -225,7 +206,7 @@ def _check_revocation(chain, at, crls: CrlCache | None, where: str) -> None:
         if uris is None:
             continue
         if crls is None:
-            raise PkiPathError(CRL_UNAVAILABLE, f"revocation check of {_who(cert)} is required by the "
+            raise TrustpointPathError(CRL_UNAVAILABLE, f"revocation check of {_who(cert)} is required by the "
                                                 f"{where} policy but no CRL cache is set up",
                                tag="operation-failed")
         failures = []
@@ -237,8 +218,8 @@ def _check_revocation(chain, at, crls: CrlCache | None, where: str) -> None:
                 continue
             entry = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
             if entry is not None:
-                raise PkiPathError(REVOKED, f"certificate {_who(cert)} was revoked on "
-                                            f"{_utc(entry.revocation_date_utc)} (CRL {url})")
+                raise TrustpointPathError(REVOKED, f"certificate {_who(cert)} was revoked on "
+                                            f"{utc_text(entry.revocation_date_utc)} (CRL {url})")
             # Distribution points of one certificate are mirrors of its issuer's complete
             # CRL: the first one obtained decides, and dead mirrors after it cost nothing.
             break
@@ -246,14 +227,14 @@ def _check_revocation(chain, at, crls: CrlCache | None, where: str) -> None:
             detail = "; ".join(failures) if failures else "no usable distribution point URI"
             if len(detail) > 4 * MAX_REASON:
                 detail = detail[:4 * MAX_REASON - 3] + "..."
-            raise PkiPathError(CRL_UNAVAILABLE, f"no CRL available for {_who(cert)} and the {where} "
+            raise TrustpointPathError(CRL_UNAVAILABLE, f"no CRL available for {_who(cert)} and the {where} "
                                                 f"policy requires one: {detail}", tag="operation-failed")
 
 
 def _bounded(name: str, certs, limit: int) -> list[x509.Certificate]:
     certs = list(certs)
     if len(certs) > limit:
-        raise PkiPathError(UNTRUSTED, f"{len(certs)} {name} given, over the limit of {limit}")
+        raise TrustpointPathError(UNTRUSTED, f"{len(certs)} {name} given, over the limit of {limit}")
     return certs
 
 
@@ -265,29 +246,29 @@ def verify(leaf: x509.Certificate, *, intermediates: list[x509.Certificate],
 
     Tries the trust point's CAs as trust anchors first, with the trust point's CRL policy;
     only if that gives no path (cert-untrusted), tries the trust pool with the pool's CRL
-    policy. Raises PkiPathError: cert-untrusted, cert-expired, ca-expired, cert-revoked or
+    policy. Raises TrustpointPathError: cert-untrusted, cert-expired, ca-expired, cert-revoked or
     crl-unavailable.
     """
     if at.tzinfo is None:
         raise ValueError("verify() needs a timezone-aware time")
     at = at.astimezone(timezone.utc)
     intermediates = [c for c in _bounded("intermediate certificates", intermediates, MAX_INTERMEDIATES)
-                     if x509path.readable(c)]
-    if not x509path.readable(leaf):
-        raise PkiPathError(UNTRUSTED, f"certificate {_who(leaf)} has a malformed name or malformed extensions")
-    weak = _weak_key(leaf)
+                     if readable(c)]
+    if not readable(leaf):
+        raise TrustpointPathError(UNTRUSTED, f"certificate {_who(leaf)} has a malformed name or malformed extensions")
+    weak = key_weakness(leaf)
     if weak is not None:
-        raise PkiPathError(UNTRUSTED, f"certificate {_who(leaf)} is refused: {weak}")
+        raise TrustpointPathError(UNTRUSTED, f"certificate {_who(leaf)} is refused: {weak}")
     attempts = (("trust point", "trustpoint", trustpoint_cas, trustpoint_crl_optional),
                 ("trust pool", "trustpool", trustpool, trustpool_crl_optional))
     untrusted: list[str] = []
     for where, source, anchors, crl_optional in attempts:
-        anchors = [a for a in _bounded(f"{where} CA certificates", anchors, MAX_ANCHORS) if x509path.readable(a)]
+        anchors = [a for a in _bounded(f"{where} CA certificates", anchors, MAX_ANCHORS) if readable(a)]
         if not anchors:
             continue
         try:
             chain = _build(leaf, intermediates, anchors, at, where)
-        except PkiPathError as e:
+        except TrustpointPathError as e:
             if e.code != UNTRUSTED:
                 raise
             untrusted.append(e.message)
@@ -296,6 +277,6 @@ def verify(leaf: x509.Certificate, *, intermediates: list[x509.Certificate],
             _check_revocation(chain, at, crls, where)
         return Verified(chain=chain, source=source)
     if not untrusted:
-        raise PkiPathError(UNTRUSTED, f"certificate {_who(leaf)} cannot be verified: "
+        raise TrustpointPathError(UNTRUSTED, f"certificate {_who(leaf)} cannot be verified: "
                                       "the trust point and the trust pool hold no usable CA certificate")
-    raise PkiPathError(UNTRUSTED, "; ".join(untrusted))
+    raise TrustpointPathError(UNTRUSTED, "; ".join(untrusted))

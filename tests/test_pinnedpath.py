@@ -1,4 +1,4 @@
-"""Path validation (backends.engine.x509path) against certificates made by the openssl CLI.
+"""Path validation (backends.engine.pinnedpath) against certificates made by the openssl CLI.
 
 Every certificate has fixed validity dates (`openssl ca -startdate/-enddate`), and every
 test pins `at`, so nothing depends on today's date. A few verdicts are cross-checked
@@ -14,8 +14,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from backends.engine import x509path
-from backends.engine.x509path import PathError, check_key_usage_digital_signature, validate
+from backends.engine import pinnedpath
+from backends.engine.pinnedpath import PathError, check_key_usage_digital_signature, validate
 from openssl_ca import Issued, OpensslCa, lazily_broken
 
 AT = datetime(2025, 6, 1, tzinfo=timezone.utc)
@@ -339,9 +339,9 @@ def test_algorithm_chains(pki, alg, sigopts):
     assert code_of(tampered, [root.cert], [inter.cert]) == "path-signature-invalid"
     # The hand-written verifier (used where verify_directly_issued_by cannot) agrees.
     key = inter.cert.public_key()
-    assert x509path._signed_by(leaf.cert, key, leaf.cert.tbs_certificate_bytes)
-    assert not x509path._signed_by(tampered, key, tampered.tbs_certificate_bytes)
-    assert not x509path._signed_by(leaf.cert, root.cert.public_key(), leaf.cert.tbs_certificate_bytes)
+    assert pinnedpath._signed_by(leaf.cert, key, leaf.cert.tbs_certificate_bytes)
+    assert not pinnedpath._signed_by(tampered, key, tampered.tbs_certificate_bytes)
+    assert not pinnedpath._signed_by(leaf.cert, root.cert.public_key(), leaf.cert.tbs_certificate_bytes)
 
 
 def test_mixed_algorithms(pki):
