@@ -9,6 +9,7 @@ import logging
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import libyang
 from lxml import etree
@@ -80,20 +81,28 @@ def _with_defaults(params) -> str:
     return mode
 
 
-def _filter(session, params) -> list[str] | None:
+class Selection(NamedTuple):
+    """What a filter selects: location paths, and whether selecting them costs about one
+    walk of the tree each (the paths a subtree filter makes) or may cost more (XPath)."""
+
+    xpaths: list[str]
+    linear: bool
+
+
+def _filter(session, params) -> Selection | None:
     el = params.get("filter")
     if el is None:
         return None
     kind = el.get("type", "subtree")
     try:
         if kind == "subtree":
-            return filters.subtree_to_xpaths(el, session.server.ctx)
+            return Selection(filters.subtree_to_xpaths(el, session.server.ctx), True)
         if kind == "xpath":
             select = el.get("select")
             if select is None:
                 raise RpcError("missing-attribute", "an xpath filter needs a select attribute", type="protocol",
                                info=[("bad-attribute", "select"), ("bad-element", "filter")])
-            return filters.xpaths_from_select(select, dict(el.nsmap), session.server.ctx)
+            return Selection(filters.xpaths_from_select(select, dict(el.nsmap), session.server.ctx), False)
     except filters.FilterError as exc:
         raise RpcError(exc.tag, str(exc), type="protocol", app_tag=exc.app_tag,
                        info=[("bad-element", "filter")]) from None
@@ -101,15 +110,23 @@ def _filter(session, params) -> list[str] | None:
                    info=[("bad-attribute", "type"), ("bad-element", "filter")])
 
 
-async def _data_reply(session, tree, xpaths, mode: str, *, owned: bool) -> str:
+async def _data_reply(session, tree, selection: Selection | None, mode: str, *, owned: bool) -> str:
     acm = session.server.acm
     if acm.checked(session) is not None and tree is not None:
         if not owned:
             tree, owned = datastore.duplicate(tree), True
         tree = acm.filter_read(session, tree)
-    if xpaths is None:
+    ctx = session.server.ctx
+    if selection is None:
         try:
             body = datastore.to_xml(tree, defaults=mode)
+        finally:
+            if owned:
+                datastore.free(tree)
+    elif selection.linear and len(selection.xpaths) <= INLINE_SELECTIONS:
+        # as cheap as printing the tree, which an unfiltered reply does here too
+        try:
+            body = _selected_xml(tree, selection.xpaths, mode, ctx)
         finally:
             if owned:
                 datastore.free(tree)
@@ -117,18 +134,21 @@ async def _data_reply(session, tree, xpaths, mode: str, *, owned: bool) -> str:
         if not owned:  # the worker needs its own copy: a commit frees the tree it replaces
             tree = datastore.duplicate(tree)
         body = await asyncio.get_running_loop().run_in_executor(
-            _FILTER_WORKER, _selected_xml, tree, xpaths, mode, session.server.ctx)
+            _FILTER_WORKER, _selected_xml_freeing, tree, selection.xpaths, mode, ctx)
     return f'<data xmlns="{NC_NS}">{body}</data>'
 
 
-# Filtered replies are selected and printed off the event loop, one at a time (at
-# most one core). libyang allows this: each tree is used by one thread only, the
-# context is not changed after start, and its errors are kept per thread.
+# XPath filters (whose cost an expression can multiply) and subtree filters of more than
+# INLINE_SELECTIONS paths are selected and printed off the event loop, one at a time (at
+# most one core). libyang allows this: each tree is used by one thread only, the context
+# is not changed after start, and its errors are kept per thread. A few paths of a subtree
+# filter are selected on the loop: the thread hop would cost more than the selection.
+INLINE_SELECTIONS = 8
 _FILTER_WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="filter")
 
 
 def _selected_xml(tree, xpaths: list[str], mode: str, ctx) -> str:
-    """(On the filter worker.) The XML of what xpaths select in tree; tree is freed."""
+    """The XML of what xpaths select in tree; tree is left as it is."""
     try:
         selected = filters.select(tree, xpaths, ctx)
         try:
@@ -138,6 +158,13 @@ def _selected_xml(tree, xpaths: list[str], mode: str, ctx) -> str:
     except filters.FilterError as exc:
         raise RpcError(exc.tag, str(exc), type="protocol", app_tag=exc.app_tag,
                        info=[("bad-element", "filter")]) from None
+
+
+def _selected_xml_freeing(tree, xpaths: list[str], mode: str, ctx) -> str:
+    """(On the filter worker.) _selected_xml, and tree is freed: here, so that a request
+    cancelled meanwhile cannot free it while it is read."""
+    try:
+        return _selected_xml(tree, xpaths, mode, ctx)
     finally:
         datastore.free(tree)
 
@@ -146,8 +173,8 @@ async def get_config(session, op):
     params = _params(op, {"source": True, "filter": False, "with-defaults": False})
     name = _store_choice(params["source"], ("running", "candidate", "startup"))
     mode = _with_defaults(params)
-    xpaths = _filter(session, params)
-    return await _data_reply(session, session.server.config.datastore(name).tree, xpaths, mode, owned=False)
+    selection = _filter(session, params)
+    return await _data_reply(session, session.server.config.datastore(name).tree, selection, mode, owned=False)
 
 
 _PRED = re.compile(r"\[[^\]]*\]")
@@ -213,8 +240,9 @@ def rpc_output(server, op, spath: str, data: dict) -> str:
 async def get(session, op):
     params = _params(op, {"filter": False, "with-defaults": False})
     mode = _with_defaults(params)
-    xpaths = _filter(session, params)
-    return await _data_reply(session, _with_state(session.server, xpaths), xpaths, mode, owned=True)
+    selection = _filter(session, params)
+    xpaths = selection.xpaths if selection is not None else None
+    return await _data_reply(session, _with_state(session.server, xpaths), selection, mode, owned=True)
 
 
 def _redacted(handler):

@@ -643,8 +643,14 @@ def test_subtree_filter_element_cap(data, ctx):
     assert len(subtree_to_xpaths(flt(top(names)), ctx)) == filters.MAX_FILTER_ELEMENTS // 2 - 1
 
 
-def test_filtered_replies_are_selected_off_the_event_loop(data, ctx, monkeypatch):
-    """The worker gets its own copy of the tree: a commit may free the original meanwhile."""
+@pytest.mark.parametrize("kind, filter_, where", [
+    ("subtree", top("<name/>"), "loop"),
+    ("subtree", top("".join(f"<item><name>n{i}</name></item>" for i in range(9))), "worker"),
+    ("xpath", "/t:top/t:name", "worker"),
+])
+def test_filtered_replies_are_selected_off_the_event_loop_unless_cheap(data, ctx, monkeypatch, kind, filter_, where):
+    """XPath filters and large subtree filters run on the worker, on their own copy of the
+    tree (a commit may free the original meanwhile); a few subtree paths run on the loop."""
     from types import SimpleNamespace
 
     from nc_server import netconf
@@ -657,8 +663,13 @@ def test_filtered_replies_are_selected_off_the_event_loop(data, ctx, monkeypatch
 
     monkeypatch.setattr(filters, "select", select_)
     session = SimpleNamespace(server=SimpleNamespace(ctx=ctx, acm=SimpleNamespace(checked=lambda s: None)))
-    xpaths = subtree_to_xpaths(flt(top("<name/>")), ctx)
-    reply = asyncio.run(netconf._data_reply(session, data, xpaths, "explicit", owned=False))
-    assert threads == [("filter_0", False)]
-    assert canon(reply[reply.index(">") + 1:-len("</data>")]) == canon(top("<name>the-top</name>"))
+    el = (flt(filter_) if kind == "subtree"
+          else etree.fromstring(f'<filter xmlns="{NC}" xmlns:t="{FT}" type="xpath" select="{filter_}"/>'))
+    selection = netconf._filter(session, {"filter": el})
+    assert selection.linear is (kind == "subtree")
+    reply = asyncio.run(netconf._data_reply(session, data, selection, "explicit", owned=False))
+    loop_thread = threading.current_thread().name
+    assert threads == ([(loop_thread, True)] if where == "loop" else [("filter_0", False)])
+    if where == "loop" or kind == "xpath":
+        assert canon(reply[reply.index(">") + 1:-len("</data>")]) == canon(top("<name>the-top</name>"))
     assert data.find_path("/filter-test:top/name") is not None  # the original is untouched
