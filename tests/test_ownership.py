@@ -508,6 +508,32 @@ def test_serials_of_another_vendor_through_the_whole_flow(tmp_path):
         lab.server.stop()
 
 
+def test_a_single_voucher_as_der_pem_or_base64_text_over_netconf(tmp_path):
+    """One voucher file, as the lab writes it (DER) and as openssl re-encodes it (PEM, base64)."""
+    lab = Lab(tmp_path, nodes=("0/RP0/CPU0=FOC2231A0AA",))
+    vcj = lab.vouchers("one", ["FOC2231A0AA"])[0]
+    subprocess.run(["openssl", "cms", "-cmsout", "-inform", "DER", "-in", str(vcj), "-outform", "PEM",
+                    "-out", str(lab.disk / "ov.pem")], check=True)
+    subprocess.run(["openssl", "base64", "-in", str(vcj), "-out", str(lab.disk / "ov.b64")], check=True)
+    shutil.copy(vcj, lab.disk / "ov.vcj")
+    assert (lab.disk / "ov.pem").read_bytes().startswith(b"-----BEGIN CMS-----")
+    lab.server.start()
+    try:
+        with lab.server.connect() as m:
+            for name in ("ov.pem", "ov.b64", "ov.vcj"):
+                reply = apply(m, f"disk0:/{name}", "disk0:/oc.cms")
+                assert [v.findtext(f"{{{TPO}}}result") for v in reply.iter(f"{{{TPO}}}voucher")] == ["applied"]
+                assert nodes(m)["0/RP0/CPU0"].findtext(f"{{{TPO}}}state") == "established"
+            (lab.disk / "bad.pem").write_bytes(b"-----BEGIN CMS-----\nnot base64 at all!\n-----END CMS-----\n")
+            before = lab.state_bytes()
+            with pytest.raises(RPCError) as err:
+                apply(m, "disk0:/bad.pem", "disk0:/oc.cms")
+            assert error_of(err.value) == ("operation-failed", "ov-malformed"), err.value.message
+            assert lab.state_bytes() == before
+    finally:
+        lab.server.stop()
+
+
 MIGRATED = "one-anchor-set profile rewritten with separate trust-anchor roles"
 BOTH_ROLES = "is both a MASA anchor and a manufacturer anchor"
 
