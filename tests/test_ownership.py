@@ -178,6 +178,7 @@ def refused(dev, ov: str, oc: str, want: tuple[str, str], extra: str = "") -> No
             apply(m, ov, oc, extra)
     assert error_of(err.value) == want, err.value.message
     assert dev.state_bytes() == before
+    assert f"device ownership not established from {ov}: {want[1]}: " in dev.server.log()
 
 
 def test_failures_change_nothing(dev, tmp_path):

@@ -157,18 +157,18 @@ class OwnershipBackend(Backend):
     # -- oshp-ovoc-apply
 
     async def ovoc_apply(self, session, params: dict) -> dict:
-        ov_data, ov_source = read_device_file(self.services.devfs, params["ov-path"], ownership.MAX_BUNDLE,
-                                              session=session)
-        oc_data, _ = read_device_file(self.services.devfs, params["oc-path"], MAX_OC, session=session)
-        async with self.lock:
-            loop = asyncio.get_running_loop()
-            try:
+        try:
+            ov_data, ov_source = read_device_file(self.services.devfs, params["ov-path"], ownership.MAX_BUNDLE,
+                                                  session=session)
+            oc_data, _ = read_device_file(self.services.devfs, params["oc-path"], MAX_OC, session=session)
+            async with self.lock:
+                loop = asyncio.get_running_loop()
                 state, rows, established = await loop.run_in_executor(
                     None, self._check_apply, ov_data, ov_source, oc_data, params, session)
-            except (ownership.OwnershipError, voucher.VoucherError) as exc:
-                log.warning("device ownership not established from %s: %s: %s", ov_source, exc.code, exc.message)
-                raise
-            self._commit(state)
+                self._commit(state)
+        except EngineError as exc:
+            log.warning("device ownership not established from %s: %s: %s", params["ov-path"], exc.code, exc.message)
+            raise
         log.info("%s (%s)", ESTABLISHED, ", ".join(established))
         oc_subject = _load(state["nodes"][established[0]]["oc-chain"][0]).subject.rfc4514_string()
         self._notify("/trustplane-ownership:ownership-established",
