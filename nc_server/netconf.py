@@ -207,7 +207,7 @@ def _with_state(server, xpaths) -> datastore.Tree:
         for path, provider in server.state_providers.items():
             if _wanted(path, xpaths) and provider not in called:
                 called.add(provider)
-                state = _state_tree(server.ctx, provider())
+                state = datatree.state(server.ctx, provider())
                 try:
                     tree = datastore.merge(server.ctx, tree, state)
                 finally:
@@ -217,14 +217,6 @@ def _with_state(server, xpaths) -> datastore.Tree:
         log.error("state data does not match its schema: %s", exc)
         raise RpcError("operation-failed", "internal error: state data does not match its schema") from None
     return tree
-
-
-def _state_tree(ctx, state) -> datastore.Tree:
-    """A provider's state: Python data (see datatree), or XML text from the protocol
-    side's own modules."""
-    if isinstance(state, str):
-        return ctx.parse_data_mem(state, "xml", strict=True, parse_only=True) if state else None
-    return datatree.state(ctx, state)
 
 
 def rpc_output(server, op, spath: str, data: dict) -> str:

@@ -53,7 +53,7 @@ class NetconfAccessControl(AccessControl):
                                     type=err.type, app_tag=err.app_tag, info=err.info))
         return out
 
-    def state_xml(self) -> str:
-        return (f'<nacm xmlns="{NS}"><denied-operations>{self.denied_operations}</denied-operations>'
-                f"<denied-data-writes>{self.denied_data_writes}</denied-data-writes>"
-                f"<denied-notifications>{self.denied_notifications}</denied-notifications></nacm>")
+    def state(self) -> dict:
+        return {"ietf-netconf-acm:nacm": {"denied-operations": self.denied_operations,
+                                          "denied-data-writes": self.denied_data_writes,
+                                          "denied-notifications": self.denied_notifications}}

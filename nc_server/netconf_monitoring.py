@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from xml.sax.saxutils import escape
 
 from _libyang import ffi, lib
 
 from .errors import RpcError
 
-NS = "urn:ietf:params:xml:ns:yang:ietf-netconf-monitoring"
 STATE = "/ietf-netconf-monitoring:netconf-state"
 GET_SCHEMA = "/ietf-netconf-monitoring:get-schema"
 
@@ -84,41 +82,37 @@ class Schemas:
         finally:
             lib.free(out[0])
 
-    def xml(self) -> str:
-        return "".join(
-            f"<schema><identifier>{escape(name)}</identifier><version>{rev}</version><format>yang</format>"
-            f"<namespace>{escape(ns)}</namespace><location>NETCONF</location></schema>"
-            for (name, rev), (ns, _path) in sorted(self.rows.items()))
+    def data(self) -> list[dict]:
+        return [{"identifier": name, "version": rev, "format": "yang", "namespace": ns, "location": ["NETCONF"]}
+                for (name, rev), (ns, _path) in sorted(self.rows.items())]
 
 
-def _session(s) -> str:
+def _session(s) -> dict:
     c = s.connection.counters
-    return (f"<session><session-id>{s.id}</session-id><transport>ncm:netconf-ssh</transport>"
-            f"<username>{escape(s.username)}</username><source-host>{escape(s.source)}</source-host>"
-            f"<login-time>{timestamp(s.login_time)}</login-time><in-rpcs>{c.in_rpcs}</in-rpcs>"
-            f"<in-bad-rpcs>{c.in_bad_rpcs}</in-bad-rpcs><out-rpc-errors>{c.out_rpc_errors}</out-rpc-errors>"
-            f"<out-notifications>{c.out_notifications}</out-notifications></session>")
+    return {"session-id": s.id, "transport": "ietf-netconf-monitoring:netconf-ssh", "username": s.username,
+            "source-host": s.source, "login-time": timestamp(s.login_time), "in-rpcs": c.in_rpcs,
+            "in-bad-rpcs": c.in_bad_rpcs, "out-rpc-errors": c.out_rpc_errors,
+            "out-notifications": c.out_notifications}
 
 
-def state(server) -> str:
-    caps = "".join(f"<capability>{escape(c)}</capability>" for c in server.capabilities)
+def state(server) -> dict:
     stores = []
     for name in ("running", "candidate", "startup"):
-        lock = ""
+        store: dict = {"name": name}
         if name in server.locks:
-            lock = (f"<locks><global-lock><locked-by-session>{server.locks[name]}</locked-by-session>"
-                    f"<locked-time>{timestamp(server.lock_times[name])}</locked-time></global-lock></locks>")
-        stores.append(f"<datastore><name>{name}</name>{lock}</datastore>")
-    sessions = "".join(_session(s) for s in server.sessions.values())
+            store["locks"] = {"global-lock": {"locked-by-session": server.locks[name],
+                                              "locked-time": timestamp(server.lock_times[name])}}
+        stores.append(store)
     st = server.stats
-    stats = (f"<statistics><netconf-start-time>{timestamp(st.start)}</netconf-start-time>"
-             f"<in-bad-hellos>{st.in_bad_hellos}</in-bad-hellos><in-sessions>{st.in_sessions}</in-sessions>"
-             f"<dropped-sessions>{st.dropped_sessions}</dropped-sessions><in-rpcs>{st.in_rpcs}</in-rpcs>"
-             f"<in-bad-rpcs>{st.in_bad_rpcs}</in-bad-rpcs><out-rpc-errors>{st.out_rpc_errors}</out-rpc-errors>"
-             f"<out-notifications>{st.out_notifications}</out-notifications></statistics>")
-    return (f'<netconf-state xmlns="{NS}" xmlns:ncm="{NS}"><capabilities>{caps}</capabilities>'
-            f"<datastores>{''.join(stores)}</datastores><schemas>{server.schemas.xml()}</schemas>"
-            f"<sessions>{sessions}</sessions>{stats}</netconf-state>")
+    return {"ietf-netconf-monitoring:netconf-state": {
+        "capabilities": {"capability": list(server.capabilities)},
+        "datastores": {"datastore": stores},
+        "schemas": {"schema": server.schemas.data()},
+        "sessions": {"session": [_session(s) for s in server.sessions.values()]},
+        "statistics": {"netconf-start-time": timestamp(st.start), "in-bad-hellos": st.in_bad_hellos,
+                       "in-sessions": st.in_sessions, "dropped-sessions": st.dropped_sessions,
+                       "in-rpcs": st.in_rpcs, "in-bad-rpcs": st.in_bad_rpcs, "out-rpc-errors": st.out_rpc_errors,
+                       "out-notifications": st.out_notifications}}}
 
 
 def get_schema(server, params: dict) -> dict:

@@ -411,13 +411,11 @@ class Notifications:
             sub.task.cancel()
 
     # -- state -------------------------------------------------------------------
-    def streams_xml(self) -> str:
-        aged = f"<replayLogAgedTime>{event_time(self.log.aged)}</replayLogAgedTime>" if self.log.aged else ""
-        return (f'<netconf xmlns="{MANAGE_NS}"><streams><stream><name>{STREAM}</name>'
-                "<description>NETCONF base notifications and the device's events</description>"
-                "<replaySupport>true</replaySupport>"
-                f"<replayLogCreationTime>{event_time(self.log.created)}</replayLogCreationTime>{aged}"
-                "</stream></streams></netconf>")
+    def streams(self) -> dict:
+        return {"nc-notifications:netconf": {"streams": {"stream": [{
+            "name": STREAM, "description": "NETCONF base notifications and the device's events",
+            "replaySupport": True, "replayLogCreationTime": event_time(self.log.created),
+            "replayLogAgedTime": event_time(self.log.aged) if self.log.aged else None}]}}}
 
 
 def envelope(t: float, body: str) -> bytes:

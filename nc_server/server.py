@@ -100,8 +100,8 @@ class Server:
             netconf_monitoring.STATE: lambda: netconf_monitoring.state(self),
             YANG_LIBRARY: self.yang_library.state,
             MODULES_STATE: self.yang_library.state,
-            notifications.STREAMS_PATH: self.notifications.streams_xml,
-            NACM: self.acm.state_xml,
+            notifications.STREAMS_PATH: self.notifications.streams,
+            NACM: self.acm.state,
         }
         for b in backends:
             self.state_providers.update(b.state)

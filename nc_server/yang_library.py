@@ -7,6 +7,7 @@ enabled features change, and not across restarts."""
 from __future__ import annotations
 
 import hashlib
+import json
 
 import libyang
 from _libyang import ffi, lib
@@ -46,7 +47,7 @@ class YangLibrary:
             for node in list(tree.find_all(f"{MODULES_STATE}/module/schema | "
                                            f"{MODULES_STATE}/module/submodule/schema")):
                 lib.lyd_free_tree(node.cdata)
-            self.xml = tree.print_mem("xml", with_siblings=True, pretty=False)
+            self.data = json.loads(tree.print_mem("json", with_siblings=True, pretty=False))
         finally:
             datastore.free(tree)
 
@@ -55,6 +56,6 @@ class YangLibrary:
                 f"urn:ietf:params:netconf:capability:yang-library:1.0?revision=2016-06-21&"
                 f"module-set-id={self.content_id}"]
 
-    def state(self) -> str:
+    def state(self) -> dict:
         """Both trees, whichever the filter selects: validation needs a whole module's data."""
-        return self.xml
+        return self.data

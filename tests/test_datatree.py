@@ -64,3 +64,21 @@ def test_output_of_the_wrong_type_is_refused(ctx):
             datatree.output(ctx, op.cdata, {"path": "p", "size": -1, "checksum": "ab"}, None)
     finally:
         op.free()
+
+
+def test_identities_are_module_qualified_as_in_rfc_7951():
+    ctx = build_context(["ietf-netconf-monitoring"], [])
+    data = {"ietf-netconf-monitoring:netconf-state": {"sessions": {"session": [{
+        "session-id": 1, "transport": "ietf-netconf-monitoring:netconf-ssh", "username": "a:b",
+        "source-host": "::1", "login-time": "2026-12-05T10:00:00Z", "in-rpcs": 0, "in-bad-rpcs": 0,
+        "out-rpc-errors": 0, "out-notifications": 0}]}}}
+    tree = datatree.state(ctx, data)
+    try:
+        session = tree.find_path("/ietf-netconf-monitoring:netconf-state/sessions/session[session-id='1']")
+        assert '"transport": "ietf-netconf-monitoring:netconf-ssh"' in tree.print_mem("json")
+        assert session.find_path("username").value() == "a:b"  # a string that looks like one is kept as it is
+    finally:
+        datastore.free(tree)
+    data["ietf-netconf-monitoring:netconf-state"]["sessions"]["session"][0]["transport"] = "no-module:netconf-ssh"
+    with pytest.raises(datatree.DataError, match="no-module:netconf-ssh"):
+        datatree.state(ctx, data)

@@ -8,7 +8,8 @@ data has the shape of an RFC 7951 JSON object:
   top always; inside, for what an augment adds), otherwise plain `name`;
 - a container is a dict, a list is a list of dicts (key leaves first), a leaf-list a
   list of values;
-- a leaf value is a str, an int or a bool; None leaves the node out.
+- a leaf value is a str, an int or a bool; None leaves the node out. An identity is
+  `module:name`, as RFC 7951 writes identityref values.
 
 The tree is built by one call to libyang's parser over an encoding of the data made
 here, with the one escaping rule (`xml_text`), rather than by a libyang call per node
@@ -53,11 +54,21 @@ def _encode(ctx, data: dict, ns: str | None, out: list[str]) -> None:
                 _encode(ctx, item, child_ns, out)
                 out.append(tail)
             elif type(item) is str:
-                out.append(head + xml_text(item) + tail)
+                out.append(_with_prefix(ctx, head, item) + xml_text(item) + tail)
             elif type(item) is bool:
                 out.append(head + ("true" if item else "false") + tail)
             else:
                 out.append(head + xml_text(str(item)) + tail)
+
+
+def _with_prefix(ctx, head: str, value: str) -> str:
+    """head, binding the module name of a `module:name` value as its XML prefix: what
+    an identityref needs, and harmless on a string leaf that reads the same."""
+    module, colon, _ = value.partition(":")
+    if not colon:
+        return head
+    ns = ctx.identity_namespace(module)
+    return head if ns is None else f'{head[:-1]} xmlns:{module}="{xml_text(ns)}">'
 
 
 def encode(ctx, data: dict) -> str:

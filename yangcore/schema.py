@@ -69,6 +69,7 @@ class YangContext(libyang.Context):
 
     _by_ns: dict[str, object] | None = None
     _ns_by_name: dict[str, str] | None = None
+    _ns_of_any: dict[str, str] | None = None
 
     def module_by_ns(self, ns: str):
         """The implemented `struct lys_module *` with this namespace, or None."""
@@ -88,6 +89,18 @@ class YangContext(libyang.Context):
             self.module_by_ns("")
             self._ns_by_name = {ffi.string(m.name).decode(): ns for ns, m in self._by_ns.items()}
         return self._ns_by_name.get(module)
+
+    def identity_namespace(self, module: str) -> str | None:
+        """The namespace of a module, implemented or only imported: identities may be
+        defined in either."""
+        if self._ns_of_any is None:
+            self._ns_of_any = {}
+            idx = ffi.new("uint32_t *")
+            mod = lib.ly_ctx_get_module_iter(self.cdata, idx)
+            while mod != ffi.NULL:
+                self._ns_of_any.setdefault(ffi.string(mod.name).decode(), ffi.string(mod.ns).decode())
+                mod = lib.ly_ctx_get_module_iter(self.cdata, idx)
+        return self._ns_of_any.get(module)
 
     def error(self, msg: str, *args) -> YangError:
         items = []
