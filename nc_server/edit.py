@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import re
 
-from lxml import etree
-from _libyang import ffi, lib
-
 import libyang
+from _libyang import ffi, lib
+from lxml import etree
 
-from yangcore import datastore
+from yangcore import datastore, libyang_abi
 from yangcore.datastore import data_path
 
-from yangcore import libyang_abi
 from .errors import NC_NS, RpcError, RpcErrors, to_rpc_errors
 
 OP_ATTR = f"{{{NC_NS}}}operation"
