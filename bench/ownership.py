@@ -10,10 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import os
-import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +27,7 @@ from trustplane import lab_artifacts as lab  # noqa: E402
 import openssl_speed  # noqa: E402  (bench/openssl_speed.py)
 from summary import summary  # noqa: E402  (bench/summary.py)
 from client import connect  # noqa: E402  (bench/client.py)
+from device import Device  # noqa: E402  (bench/device.py)
 
 ACT = "http://cisco.com/ns/yang/Cisco-IOS-XR-ownership-act"
 
@@ -102,24 +100,13 @@ async def _apply_times(port: int, password: str, rounds: int, pid: int) -> tuple
 
 
 def run(tmp: Path, count: int = 1000, rounds: int = 5) -> dict:
-    state = tmp / "own"
-    password = secrets.token_urlsafe(12)
-    env = dict(os.environ, TRUSTPLANE_ADMIN_PASSWORD=password)
-    subprocess.run([sys.executable, "-m", "trustplane.cli", "init", "--state-dir", str(state)], cwd=ROOT, env=env,
-                   check=True, capture_output=True)
+    device = Device(tmp / "own")
+    state = device.state
     t = time.perf_counter()
     vouchers, ca, now = _artifacts(state, state.with_name("own-lab"), count)
     made = time.perf_counter() - t
-    proc = subprocess.Popen([sys.executable, "-m", "trustplane.cli", "serve", "--state-dir", str(state), "--port", "0",
-                             "--log-level", "WARNING"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL)
-    try:
-        line = proc.stdout.readline().decode()
-        port = int(line.rsplit(":", 1)[1])
-        times, rss_before, rss_peaks = asyncio.run(_apply_times(port, password, rounds, proc.pid))
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+    with device.serving() as (port, pid):
+        times, rss_before, rss_peaks = asyncio.run(_apply_times(port, device.password, rounds, pid))
     ours, theirs = [], []
     for _ in range(5):  # interleaved, so both see the same machine
         ours.append(_verify_rate(vouchers, ca, now))

@@ -7,18 +7,12 @@ Run alone: .venv/bin/python bench/pki.py
 from __future__ import annotations
 
 import asyncio
-import os
-import secrets
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from client import connect  # noqa: E402  (bench/client.py)
+from client import connect  # bench/client.py
+from device import Device  # bench/device.py
 
 ACT = "http://cisco.com/ns/yang/Cisco-IOS-XR-crypto-act"
 GET = ('<get-config><source><running/></source><filter type="subtree">'
@@ -73,20 +67,9 @@ async def _measure(port: int, password: str) -> dict:
 
 
 def run(tmp: Path) -> dict:
-    state = tmp / "pki"
-    password = secrets.token_urlsafe(12)
-    env = dict(os.environ, TRUSTPLANE_ADMIN_PASSWORD=password)
-    subprocess.run([sys.executable, "-m", "trustplane.cli", "init", "--state-dir", str(state)], cwd=ROOT, env=env,
-                   check=True, capture_output=True)
-    proc = subprocess.Popen([sys.executable, "-m", "trustplane.cli", "serve", "--state-dir", str(state), "--port", "0",
-                             "--log-level", "WARNING"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL)
-    try:
-        port = int(proc.stdout.readline().decode().rsplit(":", 1)[1])
-        return asyncio.run(_measure(port, password))
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+    device = Device(tmp / "pki")
+    with device.serving() as (port, _pid):
+        return asyncio.run(_measure(port, device.password))
 
 
 def report(r: dict) -> str:

@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import os
-import secrets
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +20,7 @@ from cryptography.x509.oid import NameOID
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from client import connect  # noqa: E402  (bench/client.py)
+from device import Device  # noqa: E402  (bench/device.py)
 
 ACT = "http://cisco.com/ns/yang/Cisco-IOS-XR-crypto-act"
 PKI = "urn:trustplane:yang:trustplane-pki"
@@ -73,21 +71,10 @@ async def _measure(port: int, password: str) -> dict:
 
 
 def run(tmp: Path, root: Path) -> dict:
-    state = tmp / "state"
-    password = secrets.token_urlsafe(12)
-    env = dict(os.environ, TRUSTPLANE_ADMIN_PASSWORD=password)
-    subprocess.run([sys.executable, "-m", "trustplane.cli", "init", "--state-dir", str(state)], cwd=root, env=env,
-                   check=True, capture_output=True)
-    (state / "fs" / "disk0:" / "pool.pem").write_bytes(_bundle(CERTS))
-    proc = subprocess.Popen([sys.executable, "-m", "trustplane.cli", "serve", "--state-dir", str(state), "--port", "0",
-                             "--log-level", "WARNING"], cwd=root, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL)
-    try:
-        port = int(proc.stdout.readline().decode().rsplit(":", 1)[1])
-        return asyncio.run(_measure(port, password))
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+    device = Device(tmp / "state", root)
+    (device.state / "fs" / "disk0:" / "pool.pem").write_bytes(_bundle(CERTS))
+    with device.serving() as (port, _pid):
+        return asyncio.run(_measure(port, device.password))
 
 
 def report(r: dict) -> str:
