@@ -15,8 +15,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from backends.engine import cms, consent, keypackage, ownership, voucher
-from backends.engine.identity import MANUFACTURING_ROOT, MASA_ROOT, issue_idevid, key_usage, make_root_ca
+from backends.engine import cms
+from backends.engine.onboarding import consent, keypackage, ownership, voucher
+from backends.engine.onboarding.identity import MANUFACTURING_ROOT, MASA_ROOT, issue_idevid, key_usage, make_root_ca
 from trustplane import lab_artifacts as lab
 from openssl_ca import lazily_broken
 

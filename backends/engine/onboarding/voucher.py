@@ -35,8 +35,9 @@ from typing import Iterable
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from . import certcheck, cms, jsontext, pinnedpath
-from .errors import EngineError
+from .. import cms, jsontext
+from ..x509 import certcheck, pinnedpath
+from ..errors import EngineError
 
 VOUCHER_KEY = "ietf-voucher:voucher"
 PROFILE_MEMBER = "trustplane-security-profile:security-profile"
