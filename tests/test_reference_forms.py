@@ -6,7 +6,9 @@ test_fuzz_readers.
 - voucher dates: shapes looked up in a set, against the RFC 3339 ABNF as a pattern;
 - JSON text: whitespace trimmed by hand and raw_decode, against json.loads with the same hooks;
 - backend data as a libyang tree: one parse of an XML encoding, against the binding's
-  node-by-node `parse_data_dict`.
+  node-by-node `parse_data_dict`;
+- RFC 6242 framing: bytes decoded as they arrive (the delimiter search resumed, chunk headers
+  judged on a prefix), against the whole stream split by the RFC's grammar.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from hypothesis import strategies as st
 from backends.engine import jsontext
 from backends.engine.onboarding import voucher
 from backends.engine.onboarding.voucher import VoucherError
+from nc_server.framing import EOM, MAX_CHUNK_SIZE, Decoder, FramingError, encode
 from yangcore import datastore, datatree
 from yangcore.schema import build_context
 
@@ -256,3 +259,92 @@ DEVICE_DATA = st.fixed_dictionaries({}, optional={
 @given(DEVICE_DATA)
 def test_one_xml_parse_agrees_with_parse_data_dict(data):
     same_tree({"trustplane-device:device": data})
+
+
+# ---- RFC 6242 framing -----------------------------------------------------------------------
+
+def reference_eom(stream: bytes):
+    """Messages and whether the stream is refused: what follows the last delimiter may only be
+    white space."""
+    *messages, tail = stream.split(EOM)
+    return messages, tail.strip() != b""
+
+
+# RFC 6242 section 4.2: chunk = LF HASH chunk-size LF chunk-data; end-of-chunks = LF HASH HASH LF
+CHUNK = re.compile(rb"\n#([1-9][0-9]*)\n")
+
+
+def reference_chunked(stream: bytes):
+    """Messages and whether the stream is refused: it ends after a message, or a line feed
+    after one."""
+    messages, chunks, pos = [], [], 0
+    while pos < len(stream):
+        if chunks and stream.startswith(b"\n##\n", pos):
+            messages.append(b"".join(chunks))
+            chunks, pos = [], pos + 4
+            continue
+        m = CHUNK.match(stream, pos)
+        if m is None or int(m[1]) > MAX_CHUNK_SIZE or m.end() + int(m[1]) > len(stream):
+            break
+        chunks.append(stream[m.end():m.end() + int(m[1])])
+        pos = m.end() + int(m[1])
+    return messages, chunks != [] or stream[pos:] not in (b"", b"\n")
+
+
+def fast_framing(stream: bytes, cuts: list[int], chunked: bool):
+    dec = Decoder()
+    if chunked:
+        dec.switch_to_chunked()
+    messages, refused = [], False
+    try:
+        for start, stop in zip([0, *cuts], [*cuts, len(stream)]):
+            dec.feed(stream[start:stop])
+            while (message := dec.next_message()) is not None:
+                messages.append(message)
+        dec.eof()
+    except FramingError:
+        refused = True
+        while (message := dec.next_message()) is not None:
+            messages.append(message)
+    return messages, refused
+
+
+@st.composite
+def framed(draw, chunked: bool):
+    """A stream of messages, perhaps with a few bytes changed, and where it is cut into reads."""
+    bodies = st.binary(min_size=chunked, max_size=24) | st.text("]>a \n#", min_size=chunked, max_size=24).map(str.encode)
+    stream = b"".join(encode(body, chunked, draw(st.integers(1, 8))) for body in draw(st.lists(bodies, max_size=4)))
+    stream += draw(st.sampled_from([b"", b"\n", b" \r\n", b"]]>]]", b"\n#", b"\n#12", b"\n##\n"]))
+    for _ in range(draw(st.integers(0, 2))):
+        at = draw(st.integers(0, len(stream)))
+        stream = stream[:at] + draw(st.binary(max_size=2) | st.sampled_from([b"\n", b"#", b"0", b"]]>"])) + \
+            stream[at + draw(st.integers(0, 2)):]
+    return stream, sorted(draw(st.lists(st.integers(0, len(stream)), max_size=6)))
+
+
+FRAMINGS = [b"", b"\n", b"<a/>]]>]]>", b"<a/>]]>]]]>]]>", b"]]>]]>]]>]]>", b"<a/>]]>]]> \n", b"<a/>]]>]]>x",
+            b"\n#1\na\n##\n", b"\n#1\na\n##\n\n", b"\n##\n", b"\n#0\n\n##\n", b"\n#01\na\n##\n",
+            b"\n#4294967295\n", b"\n#4294967296\na", b"\n#12345678901\n", b"\n#2\nab\n#1\nc\n##\n\n#1\nd",
+            b"\n#1\na\n##\n ", b"\r\n#1\na\n##\n"]
+
+
+@pytest.mark.parametrize("stream", FRAMINGS)
+@pytest.mark.parametrize("chunked", [False, True])
+def test_framing_as_bytes_arrive_reads_as_the_grammar_does(stream, chunked):
+    reference = (reference_chunked if chunked else reference_eom)(stream)
+    assert fast_framing(stream, [], chunked) == reference
+    assert fast_framing(stream, list(range(1, len(stream))), chunked) == reference
+
+
+@BUDGET
+@given(framed(False))
+def test_eom_framing_agrees_with_splitting_the_stream(case):
+    stream, cuts = case
+    assert fast_framing(stream, cuts, False) == reference_eom(stream)
+
+
+@BUDGET
+@given(framed(True))
+def test_chunked_framing_agrees_with_the_grammar(case):
+    stream, cuts = case
+    assert fast_framing(stream, cuts, True) == reference_chunked(stream)
