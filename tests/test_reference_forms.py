@@ -8,7 +8,9 @@ test_fuzz_readers.
 - backend data as a libyang tree: one parse of an XML encoding, against the binding's
   node-by-node `parse_data_dict`;
 - RFC 6242 framing: bytes decoded as they arrive (the delimiter search resumed, chunk headers
-  judged on a prefix), against the whole stream split by the RFC's grammar.
+  judged on a prefix), against the whole stream split by the RFC's grammar;
+- edit-config without operation attributes: one libyang merge, against the node-by-node walk
+  an explicit merge operation takes.
 """
 from __future__ import annotations
 
@@ -21,13 +23,17 @@ import libyang
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from lxml import etree
 
 from backends.engine import jsontext
 from backends.engine.onboarding import voucher
 from backends.engine.onboarding.voucher import VoucherError
+from nc_server.edit import apply_edit
+from nc_server.errors import NC_NS
 from nc_server.framing import EOM, MAX_CHUNK_SIZE, Decoder, FramingError, encode
 from yangcore import datastore, datatree
 from yangcore.schema import build_context
+from conftest import CT, ROOT
 
 EXAMPLES = int(os.environ.get("TRUSTPLANE_FUZZ_EXAMPLES", "150"))
 BUDGET = settings(max_examples=EXAMPLES, deadline=None, database=None,
@@ -348,3 +354,45 @@ def test_eom_framing_agrees_with_splitting_the_stream(case):
 def test_chunked_framing_agrees_with_the_grammar(case):
     stream, cuts = case
     assert fast_framing(stream, cuts, True) == reference_chunked(stream)
+
+
+# ---- edit-config: one merge or the walk ------------------------------------------------------
+
+EDIT_CTX = build_context(["ietf-netconf", "config-test"], [ROOT / "tests" / "yang-config"])
+
+
+def edited(start: str, edit: str, operation: str | None):
+    tree, errors = apply_edit(EDIT_CTX, None, etree.fromstring(start))
+    assert errors == []
+    config = etree.fromstring(edit)
+    if operation:
+        for top in config:
+            top.set(f"{{{NC_NS}}}operation", operation)
+    tree, errors = apply_edit(EDIT_CTX, tree, config)
+    try:
+        return datastore.to_xml(tree), [(e.tag, e.message) for e in errors]
+    finally:
+        datastore.free(tree)
+
+
+NAMES = st.sampled_from(["a", "b", "c"])
+CONFIG_BODY = st.lists(st.one_of(
+    st.builds("<settings xmlns='{}'>{}</settings>".format, st.just(CT), st.lists(st.sampled_from([
+        "<name>n1</name>", "<name>n2</name>", "<mtu>1500</mtu>", "<mtu>9000</mtu>", "<ipv6>true</ipv6>",
+        "<mode>secure</mode>", "<mode>plain</mode>", "<tls><port>1</port></tls>", "<ssh-port>22</ssh-port>",
+        "<tcp-port>23</tcp-port>", "<tcp-keepalive>false</tcp-keepalive>"]), max_size=4).map("".join)),
+    st.builds(lambda entries: f"<servers xmlns='{CT}'>{''.join(entries)}</servers>", st.lists(st.builds(
+        "<server><name>{}</name><address>{}</address>{}{}</server>".format, NAMES, st.sampled_from(["x", "y"]),
+        st.sampled_from(["", "<port>1</port>", "<port>2</port>"]),
+        st.lists(NAMES.map("<tag>{}</tag>".format), max_size=2).map("".join)), max_size=3)),
+    st.builds(lambda names: f"<rules xmlns='{CT}'>{''.join(names)}</rules>",
+              st.lists(NAMES.map("<rule><name>{0}</name><action>{0}</action></rule>".format), max_size=3)),
+    st.builds(lambda names: f"<group xmlns='{CT}'>{''.join(names)}</group>",
+              st.lists(NAMES.map("<member>{}</member>".format), max_size=3))), max_size=3).map(
+    lambda tops: f"<config xmlns='{NC_NS}'>{''.join(tops)}</config>")
+
+
+@BUDGET
+@given(CONFIG_BODY, CONFIG_BODY)
+def test_one_merge_edits_as_the_walk_does(start, edit):
+    assert edited(start, edit, None) == edited(start, edit, "merge")
