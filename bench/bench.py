@@ -362,7 +362,7 @@ def fingerprints(tmp: Path, files: int = 2000, total_mb: int = 200, rounds: int 
     """Run-time fingerprint of one package's files against coreutils sha256sum over the same
     files, both with a warm page cache, interleaved."""
     sys.path.insert(0, str(ROOT))
-    from backends.engine import fingerprint
+    from backends.engine.software import fingerprint
 
     root = tmp / "fp"
     size = total_mb * 1024 * 1024 // files

@@ -21,8 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from backends.engine import ownership, voucher  # noqa: E402
-from backends.engine.identity import load_cert_pem, load_key_pem  # noqa: E402
+from backends.engine.onboarding import ownership, voucher  # noqa: E402
+from backends.engine.onboarding.identity import load_cert_pem, load_key_pem  # noqa: E402
 from trustplane import lab_artifacts as lab  # noqa: E402
 import openssl_speed  # noqa: E402  (bench/openssl_speed.py)
 from summary import summary  # noqa: E402  (bench/summary.py)

@@ -1,4 +1,4 @@
-"""Self-issued certificates and PKCS#10 requests (backends.engine.certissue), checked with
+"""Self-issued certificates and PKCS#10 requests (backends.engine.x509.certissue), checked with
 the openssl CLI: `openssl verify` for the chain, `openssl x509 -text` for the content and
 `openssl req -verify` for requests. Times are pinned to the seed's system-trustpoint
 example (root 367 days, leaf 300 days from 13:07:26 UTC Sun Oct 20 2019)."""
@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
-from backends.engine.certissue import (KEY_USAGE_NAMES, CertIssueError, csr_pem, device_subject,
+from backends.engine.x509.certissue import (KEY_USAGE_NAMES, CertIssueError, csr_pem, device_subject,
                                        digest, issue, make_csr, matches_key, new_serial,
                                        parse_subject, self_signed_ca, subject_text)
 from conftest import raises_code

@@ -1,4 +1,4 @@
-"""PKI certificate expiry notifications (backends.engine.expiry) with a pinned clock."""
+"""PKI certificate expiry notifications (backends.engine.x509.expiry) with a pinned clock."""
 from __future__ import annotations
 
 import subprocess
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from backends.engine.expiry import (
+from backends.engine.x509.expiry import (
     ALERT, WARNING, Alert, alert_due, eligible, log_line, next_point, serial_text, time_left_text)
 
 DAY, HOUR = timedelta(days=1), timedelta(hours=1)

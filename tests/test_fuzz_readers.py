@@ -16,9 +16,10 @@ from cryptography.hazmat.primitives import serialization
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from backends.engine import cms, ownership, voucher
+from backends.engine import cms
+from backends.engine.onboarding import ownership, voucher
 from backends.engine.errors import EngineError
-from backends.engine.identity import MANUFACTURING_ROOT, MASA_ROOT, issue_idevid, make_root_ca
+from backends.engine.onboarding.identity import MANUFACTURING_ROOT, MASA_ROOT, issue_idevid, make_root_ca
 from trustplane import lab_artifacts as lab
 
 NOW = datetime(2026, 6, 1, tzinfo=timezone.utc)

@@ -15,7 +15,7 @@ import pytest
 from lxml import etree
 from ncclient.operations import RPCError
 
-from backends.engine import rpm
+from backends.engine.software import rpm
 from conftest import PASSWORD, ROOT, ServerProcess, rpc
 from diskfull import small_tmpfs
 from rpms import build_rpm, export_public, make_gpg_key, shell_fingerprint, zstd_claiming_a_big_window

@@ -1,4 +1,4 @@
-"""The key store (backends.engine.keystore): families, labels, files and modes,
+"""The key store (backends.engine.keys.keystore): families, labels, files and modes,
 replacement, zeroize, import of public keys made by openssl / ssh-keygen, and the
 "show crypto key mypubkey" data layout."""
 from __future__ import annotations
@@ -18,9 +18,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives import hashes
 
-from backends.engine import keystore as ks_mod
+from backends.engine.keys import keystore as ks_mod
 from backends.engine.errors import EngineError
-from backends.engine.keystore import DEFAULT_LABEL, KeyInfo, Keystore, KeystoreError
+from backends.engine.keys.keystore import DEFAULT_LABEL, KeyInfo, Keystore, KeystoreError
 from conftest import raises_code
 
 NOW = datetime(2020, 2, 6, 1, 13, 10, tzinfo=timezone.utc)

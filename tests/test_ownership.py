@@ -20,9 +20,10 @@ from lxml import etree
 import zstandard
 from ncclient.operations import RPCError
 
-from backends.engine import cms, ownership
+from backends.engine import cms
+from backends.engine.onboarding import ownership
 from trustplane import lab_artifacts
-from backends.engine.identity import cert_pem, key_pem, key_usage, load_cert_pem, load_key_pem, make_root_ca
+from backends.engine.onboarding.identity import cert_pem, key_pem, key_usage, load_cert_pem, load_key_pem, make_root_ca
 from conftest import PASSWORD, ROOT, ServerProcess, rpc
 from diskfull import FILLER, small_tmpfs
 from rpms import build_rpm, export_public, make_gpg_key, xz_claiming_a_big_dictionary

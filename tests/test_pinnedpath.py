@@ -1,4 +1,4 @@
-"""Path validation (backends.engine.pinnedpath) against certificates made by the openssl CLI.
+"""Path validation (backends.engine.x509.pinnedpath) against certificates made by the openssl CLI.
 
 Every certificate has fixed validity dates (`openssl ca -startdate/-enddate`), and every
 test pins `at`, so nothing depends on today's date. A few verdicts are cross-checked
@@ -14,8 +14,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from backends.engine import pinnedpath
-from backends.engine.pinnedpath import PathError, check_key_usage_digital_signature, validate
+from backends.engine.x509 import pinnedpath
+from backends.engine.x509.pinnedpath import PathError, check_key_usage_digital_signature, validate
 from openssl_ca import Issued, OpensslCa, lazily_broken
 
 AT = datetime(2025, 6, 1, tzinfo=timezone.utc)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from backends.device.profile import ProfileError, init_state_dir, load_profile, save_profile
-from backends.engine.serials import is_generated_form, is_valid_serial, make_serial
+from backends.engine.onboarding.serials import is_generated_form, is_valid_serial, make_serial
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from backends.device.profile import init_state_dir
-from backends.engine import fingerprint, openpgp, rootfs, rpm
+from backends.engine.software import fingerprint, openpgp, rootfs, rpm
 from backends.install import kgv, packages
 from backends.install.backend import InstallBackend
 from backends.install.packages import InstallError, PackageStore, _install_fingerprint

@@ -26,8 +26,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, pkcs7
 from cryptography.x509.oid import AttributeOID, NameOID
 
-from backends.engine import cms, scep
-from backends.engine.scep import CACerts, Result, ScepError
+from backends.engine import cms
+from backends.engine.x509 import scep
+from backends.engine.x509.scep import CACerts, Result, ScepError
 from openssl_ca import lazily_broken
 from scep_server import ScepServer
 

@@ -1,5 +1,5 @@
-"""Trust point / trust pool path validation (backends.engine.trustpointpath) and the CRL cache
-(backends.engine.crl), with certificates and CRLs made by the openssl CLI.
+"""Trust point / trust pool path validation (backends.engine.x509.trustpointpath) and the CRL cache
+(backends.engine.x509.crl), with certificates and CRLs made by the openssl CLI.
 
 Certificates and CRLs carry fixed dates and every check pins `at`, so nothing depends on
 today's date. CRLs are served by a loopback http.server started by the tests.
@@ -17,11 +17,11 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from backends.engine import crl as crlmod
-from backends.engine.crl import CrlCache, CrlError
+from backends.engine.x509 import crl as crlmod
+from backends.engine.x509.crl import CrlCache, CrlError
 from backends.engine.errors import EngineError
-from backends.engine.expiry import serial_text
-from backends.engine.trustpointpath import TrustpointPathError, Verified, is_expired_anchor, verify
+from backends.engine.x509.expiry import serial_text
+from backends.engine.x509.trustpointpath import TrustpointPathError, Verified, is_expired_anchor, verify
 from openssl_ca import CA_EXT, Issued, OpensslCa, lazily_broken
 
 AT = datetime(2025, 6, 1, tzinfo=timezone.utc)

@@ -1,4 +1,4 @@
-"""The CA trust pool (backends.engine.trustpool): bundles made by the openssl CLI, built-in
+"""The CA trust pool (backends.engine.x509.trustpool): bundles made by the openssl CLI, built-in
 versus downloaded certificates, and the automatic update schedule with a pinned clock."""
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from backends.engine import cms, trustpool
+from backends.engine import cms
+from backends.engine.x509 import trustpool
 from backends.engine.errors import EngineError
-from backends.engine.trustpool import (
+from backends.engine.x509.trustpool import (
     TrustpoolError, active, earliest_expiry, inactive, next_update, parse_bundle, system_bundle,
     update_schedule_points)
 from openssl_ca import lazily_broken
@@ -130,7 +131,7 @@ def test_system_bundle_skips_what_cannot_parse(cas, tmp_path, caplog):
     broken = good.replace(good[100:140], b"A" * 40)
     path = tmp_path / "ca-certificates.crt"
     path.write_bytes(b"# system\n" + good + broken + b.read_bytes() + good)
-    with caplog.at_level(logging.INFO, logger="backends.engine.trustpool"):
+    with caplog.at_level(logging.INFO, logger="backends.engine.x509.trustpool"):
         assert system_bundle(path) == [load(a), load(b)]
     assert f"2 built-in certificates from {path} (1 skipped)" in caplog.text
     assert system_bundle(tmp_path / "missing.crt") == []

@@ -15,8 +15,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from backends.engine import cms, consent, keypackage, ownership, voucher
-from backends.engine.identity import MANUFACTURING_ROOT, MASA_ROOT, issue_idevid, key_usage, make_root_ca
+from backends.engine import cms
+from backends.engine.onboarding import consent, keypackage, ownership, voucher
+from backends.engine.onboarding.identity import MANUFACTURING_ROOT, MASA_ROOT, issue_idevid, key_usage, make_root_ca
 from trustplane import lab_artifacts as lab
 from openssl_ca import lazily_broken
 
@@ -113,6 +114,7 @@ def test_json_text_whitespace(pki, around, ok):
     ("2026-05-01T10:00:00+00:00", True),
     ("2026-05-01T06:00:00.123-04:00", True),
     ("20260501T100000Z", False),
+    ("2026-05-01T11:00:00+00:60", False),
     ("2026-05-01", False),
 ])
 def test_created_on_forms(pki, text, ok):
@@ -136,6 +138,7 @@ def test_parse_datetime_values(text, utc):
 
 
 @pytest.mark.parametrize("text", ["2026-02-30T10:00:00Z", "2026-05-01T24:00:00Z", "2026-05-01T10:00:00+24:00",
+                                  "2026-05-01T10:00:00+00:60", "2026-05-01T10:00:00-05:99",
                                   "2026-05-01 10:00:00Z", "2026-05-01T10:00:00", 20260501,
                                   "\uff12026-05-01T10:00:00Z", "2026-05-01T10:00:00.Z",
                                   "2026-05-01T10:00:00.1234567890Z", "2026-05-01T10:00:00+0000",

@@ -16,7 +16,7 @@ import asyncssh
 
 import backends.builtin  # noqa: F401  (registers the backends)
 from backends.device.profile import ProfileError, init_state_dir
-from backends.engine.voucher import VoucherError, parse_datetime
+from backends.engine.onboarding.voucher import VoucherError, parse_datetime
 from nc_server.local_users import LocalUsers
 from nc_server.server import Limits, Server
 from nc_server.ssh import listen

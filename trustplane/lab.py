@@ -18,9 +18,10 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from backends.engine import cms, consent, keypackage, voucher
-from backends.engine.identity import (MASA_ROOT, IdentityError, cert_pem, key_pem, load_cert_pem, load_key_pem,
-                                      make_root_ca)
+from backends.engine import cms
+from backends.engine.onboarding import consent, keypackage, voucher
+from backends.engine.onboarding.identity import (MASA_ROOT, IdentityError, cert_pem, key_pem, load_cert_pem,
+                                                 load_key_pem, make_root_ca)
 from yangcore.datastore import atomic_write
 
 from . import lab_artifacts as lab

@@ -15,8 +15,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from backends.engine import cms, keypackage, voucher
-from backends.engine.identity import key_usage, new_serial
+from backends.engine import cms
+from backends.engine.onboarding import keypackage, voucher
+from backends.engine.onboarding.identity import key_usage, new_serial
 
 
 def _name(cn: str, org: str) -> x509.Name:

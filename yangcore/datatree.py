@@ -14,9 +14,10 @@ data has the shape of an RFC 7951 JSON object:
 The tree is built by one call to libyang's parser over an encoding of the data made
 here, with the one escaping rule (`xml_text`), rather than by a libyang call per node
 from Python (the binding's `dict_to_dnode`): state reads of a large device stay as fast
-as they were. A value the schema refuses, an unknown node or a name without its module
-is a DataError: the backend's bug, which the caller logs and answers with
-operation-failed.
+as they were (tests/test_reference_forms.py holds the two to the same trees). A value the
+schema refuses, text XML cannot carry (control characters, U+FFFE), an unknown node or a
+name without its module is a DataError: the backend's bug, which the caller logs and
+answers with operation-failed.
 """
 from __future__ import annotations
 

@@ -46,10 +46,10 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from backends.engine.errors import EngineError
-from backends.engine.identity import (MANUFACTURING_ROOT, MASA_ROOT, IdentityError, cert_pem, issue_idevid, key_pem,
-                                      load_cert_pem, load_certs_pem, load_key_pem, make_root_ca)
-from backends.engine.openpgp import OpenPGPError, PublicKey, load_keys
-from backends.engine.serials import is_valid_serial, make_serial
+from backends.engine.onboarding.identity import (MANUFACTURING_ROOT, MASA_ROOT, IdentityError, cert_pem, issue_idevid,
+                                                 key_pem, load_cert_pem, load_certs_pem, load_key_pem, make_root_ca)
+from backends.engine.software.openpgp import OpenPGPError, PublicKey, load_keys
+from backends.engine.onboarding.serials import is_valid_serial, make_serial
 from yangcore.datastore import atomic_write
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
-from backends.engine import fingerprint, openpgp, rootfs, rpm
+from backends.engine.software import fingerprint, openpgp, rootfs, rpm
 from backends.engine.errors import EngineError
 from backends.ownership.policy import Policy
 from yangcore.datastore import atomic_write

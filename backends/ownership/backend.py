@@ -21,7 +21,7 @@ from yangcore.datastore import atomic_write
 
 from backends.device.profile import load_profile
 from backends.engine.errors import EngineError
-from backends.engine import consent, keypackage, ownership, voucher
+from backends.engine.onboarding import consent, keypackage, ownership, voucher
 from . import policy
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backends.engine import openpgp
+from backends.engine.software import openpgp
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from yangcore.datastore import atomic_write
 from yangcore.libyang_abi import change_term
 
 from backends.device.profile import load_profile
-from backends.engine import (certcheck, certissue, crl, download, expiry, keystore, scep, trustpointpath, trustpool,
-                             type6)
+from backends.engine.keys import keystore, type6
+from backends.engine.x509 import certcheck, certissue, crl, download, expiry, scep, trustpointpath, trustpool
 from backends.engine.errors import EngineError
 from backends.ownership import policy as ownership_policy
 from . import config, render

@@ -8,7 +8,7 @@ import hashlib
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from backends.engine import expiry
+from backends.engine.x509 import expiry
 
 P = "trustplane-pki:"
 ROUTER_CONTAINERS = {"general": "router-certificate", "signature": "router-signature-certificate",

@@ -19,7 +19,7 @@ from asn1crypto import core as asn1_core
 from asn1crypto import pem as asn1_pem
 from cryptography import x509
 
-from .errors import EngineError
+from ..errors import EngineError
 from .certcheck import readable, unique
 
 log = logging.getLogger(__name__)

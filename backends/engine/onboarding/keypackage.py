@@ -31,8 +31,10 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-from . import certcheck, cms, jsontext, openpgp, pinnedpath
-from .errors import EngineError
+from .. import cms, jsontext
+from ..software import openpgp
+from ..x509 import certcheck, pinnedpath
+from ..errors import EngineError
 
 CONSENT_TOKEN_KEY = "CUS-CT"
 OPERATIONS = ("APPEND", "DELETE", "REPLACE")

@@ -32,7 +32,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from backends.engine import certcheck, cms
+from backends.engine import cms
+from backends.engine.x509 import certcheck
 from backends.engine.cms import CmsError
 from backends.engine.errors import EngineError
 

@@ -27,7 +27,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from . import download
-from .errors import EngineError
+from ..errors import EngineError
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,9 @@ import struct
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
 
-from . import decompress, openpgp
-from .errors import EngineError
+from . import openpgp
+from .. import decompress
+from ..errors import EngineError
 
 LEAD_MAGIC = b"\xed\xab\xee\xdb"
 HEADER_MAGIC = b"\x8e\xad\xe8\x01"

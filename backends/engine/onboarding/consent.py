@@ -22,7 +22,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
-from .errors import EngineError
+from ..errors import EngineError
 
 MAGIC = b"TPCT\x01"
 LIFETIME = timedelta(minutes=30)

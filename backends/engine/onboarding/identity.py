@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from .errors import EngineError
+from ..errors import EngineError
 
 # IEEE 802.1AR: an IDevID that never expires carries GeneralizedTime 99991231235959Z
 NO_EXPIRY = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc)

@@ -32,7 +32,7 @@ from cryptography.x509.verification import (
 
 from .certcheck import MAX_PATH_CERTS, key_weakness, readable, subject_text, utc_text
 from .crl import CrlCache, CrlError
-from .errors import EngineError
+from ..errors import EngineError
 from .expiry import serial_text
 
 UNTRUSTED = "cert-untrusted"

@@ -12,8 +12,10 @@ from typing import Iterable, Iterator
 
 from cryptography import x509
 
-from . import certcheck, cms, decompress, pinnedpath, voucher
-from .errors import EngineError
+from . import voucher
+from .. import cms, decompress
+from ..x509 import certcheck, pinnedpath
+from ..errors import EngineError
 
 MAX_MEMBERS = 10_000
 MAX_MEMBER = 256 * 1024

@@ -14,7 +14,8 @@ Interop policy, one decision per quirk (the README lists them too):
 - The JSON text is read by jsontext: UTF-8 only (a byte order mark is ignored), no duplicate
   member names at any depth, no NaN or Infinity, bounded numbers and nesting.
 - Unknown JSON members are tolerated (vouchers are extensible maps; Go tooling adds "XMLName").
-- Dates: RFC 3339 with fractional seconds and offsets; the compact YYYYMMDDTHHMMSSZ form is refused,
+- Dates: RFC 3339 with offsets and fractional seconds of 1 to 9 digits (to the nanosecond, as
+  Go and Java write them; read to the microsecond); the compact YYYYMMDDTHHMMSSZ form is refused,
   and so is a date whose UTC time falls outside the years 1 to 9999.
 - domain-cert-revocation-checks: a boolean, or the strings "true"/"false" (RFC 8366's own example).
 - assertion: verified, logged or proximity; "" and anything else is refused.
@@ -35,8 +36,9 @@ from typing import Iterable
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from . import certcheck, cms, jsontext, pinnedpath
-from .errors import EngineError
+from .. import cms, jsontext
+from ..x509 import certcheck, pinnedpath
+from ..errors import EngineError
 
 VOUCHER_KEY = "ietf-voucher:voucher"
 PROFILE_MEMBER = "trustplane-security-profile:security-profile"
@@ -47,7 +49,8 @@ MAX_VOUCHER = 256 * 1024
 _MEMBERS = {"serial-number", "assertion", "pinned-domain-cert", "created-on", "expires-on", "nonce",
             "idevid-issuer", "domain-cert-revocation-checks", "last-renewal-date", PROFILE_MEMBER}
 # RFC 3339 date-time, as the text's shape once each ASCII digit reads "d": a set lookup, where a
-# pattern would need the regular expression engine on every voucher
+# pattern would need the regular expression engine on every voucher (tests/test_reference_forms.py
+# holds the two to the same answers)
 _DIGITS_AS_D = bytes.maketrans(b"0123456789", b"d" * 10)
 _RFC3339_SHAPES = frozenset(f"dddd-dd-dd{t}dd:dd:dd{fraction}{offset}".encode() for t in "Tt"
                             for fraction in ["", *("." + "d" * n for n in range(1, 10))]
@@ -80,9 +83,11 @@ class Voucher:
 
 
 def parse_datetime(text, what: str) -> datetime:
-    # other characters than ASCII encode to octets of 0x80 and up, which no shape holds
+    # other characters than ASCII encode to octets of 0x80 and up, which no shape holds;
+    # fromisoformat reads an offset's minutes up to 99 (+00:60 as +01:00), RFC 3339 stops at 59
     if not isinstance(text, str) or \
-            text.encode("utf-8", "surrogatepass").translate(_DIGITS_AS_D) not in _RFC3339_SHAPES:
+            text.encode("utf-8", "surrogatepass").translate(_DIGITS_AS_D) not in _RFC3339_SHAPES or \
+            (text[-3] == ":" and text[-2] > "5"):
         raise VoucherError("ov-malformed", f"{what}: {text!r} is not an RFC 3339 date-and-time")
     if text[17:19] == "60":  # a leap second is taken as the second before it
         text = text[:17] + "59" + text[19:]

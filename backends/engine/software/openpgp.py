@@ -13,7 +13,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, utils
 
-from .errors import EngineError
+from ..errors import EngineError
 
 HASHES = {2: ("sha1", hashes.SHA1), 8: ("sha256", hashes.SHA256), 9: ("sha384", hashes.SHA384),
           10: ("sha512", hashes.SHA512), 11: ("sha224", hashes.SHA224)}

@@ -10,7 +10,7 @@ import urllib.parse
 import urllib.request
 from typing import Callable
 
-from .errors import EngineError
+from ..errors import EngineError
 
 MAX_REDIRECTS = 3
 _CHUNK = 64 * 1024

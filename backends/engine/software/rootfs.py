@@ -12,7 +12,7 @@ import os
 import stat
 from typing import Iterator
 
-from .errors import EngineError
+from ..errors import EngineError
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterable
 
 from . import rootfs
-from .errors import EngineError
+from ..errors import EngineError
 
 EMPTY = hashlib.sha256(b"").hexdigest()
 MAX_WALK = 200_000  # entries visited under a package's directories

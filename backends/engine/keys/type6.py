@@ -16,7 +16,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .errors import EngineError
+from ..errors import EngineError
 
 PREFIX = "t6:"
 MAX_CLEAR = 128  # bytes of UTF-8

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
 
 from .certcheck import MAX_PATH_CERTS, MIN_KEY_BITS, ext, key_weakness, readable, subject_text, unique, utc_text
-from .errors import EngineError
+from ..errors import EngineError
 
 MAX_DEPTH = MAX_PATH_CERTS
 MAX_CANDIDATES = 64     # anchors + intermediates considered

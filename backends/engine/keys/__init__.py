@@ -1,0 +1,1 @@
+"""What the device keeps secret: the key store and type 6 secrets."""

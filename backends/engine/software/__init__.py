@@ -1,0 +1,2 @@
+"""Software packages: RPM reading, OpenPGP signatures, fingerprints, and paths that never
+follow a link."""
