@@ -229,3 +229,13 @@ def test_first_start_prints_the_generated_password_once(tmp_path):
         assert len(said) == (1 if first else 0)
         password = password or said[0]
     assert password not in (state / "users.json").read_text()
+
+
+@pytest.mark.parametrize("rate", ["0", "0.5", "3601", "fast", "nan"])
+def test_a_clock_rate_out_of_range_is_a_usage_error(tmp_path, rate):
+    out = subprocess.run([sys.executable, "-m", "trustplane.cli", "serve", "--state-dir", str(tmp_path / "state"),
+                          "--port", "0", "--clock-rate", rate], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert f"--clock-rate: expected a rate from 1 to 3600, got '{rate}'" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "state").exists()

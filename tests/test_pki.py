@@ -499,9 +499,22 @@ def wait_state(m, name: str, want: str, seconds: float) -> str:
     return state
 
 
-def test_scep_pending_poll_and_cancel(m, pki_server, tmp_path):
+@pytest.fixture
+def fast_clock(tmp_path):
+    """A device whose clock, and timers, run 60 times as fast: a minute is a second."""
+    srv = ServerProcess(tmp_path / "state", "--clock-rate", "60").start()
+    try:
+        with srv.connect() as mgr:
+            yield mgr
+    finally:
+        srv.stop()
+
+
+def test_scep_pending_poll_and_cancel(fast_clock):
     """A CA that answers PENDING: the device polls with CertPoll after the retry period (one
-    minute, the shortest) and installs what it gets; a cancelled enrollment is never polled."""
+    minute of device time, the shortest) and installs what it gets; a cancelled enrollment is
+    never polled."""
+    m = fast_clock
     act(m, "key-generate-rsa", "<key-label>pendkey</key-label><key-modulus>2048</key-modulus>")
     with FakeScep() as ca:
         for name in ("pend", "pendcancel"):
@@ -522,7 +535,7 @@ def test_scep_pending_poll_and_cancel(m, pki_server, tmp_path):
         out = act(m, "ca-enroll", "<server-name>pend</server-name>")
         assert out.findtext(f"{{{PKI}}}status") == "pending"
         tx = out.findtext(f"{{{PKI}}}transaction-id")
-        assert wait_state(m, "pend", "enrolled", 90) == "enrolled"
+        assert wait_state(m, "pend", "enrolled", 30) == "enrolled"
         assert [r.message_type for r in ca.requests] == ["19", "19", "20"]  # PKCSReq, PKCSReq, CertPoll
         assert ca.requests[2].transaction_id == tx
         assert "CN=pend" in trustpoints(m)["pend"].find(f"{{{CEPKI}}}router-certificate").findtext(

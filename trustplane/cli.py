@@ -68,7 +68,11 @@ async def serve(args) -> int:
     offset = args.clock - datetime.now(timezone.utc) if args.clock else timedelta(0)
     if args.clock:
         log.warning("device clock set to %s", args.clock.isoformat())
-    services = Services(state_dir=state_dir, devfs=devfs, clock=lambda: datetime.now(timezone.utc) + offset)
+    rate, started = args.clock_rate, datetime.now(timezone.utc)
+    if rate != 1:
+        log.warning("device clock runs %g times as fast as real time", rate)
+    services = Services(state_dir=state_dir, devfs=devfs, clock_rate=rate,
+                        clock=lambda: started + offset + (datetime.now(timezone.utc) - started) * rate)
     instances = [LocalUsers(users), *(factory(services) for factory in registered().values())]
     limits = Limits(max_message=args.max_message, hello_timeout=args.hello_timeout,
                     idle_timeout=args.idle_timeout, max_sessions=args.max_sessions,
@@ -138,6 +142,16 @@ def _instant(text: str) -> datetime:
         raise argparse.ArgumentTypeError(exc.message) from None
 
 
+def _clock_rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 1 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"expected a rate from 1 to 3600, got {text!r}")
+    return value
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -189,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     p_serve.add_argument("--clock", type=_instant, default=None, metavar="RFC3339",
                          help="start the device clock at this instant (it runs on from there): to check "
                               "artifacts that are only valid at another time")
+    p_serve.add_argument("--clock-rate", type=_clock_rate, default=1.0, metavar="RATE",
+                         help="run the device clock RATE times as fast as real time (1 to 3600; default 1), and "
+                              "the device's timers with it (SCEP polls, trust pool updates, expiry alerts): "
+                              "to watch what happens over hours in minutes")
     p_serve.add_argument("--log-level", default="INFO")
 
     p_init = sub.add_parser("init", help="create a state directory without prompting")

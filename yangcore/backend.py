@@ -59,9 +59,15 @@ class Services:
     state_dir: Path
     devfs: Any
     clock: Callable[[], Any]
+    # device seconds per real second (`serve --clock-rate`): a backend's timers wait
+    # real_seconds() of what they would wait on the device
+    clock_rate: float = 1.0
     # raise a notification the backend's modules define: notify("/module:name", content),
     # the content as Python data in the shape yangcore.datatree describes
     notify: Callable[[str, dict], None] | None = None
+
+    def real_seconds(self, device_seconds: float) -> float:
+        return device_seconds / self.clock_rate
 
 
 Handler = Callable[..., Any | Awaitable[Any]]

@@ -215,7 +215,8 @@ class InstallBackend(Backend):
                 self._config_changed.clear()
                 continue
             try:
-                await asyncio.wait_for(self._config_changed.wait(), self.frequency * self.HOUR)
+                await asyncio.wait_for(self._config_changed.wait(),
+                                       self.services.real_seconds(self.frequency * self.HOUR))
                 self._config_changed.clear()
             except asyncio.TimeoutError:
                 await self.collect()

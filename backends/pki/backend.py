@@ -564,7 +564,7 @@ class PkiBackend(Backend):
         if tp is None:
             return
         for attempt in range(1, tp.retry_count + 1):
-            await asyncio.sleep(tp.retry_period * 60)
+            await asyncio.sleep(self.services.real_seconds(tp.retry_period * 60))
             rec = self.store.trustpoint(name)
             pending = dict(rec.get("pending") or {})
             if not pending:
@@ -849,7 +849,7 @@ class PkiBackend(Backend):
     async def _sleep(self, timer: str, seconds: float) -> None:
         """Sleep, or wake early when something changed since this timer last looked."""
         try:
-            await asyncio.wait_for(self._wakes[timer].wait(), max(seconds, 0.05))
+            await asyncio.wait_for(self._wakes[timer].wait(), max(self.services.real_seconds(seconds), 0.05))
         except asyncio.TimeoutError:
             pass
 
