@@ -7,6 +7,7 @@ only offers that) and sends each RPC as soon as the previous reply is read.
 from __future__ import annotations
 
 import re
+import time
 
 import asyncssh
 
@@ -50,6 +51,15 @@ class Client:
             return await self._read_chunked()
         self.writer.write(msg + b"]]>]]>")
         return await self._read_eom()
+
+    async def timed(self, body: str) -> float:
+        """The seconds one operation takes; an rpc-error in its reply is a RuntimeError."""
+        t = time.perf_counter()
+        reply = await self.rpc(body)
+        elapsed = time.perf_counter() - t
+        if b"<rpc-error" in reply:
+            raise RuntimeError(reply.decode(errors="replace")[:300])
+        return elapsed
 
     async def _more(self) -> None:
         data = await self.reader.read(1 << 20)

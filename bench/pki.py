@@ -33,11 +33,7 @@ def _stats(samples: list[float]) -> dict:
 async def _gets_until(c, done: asyncio.Event | None, count: int) -> list[float]:
     times = []
     while (done is None and len(times) < count) or (done is not None and not done.is_set()):
-        t = time.perf_counter()
-        reply = await c.rpc(GET)
-        times.append(time.perf_counter() - t)
-        if b"rpc-error" in reply:
-            raise RuntimeError(reply.decode(errors="replace")[:300])
+        times.append(await c.timed(GET))
     return times
 
 

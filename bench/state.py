@@ -9,7 +9,6 @@ import asyncio
 import datetime
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from cryptography import x509
@@ -47,14 +46,7 @@ def _bundle(n: int) -> bytes:
 
 
 async def _time(c, body: str, rounds: int) -> list[float]:
-    times = []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        reply = await c.rpc(body)
-        times.append(time.perf_counter() - t)
-        if b"<rpc-error" in reply:
-            raise RuntimeError(reply.decode(errors="replace")[:300])
-    return times
+    return [await c.timed(body) for _ in range(rounds)]
 
 
 async def _measure(port: int, password: str) -> dict:
