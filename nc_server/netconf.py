@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 WD_NS = "urn:ietf:params:xml:ns:yang:ietf-netconf-with-defaults"
 WD_MODES = ("report-all", "report-all-tagged", "trim", "explicit")
+WD_DEFAULT_NS = "urn:ietf:params:xml:ns:netconf:default:1.0"  # RFC 6243 §6
 
 
 def _q(name: str) -> str:
@@ -135,7 +136,20 @@ async def _data_reply(session, tree, selection: Selection | None, mode: str, *, 
             tree = datastore.duplicate(tree)
         body = await asyncio.get_running_loop().run_in_executor(
             _FILTER_WORKER, _selected_xml_freeing, tree, selection.xpaths, mode, ctx)
+    if mode == "report-all-tagged":
+        body = _RFC6243_DEFAULT.sub(_rfc6243_default, body)
     return f'<data xmlns="{NC_NS}">{body}</data>'
+
+
+# libyang tags defaults with its annotation of ietf-netconf-with-defaults; RFC 6243 §6 puts
+# the default attribute in its own namespace. Only tags are rewritten: text holds no "<".
+_LIBYANG_WD = 'xmlns:ncwd="urn:ietf:params:xml:ns:yang:ietf-netconf-with-defaults"'
+_RFC6243_DEFAULT = re.compile(r"<[^<>]* (?:xmlns:)?ncwd[:=][^<>]*>")
+
+
+def _rfc6243_default(tag: re.Match) -> str:
+    return (tag.group(0).replace(_LIBYANG_WD, f'xmlns:wd="{WD_DEFAULT_NS}"')
+            .replace(" ncwd:default=", " wd:default="))
 
 
 # XPath filters (whose cost an expression can multiply) and subtree filters of more than

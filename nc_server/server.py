@@ -183,6 +183,10 @@ class Server:
 
     # -- capabilities --------------------------------------------------------
     def _module_capabilities(self) -> list[str]:
+        """A capability per implemented module, with its enabled features and the modules
+        that deviate it (RFC 6020 §5.6.4)."""
+        deviated_by = {m["name"]: [d["name"] for d in m.get("deviation", [])]
+                       for m in self.yang_library.data["ietf-yang-library:modules-state"]["module"]}
         caps = []
         idx = ffi.new("uint32_t *")
         mod = lib.ly_ctx_get_module_iter(self.ctx.cdata, idx)
@@ -196,6 +200,8 @@ class Server:
                 enabled = [f.name() for f in feats if f.state()]
                 if enabled:
                     uri += "&features=" + ",".join(enabled)
+                if deviated_by.get(name):
+                    uri += "&deviations=" + ",".join(deviated_by[name])
                 caps.append(uri)
             mod = lib.ly_ctx_get_module_iter(self.ctx.cdata, idx)
         return caps

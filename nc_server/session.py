@@ -178,6 +178,9 @@ class Session:
 
     async def _dispatch(self, msg: bytes, op: etree._Element):
         q = etree.QName(op)
+        if q.namespace is None:  # <get/> inside a prefixed <nc:rpc>: IOS XR reads it as a base operation
+            _into_base_namespace(op)
+            q = etree.QName(op)
         if q.namespace == notifications.NOTIF_NS and q.localname == "create-subscription":
             self.server.acm.check_operation(self, "notifications", q.localname)
             self.server.notifications.subscribe(self, op)
@@ -192,15 +195,18 @@ class Session:
                 await local_users.hash_cleartext(op)
             result = handler(self, op)
             return await result if inspect.isawaitable(result) else result
-        return await self._yang_rpc(msg, q)
+        return await self._yang_rpc(msg, q, op)
 
-    async def _yang_rpc(self, msg: bytes, q: etree.QName):
+    async def _yang_rpc(self, msg: bytes, q: etree.QName, op: etree._Element):
         server = self.server
+        if _qualify_identityrefs(server.ctx, op):
+            msg = etree.tostring(op.getparent())
         try:
             node = server.ctx.parse_op_mem("xml", msg, libyang.DataType.RPC_NETCONF)
         except libyang.LibyangError as exc:
             err = to_rpc_errors(exc)
-            if isinstance(err, RpcError) and err.tag in ("unknown-element", "unknown-namespace"):
+            if isinstance(err, RpcError) and err.tag in ("unknown-element", "unknown-namespace") and (
+                    err.tag == "unknown-namespace" or dict(err.info).get("bad-element") == q.localname):
                 raise RpcError("operation-not-supported",
                                f'operation "{q.localname}" in namespace "{q.namespace}" is not supported',
                                type="protocol") from None
@@ -252,3 +258,55 @@ class Session:
         return etree.tostring(reply)
 
 
+# what a base operation carries that is not its own parameters: data and filters, whose
+# unqualified elements keep their meaning (a subtree filter's match any namespace)
+_CONTENT = ("config", "filter")
+
+
+def _into_base_namespace(op: etree._Element) -> None:
+    """Put an unqualified operation and its unqualified parameters in the base namespace."""
+    todo = [op]
+    while todo:
+        el = todo.pop()
+        if etree.QName(el).namespace is None:
+            el.tag = f"{{{NC_NS}}}{el.tag}"
+        if el is op or etree.QName(el).localname not in _CONTENT:
+            todo.extend(c for c in el if isinstance(c.tag, str))
+
+
+def _qualify_identityrefs(ctx, op: etree._Element) -> bool:
+    """Read each unprefixed identityref value in an operation's input in the module of the
+    leaf that holds it, by giving it that module's prefix: where the default namespace is
+    another (ncclient's get_schema sends <ns0:format>yang</ns0:format> with none) libyang
+    could not read it. True when anything changed."""
+    changed = False
+    todo = [(op, "")]
+    while todo:
+        el, path = todo.pop()
+        q = etree.QName(el)
+        mod = ctx.module_by_ns(q.namespace or "")
+        if mod is None:
+            continue
+        module = ffi.string(mod.name).decode()
+        path = f"{path}/{module}:{q.localname}"
+        kids = [c for c in el if isinstance(c.tag, str)]
+        if kids or el is op:
+            todo.extend((c, path) for c in kids)
+            continue
+        text = (el.text or "").strip()
+        if not text or ":" in text:
+            continue
+        try:
+            snode = next(ctx.find_path(path), None)
+        except libyang.LibyangError:
+            continue  # not in the schema: libyang's parse says so
+        if snode is None or snode.nodetype() not in (libyang.SNode.LEAF, libyang.SNode.LEAFLIST) \
+                or snode.type().base() != libyang.Type.IDENT:
+            continue
+        if el.nsmap.get(None) == q.namespace:
+            continue  # the default namespace is the leaf's: libyang reads it so
+        # the leaf is in its module's namespace by a prefix, which its value can use
+        prefix = next(p for p, uri in el.nsmap.items() if p and uri == q.namespace)
+        el.text = f"{prefix}:{text}"
+        changed = True
+    return changed

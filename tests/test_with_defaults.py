@@ -9,6 +9,7 @@ from ncclient.operations.rpc import RPCError
 from conftest import CONFIG_TEST_YANG, CT, NC, ROOT, rpc
 
 WD = "urn:ietf:params:xml:ns:yang:ietf-netconf-with-defaults"
+WD_DEFAULT = "urn:ietf:params:xml:ns:netconf:default:1.0"  # RFC 6243 §6: the default attribute
 IETF = ROOT / ".venv" / "share" / "yang" / "modules" / "ietf"
 
 
@@ -37,14 +38,16 @@ def fetch(m, op: str, mode: str | None, ctx) -> etree._Element:
     reply = rpc(m, f'<{op} xmlns="{NC}">{source}{flt}{wd}</{op}>')
     data = etree.fromstring(reply.xml.encode()).find(f"{{{NC}}}data")
     body = "".join(etree.tostring(c).decode() for c in data)
-    # libyang accepts the reply, wd:default attributes included
-    ctx.parse_data_mem(body, "xml", parse_only=True, strict=True).free()
+    # the default attribute is RFC 6243's, never libyang's annotation ...
+    assert WD not in body
+    # ... and libyang accepts the reply, with the attribute named as libyang knows it
+    ctx.parse_data_mem(body.replace(WD_DEFAULT, WD), "xml", parse_only=True, strict=True).free()
     return data
 
 
 def leaves(data, name) -> list[tuple[str, bool]]:
     """(value, tagged default) of every leaf with this name."""
-    return [(e.text, e.get(f"{{{WD}}}default") == "true") for e in data.iter(f"{{{CT}}}{name}")]
+    return [(e.text, e.get(f"{{{WD_DEFAULT}}}default") == "true") for e in data.iter(f"{{{CT}}}{name}")]
 
 
 @pytest.mark.parametrize("op", ["get-config", "get"])
