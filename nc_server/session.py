@@ -294,8 +294,8 @@ def _qualify_identityrefs(ctx, op: etree._Element) -> bool:
             todo.extend((c, path) for c in kids)
             continue
         text = (el.text or "").strip()
-        if not text or ":" in text:
-            continue
+        if not text or ":" in text or el.nsmap.get(None) == q.namespace:
+            continue  # prefixed already, or the default namespace is the leaf's: libyang reads it so
         try:
             snode = next(ctx.find_path(path), None)
         except libyang.LibyangError:
@@ -303,8 +303,6 @@ def _qualify_identityrefs(ctx, op: etree._Element) -> bool:
         if snode is None or snode.nodetype() not in (libyang.SNode.LEAF, libyang.SNode.LEAFLIST) \
                 or snode.type().base() != libyang.Type.IDENT:
             continue
-        if el.nsmap.get(None) == q.namespace:
-            continue  # the default namespace is the leaf's: libyang reads it so
         # the leaf is in its module's namespace by a prefix, which its value can use
         prefix = next(p for p, uri in el.nsmap.items() if p and uri == q.namespace)
         el.text = f"{prefix}:{text}"
