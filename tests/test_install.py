@@ -324,6 +324,21 @@ def test_activating_a_package_never_added_is_refused(installed):
     assert (installed.state_dir / "install" / "state.json").read_bytes() == state_before
 
 
+def test_install_ids_and_packagepath_as_the_ios_xr_model_types_them(installed):
+    """ids/id-no is a string and install-add/packagepath optional in the IOS XR model: a non-numeric ID and a
+    missing packagepath are precise errors that change nothing."""
+    state_before = (installed.state_dir / "install" / "state.json").read_bytes()
+    with installed.connect() as m:
+        with pytest.raises(RPCError) as err:
+            act(m, "install-activate", "<ids><id-no>first</id-no></ids>")
+        assert error_of(err.value) == ("invalid-value", "invalid-install-id")
+        assert "'first' is not a number" in err.value.message
+        with pytest.raises(RPCError) as err:
+            act(m, "install-add", "<packagename>agent-1.0.0-r1.noarch.rpm</packagename>")
+        assert error_of(err.value) == ("missing-element", "no-packagepath")
+    assert (installed.state_dir / "install" / "state.json").read_bytes() == state_before
+
+
 def test_commit_deactivate_remove_cycle(installed, packages):
     root = installed.state_dir / "install" / "root"
     with installed.connect() as m:

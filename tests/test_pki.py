@@ -273,6 +273,22 @@ def test_trustpoint_config_is_validated(m, pki_server):
     assert "badtp" not in trustpoints(m)
 
 
+def test_trustpoint_names_and_crl_timeout_as_the_ios_xr_model_types_them(m, pki_server, tmp_path):
+    """Cisco-ios-xr-string allows spaces in a trustpoint name; crl/curl-timeout is 5..300."""
+    ca = OpensslCA(tmp_path / "spaced", "Spaced Root")
+    (disk(pki_server) / "spaced.pem").write_text(ca.pem)
+    edit(m, trustpoint_cfg("lab ca", "<enrollment><terminal/></enrollment>"))
+    act(m, "ca-authenticate", "<server-name>lab ca</server-name><file-path>disk0:/spaced.pem</file-path>")
+    assert "Spaced Root" in trustpoints(m)["lab ca"].find(f"{{{CEPKI}}}certificate-authority-certificate") \
+        .findtext(f"{{{CEPKI}}}issuer")
+    assert fails(edit, m, trustpoint_cfg("bad/name", ""))[0] == "invalid-value"
+    crl = f'<crypto xmlns="{CFG}"><ca><crl><curl-timeout>{{}}</curl-timeout></crl></ca></crypto>'
+    for bad in (4, 301):
+        assert fails(edit, m, crl.format(bad))[0] == "invalid-value"
+    edit(m, crl.format(300))
+    edit(m, f'<crypto xmlns="{CFG}" xmlns:nc="{NC}"><ca><crl nc:operation="delete"/></ca></crypto>')
+
+
 def test_unknown_trustpoint(m):
     for op in ("ca-authenticate", "ca-enroll", "ca-clear-certificates", "ca-cancel-enroll"):
         tag, app, _ = fails(act, m, op, "<server-name>nowhere</server-name>")

@@ -36,13 +36,14 @@ def app_tag(err: RPCError) -> str:
     return err.xml.findtext(f"{{{NC}}}error-app-tag")
 
 
-def test_stored_and_shown_only_in_type6_form_and_used_in_clear(server, tmp_path):
+@pytest.mark.parametrize("given, tp", [(CLEAR, "t6tp"), ("!" + CLEAR, "t6bang")])  # '!': Cisco's clear-text mark
+def test_stored_and_shown_only_in_type6_form_and_used_in_clear(server, tmp_path, given, tp):
     with server.connect() as m:
-        act(m, "key-generate-rsa", "<key-label>t6key</key-label><key-modulus>2048</key-modulus>")
-        m.edit_config(target="running", config=cfg(challenge_cfg("t6tp", CLEAR).replace(
-            "<enrollment>", "<rsakeypair>t6key</rsakeypair><enrollment>")))
+        act(m, "key-generate-rsa", f"<key-label>{tp}key</key-label><key-modulus>2048</key-modulus>")
+        m.edit_config(target="running", config=cfg(challenge_cfg(tp, given).replace(
+            "<enrollment>", f"<rsakeypair>{tp}key</rsakeypair><enrollment>")))
         m.edit_config(target="candidate", config=cfg(challenge_cfg("t6cand", CLEAR)))
-        shown = stored(m, "t6tp")
+        shown = stored(m, tp)
         assert shown.startswith("t6:") and CLEAR not in shown
         assert stored(m, "t6cand", "candidate").startswith("t6:")
         assert CLEAR.encode() not in (server.state_dir / "datastore" / "running.xml").read_bytes()
@@ -50,15 +51,15 @@ def test_stored_and_shown_only_in_type6_form_and_used_in_clear(server, tmp_path)
         assert key.stat().st_mode & 0o777 == 0o600
 
         # the type 6 form it shows is taken back as it is
-        m.edit_config(target="running", config=cfg(challenge_cfg("t6tp", shown)))
-        assert stored(m, "t6tp") == shown
+        m.edit_config(target="running", config=cfg(challenge_cfg(tp, shown)))
+        assert stored(m, tp) == shown
 
         # enrollment uses the configured password in clear
-        ca = OpensslCA(tmp_path / "ca", "Type6 Root")
+        ca = OpensslCA(tmp_path / "ca", f"Type6 Root {tp}")
         (disk(server) / "t6ca.pem").write_text(ca.pem)
-        act(m, "ca-authenticate", "<server-name>t6tp</server-name><file-path>disk0:/t6ca.pem</file-path>")
-        act(m, "ca-enroll", "<server-name>t6tp</server-name><file-path>disk0:/t6.csr</file-path>")
-        req = subprocess.run(["openssl", "req", "-in", str(disk(server) / "t6.csr"), "-noout", "-text"],
+        act(m, "ca-authenticate", f"<server-name>{tp}</server-name><file-path>disk0:/t6ca.pem</file-path>")
+        act(m, "ca-enroll", f"<server-name>{tp}</server-name><file-path>disk0:/{tp}.csr</file-path>")
+        req = subprocess.run(["openssl", "req", "-in", str(disk(server) / f"{tp}.csr"), "-noout", "-text"],
                              capture_output=True, check=True).stdout.decode()
         assert re.search(rf"challengePassword\s*:{CLEAR}\n", req)
     assert CLEAR not in server.log()

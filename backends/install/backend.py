@@ -118,7 +118,10 @@ class InstallBackend(Backend):
         return {"op-id": op}
 
     async def install_add(self, session, params: dict) -> dict:
-        base = params["packagepath"]
+        base = params.get("packagepath")
+        if base is None:
+            raise EngineError("no-packagepath", "install-add needs packagepath (a device directory or .rpm file)",
+                              "missing-element")
         names = params.get("packagename") or []
         devpaths = [base.rstrip("/") + "/" + n for n in names] if names else [base]
         paths = []
@@ -135,7 +138,9 @@ class InstallBackend(Backend):
         ids = (params.get("ids") or {}).get("id-no") or []
         chosen = [self.store.lookup(n) for n in names]
         for i in ids:
-            chosen += self.store.operation(i)
+            if not i.isascii() or not i.isdigit():
+                raise EngineError("invalid-install-id", f"install ID {i!r} is not a number", "invalid-value")
+            chosen += self.store.operation(int(i))
         if not chosen and default is None:
             raise EngineError("no-packages", "name packages (packages/packagename) or install IDs (ids/id-no)",
                               "missing-element")

@@ -145,7 +145,8 @@ class PkiBackend(Backend):
                 if type6.is_stored_form(value):
                     self.type6.decrypt(value)
                     continue
-                stored = self.type6.encrypt(value)
+                # Cisco's Type6-password marks clear text with a leading '!'
+                stored = self.type6.encrypt(value[1:] if value.startswith("!") else value)
             except type6.Type6Error as exc:
                 raise EngineError(exc.code, exc.message, exc.tag, node.path()) from None
             if change_term(node.cdata, stored) not in (lib.LY_SUCCESS, lib.LY_EEXIST):
