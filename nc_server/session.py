@@ -280,6 +280,7 @@ def _qualify_identityrefs(ctx, op: etree._Element) -> bool:
     another (ncclient's get_schema sends <ns0:format>yang</ns0:format> with none) libyang
     could not read it. True when anything changed."""
     changed = False
+    identityref: dict[str, bool] = {}  # schema path -> whether it is an identityref leaf: one lookup each
     todo = [(op, "")]
     while todo:
         el, path = todo.pop()
@@ -296,15 +297,21 @@ def _qualify_identityrefs(ctx, op: etree._Element) -> bool:
         text = (el.text or "").strip()
         if not text or ":" in text or el.nsmap.get(None) == q.namespace:
             continue  # prefixed already, or the default namespace is the leaf's: libyang reads it so
-        try:
-            snode = next(ctx.find_path(path), None)
-        except libyang.LibyangError:
-            continue  # not in the schema: libyang's parse says so
-        if snode is None or snode.nodetype() not in (libyang.SNode.LEAF, libyang.SNode.LEAFLIST) \
-                or snode.type().base() != libyang.Type.IDENT:
+        if path not in identityref:
+            identityref[path] = _is_identityref(ctx, path)
+        if not identityref[path]:
             continue
         # the leaf is in its module's namespace by a prefix, which its value can use
         prefix = next(p for p, uri in el.nsmap.items() if p and uri == q.namespace)
         el.text = f"{prefix}:{text}"
         changed = True
     return changed
+
+
+def _is_identityref(ctx, path: str) -> bool:
+    try:
+        snode = next(ctx.find_path(path), None)
+    except libyang.LibyangError:
+        return False  # not in the schema: libyang's parse says so
+    return (snode is not None and snode.nodetype() in (libyang.SNode.LEAF, libyang.SNode.LEAFLIST)
+            and snode.type().base() == libyang.Type.IDENT)
